@@ -1,0 +1,129 @@
+"""Fenwick level arithmetic: the one definition every reference, kernel and cache uses.
+
+Positions count from 0 at a sequence's own first token. For a query at position t and a source
+s <= t::
+
+    level(t, s) = bit_length(t XOR s)          (0 when s == t)
+
+so the prefix [0, t] splits into 1 + popcount(t) buckets. A model has ``num_levels`` = L
+level weights; every source at level >= L - 1 uses the top weight, i.e. the buckets at or above
+L - 1 are merged into one "top" state. Only integer bit operations are used: float log2 is
+wrong for large powers of two.
+
+Three forms of the same rules live here:
+- plain ``int`` functions (host side, tests, shape planning);
+- ``torch`` functions on int64 tensors (references, caches; no host synchronisation);
+- ``triton`` device functions (kernels), defined only when Triton imports.
+"""
+from __future__ import annotations
+
+import torch
+
+try:  # Triton is optional: CPU-only installs and remote-code users may lack it.
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - exercised only where triton is missing
+    triton = None
+
+
+# --------------------------------------------------------------------------- python ints
+def level(t: int, s: int) -> int:
+    """Uncapped level of source ``s`` for query ``t`` (s <= t)."""
+    if not 0 <= s <= t:
+        raise ValueError(f"level(t, s) needs 0 <= s <= t, got t={t}, s={s}")
+    return (t ^ s).bit_length()
+
+
+def capped_level(t: int, s: int, num_levels: int) -> int:
+    """Level as a model with ``num_levels`` weights uses it: at most num_levels - 1."""
+    return min(level(t, s), num_levels - 1)
+
+
+def levels_for_length(length: int) -> int:
+    """Number of levels a sequence of ``length`` tokens touches: bit_length(T - 1) + 1."""
+    if length < 1:
+        raise ValueError(f"length must be >= 1, got {length}")
+    return (length - 1).bit_length() + 1
+
+
+def bucket(t: int, lvl: int) -> range:
+    """Sources that query ``t`` reads at uncapped level ``lvl`` (empty when that level is unused)."""
+    if lvl == 0:
+        return range(t, t + 1)
+    if not (t >> (lvl - 1)) & 1:
+        return range(0)
+    start = (t >> lvl) << lvl
+    return range(start, start + (1 << (lvl - 1)))
+
+
+def merge_level(t: int, num_levels: int) -> int:
+    """Level that absorbs the levels below it when token ``t`` (>= 1) is consumed (SPEC §3)."""
+    if t < 1:
+        raise ValueError(f"merge_level needs t >= 1, got {t}")
+    return min((t ^ (t - 1)).bit_length(), num_levels - 1)
+
+
+# --------------------------------------------------------------------------- torch tensors
+def bit_length(x: torch.Tensor) -> torch.Tensor:
+    """Elementwise bit_length of a non-negative int64 tensor, branch-free binary search."""
+    x = x.to(torch.int64)
+    n = torch.zeros_like(x)
+    for shift in (32, 16, 8, 4, 2, 1):
+        high = (x >> shift) > 0
+        n = n + high.to(torch.int64) * shift
+        x = torch.where(high, x >> shift, x)
+    return n + (x > 0).to(torch.int64)
+
+
+def level_tensor(t: torch.Tensor, s: torch.Tensor, num_levels: int) -> torch.Tensor:
+    """Capped level(t, s) for broadcastable int64 tensors (callers guarantee s <= t)."""
+    return bit_length(t ^ s).clamp_max(num_levels - 1)
+
+
+def relevel(states: torch.Tensor, old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+    """Re-express level states built for query ``old`` as seen from query ``new`` >= ``old``.
+
+    ``states`` is ``[N, H, L, K, V]`` (level dim 2), ``old`` and ``new`` are ``[N]`` int64.
+    A source at level l for ``old`` sits at max(l, bit_length(new XOR old)) for ``new``
+    (capped at L - 1), so every level below e = min(bit_length(new XOR old), L - 1) is added
+    into level e and zeroed. With new = old + 1 this is the decode merge of SPEC §3; with
+    new = old it changes nothing. Rows with ``old`` < 0 (nothing consumed yet) are left as is.
+    """
+    num_levels = states.shape[2]
+    e = bit_length((new ^ old).clamp_min(0)).clamp_max(num_levels - 1)
+    e = torch.where(old < 0, torch.zeros_like(e), e)
+    lvl = torch.arange(num_levels, device=states.device).view(1, num_levels)
+    e2 = e.view(-1, 1)
+    shape = (states.shape[0], 1, num_levels, 1, 1)
+    below = (lvl < e2).view(shape)
+    at = (lvl == e2).view(shape)
+    merged = states.cumsum(dim=2).gather(
+        2, e.view(-1, 1, 1, 1, 1).expand(-1, states.shape[1], 1, states.shape[3], states.shape[4])
+    )
+    return torch.where(below, torch.zeros_like(states), torch.where(at, merged, states))
+
+
+def read_levels(old: torch.Tensor, query: torch.Tensor, num_levels: int) -> torch.Tensor:
+    """Level at which a query at ``query`` reads each state level built for ``old`` <= ``query``.
+
+    Returns ``[..., L]`` int64: min(max(l, bit_length(query XOR old)), L - 1). Used to read
+    level states relative to an earlier position without first re-levelling them.
+    """
+    e = bit_length(query ^ old).unsqueeze(-1)
+    lvl = torch.arange(num_levels, device=query.device)
+    return torch.maximum(lvl, e).clamp_max(num_levels - 1)
+
+
+# --------------------------------------------------------------------------- triton
+if triton is not None:
+
+    @triton.jit
+    def tl_bit_length(x):
+        """bit_length of non-negative int32/int64 values, branch-free (same search as above)."""
+        n = tl.zeros_like(x)
+        for shift in tl.static_range(5, -1, -1):
+            s = 1 << shift
+            high = (x >> s) > 0
+            n = n + tl.where(high, s, 0)
+            x = tl.where(high, x >> s, x)
+        return n + tl.where(x > 0, 1, 0)
