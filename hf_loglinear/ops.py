@@ -124,7 +124,7 @@ def _check_cu_seqlens(cu_seqlens, q):
 def _pick_backend(backend, device):
     if backend is None:
         if device.type == "cuda":
-            from .kernels import triton_available
+            from .kernels.dispatch import triton_available
 
             return "triton" if triton_available() else "torch"
         return "torch"
@@ -162,7 +162,7 @@ def loglinear_attention(
         _check_state(
             initial_state, "initial_state", n, v.shape[2], level_weights.shape[-1], q.shape[-1], v.shape[-1], q.device
         )
-    from .kernels import get_backend
+    from .kernels.dispatch import get_backend
 
     fn = get_backend(_pick_backend(backend, q.device))
     return fn(
@@ -186,7 +186,7 @@ def loglinear_attention_step(state, q, k, v, g, level_weights, beta=None, backen
     """
     _check_common(q, k, v, g, level_weights, beta, token_dims=1)
     _check_state(state, "state", q.shape[0], v.shape[1], level_weights.shape[-1], q.shape[-1], v.shape[-1], q.device)
-    from .kernels import get_step_backend
+    from .kernels.dispatch import get_step_backend
 
     fn = get_step_backend(_pick_backend(backend, q.device))
     return fn(state, q, k, v, g, level_weights, beta=beta)
