@@ -1,4 +1,5 @@
-"""Backend registry: maps the names of ``ops`` backends to their implementations."""from __future__ import annotations
+"""Backend registry: maps the names of ``ops`` backends to their implementations."""
+from __future__ import annotations
 
 
 def triton_available() -> bool:
