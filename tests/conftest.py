@@ -1,0 +1,47 @@
+"""Shared fixtures: random operator inputs in the API's layout."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+def make_inputs(batch, length, groups, heads, key_dim, value_dim, num_levels, *, delta, dtype=torch.float64, seed=0):
+    """Random inputs of ``loglinear_attention``: keys unit-norm for the delta rule (as the models
+    feed it), log decays in [-0.2, 0) so states neither vanish nor blow up over 1000 tokens."""
+    gen = torch.Generator().manual_seed(seed)
+    rand = lambda *shape: torch.randn(*shape, generator=gen, dtype=dtype)  # noqa: E731
+    k = rand(batch, length, groups, key_dim)
+    if delta:
+        k = torch.nn.functional.normalize(k, dim=-1)
+    return dict(
+        q=rand(batch, length, groups, key_dim) * key_dim**-0.5,
+        k=k,
+        v=rand(batch, length, heads, value_dim),
+        g=-0.2 * torch.rand(batch, length, heads, generator=gen, dtype=dtype),
+        level_weights=torch.rand(batch, length, heads, num_levels, generator=gen, dtype=dtype) + 0.5,
+        beta=torch.rand(batch, length, heads, generator=gen, dtype=dtype) if delta else None,
+    )
+
+
+def random_state(batch, heads, num_levels, key_dim, value_dim, position, *, dtype=torch.float64, seed=1):
+    """A LevelState that a real prefix of ``position[n]`` tokens could have produced: built by
+    running the recurrence, so empty levels stay empty."""
+    from hf_loglinear import LevelState
+    from hf_loglinear.kernels.recurrent import recurrent_loglinear_attention
+
+    longest = max(position)
+    x = make_inputs(batch, max(longest, 1), 1, heads, key_dim, value_dim, num_levels, delta=False, dtype=dtype, seed=seed)
+    cu = torch.tensor([0] + list(position)).cumsum(0)
+    packed = {name: None if t is None else t.reshape(1, -1, *t.shape[2:])[:, : cu[-1]] for name, t in x.items()}
+    _, state = recurrent_loglinear_attention(**packed, cu_seqlens=cu, output_final_state=True)
+    return LevelState(state.levels.to(dtype), state.position)
+
+
+@pytest.fixture
+def inputs():
+    return make_inputs
+
+
+@pytest.fixture
+def state_from_prefix():
+    return random_state
