@@ -85,10 +85,13 @@ def chunk_loglinear_attention(
         states = torch.zeros(n, num_heads, num_levels, ks.shape[-1], vs.shape[-1], dtype=dtype, device=q.device)
     chunk_sum = terms.R @ vs  # [N, H, NC, K, V]: each chunk's tokens pushed to its end
     first_pos = (layout.base.tolist(), layout.start.tolist())
-    readouts, at_chunk_start = [], []
+    last = layout.last_chunk.tolist()
+    keep = set(last) if output_final_state else set()  # chunk starts the final states are built from
+    readouts, at_chunk_start = [], {}
     for i in range(layout.num_chunks):
         a = layout.chunk_start(i)
-        at_chunk_start.append(states)
+        if i in keep:
+            at_chunk_start[i] = states
         a_host = [max(b + i * layout.block, s) for b, s in zip(*first_pos)]
         live = list(range(num_levels)) if (i == 0 and initial_state is not None) else _live_levels(a_host, num_levels)
         if live and (i > 0 or initial_state is not None):
@@ -110,8 +113,8 @@ def chunk_loglinear_attention(
     o = layout.scatter(out.permute(0, 2, 3, 1, 4), batch, length).to(v.dtype)
     if not output_final_state:
         return o, None
+    start_states = torch.stack([at_chunk_start[c][row] for row, c in enumerate(last)])
     last = layout.last_chunk
-    start_states = torch.stack([at_chunk_start[c][row] for row, c in enumerate(last.tolist())])
     rows = torch.arange(n, device=q.device)
     lt = terms.map(lambda x: x[rows, :, last])
     a_last = torch.maximum(layout.base + last * layout.block, layout.start)
