@@ -29,6 +29,14 @@ API (read by both models):
   ``pack(x [B, T, ...], unpadded) -> [1, N_tokens, ...]``; ``repad(x [1, N_tokens, ...],
   unpadded) -> [B, T, ...]`` with zeros at the pads. Each row becomes one packed sequence that
   starts at its own first real token, which makes padding exact (SPEC §4).
+- ``plan_sequences(batch, length, attention_mask=None, cu_seqlens=None, device=None) ->
+  (SequenceLayout, Unpadded | None)``: the one decision every model forward makes: dense rows,
+  packed documents (``cu_seqlens``, B = 1), or padded rows run packed (``Unpadded`` given: pack
+  the embeddings before the layers and repad after). Only the last ``length`` columns of
+  ``attention_mask`` apply (generate() passes the whole mask).
+- ``next_token_labels(labels [B, T], layout, unpadded=None) -> [B, T]``: shifted LM targets that
+  never cross a sequence start or a pad (-100 there); hand them to ``loss_function`` as
+  ``shift_labels``.
 """
 from __future__ import annotations
 
@@ -49,6 +57,8 @@ __all__ = [
     "unpad",
     "pack",
     "repad",
+    "plan_sequences",
+    "next_token_labels",
 ]
 
 # softplus^-1(1): with a zero projection the level weights are exactly 1 (plain Mamba-2 / GDN).
@@ -275,3 +285,35 @@ def repad(x: torch.Tensor, unpadded: Unpadded) -> torch.Tensor:
     flat = x.new_zeros(unpadded.batch * unpadded.length, *x.shape[2:])
     flat = flat.index_copy(0, unpadded.indices, x[0])
     return flat.view(unpadded.batch, unpadded.length, *x.shape[2:])
+
+
+# --------------------------------------------------------------------------- planning a forward
+def plan_sequences(batch, length, attention_mask=None, cu_seqlens=None, device=None):
+    """Dense rows, packed documents, or padded rows run packed: see the module docstring."""
+    if cu_seqlens is not None:
+        if attention_mask is not None:
+            raise ValueError("pass either attention_mask (padded rows) or cu_seqlens (packed documents), not both")
+        if batch != 1:
+            raise ValueError(f"cu_seqlens packs documents along T and needs batch size 1, got {batch}")
+        return SequenceLayout.packed(cu_seqlens.to(device), length), None
+    if attention_mask is not None:
+        if attention_mask.dim() != 2 or attention_mask.shape[0] != batch or attention_mask.shape[1] < length:
+            raise ValueError(
+                f"attention_mask must be [batch, >= {length}] with batch {batch}, got {tuple(attention_mask.shape)}"
+            )
+        mask = attention_mask[:, -length:]
+        if not bool(mask.all()):
+            unpadded = unpad(mask.to(device))
+            return SequenceLayout.packed(unpadded.cu_seqlens, unpadded.indices.numel()), unpadded
+    return SequenceLayout.dense(batch, length, device), None
+
+
+def next_token_labels(labels, layout, unpadded=None, ignore_index=-100):
+    """Targets for logits at every [B, T] position: the next token of the same sequence."""
+    flat = labels.flatten()
+    seq = layout.seq_index.flatten()
+    index = unpadded.indices if unpadded is not None else torch.arange(flat.numel(), device=flat.device)
+    same = seq[1:] == seq[:-1]
+    targets = torch.full_like(flat, ignore_index)
+    targets[index[:-1]] = torch.where(same, flat[index[1:]], ignore_index)
+    return targets.view_as(labels)
