@@ -213,6 +213,20 @@ def _layout_for(hidden_states, attention_mask, cu_seqlens):
     return hidden_states, SequenceLayout.dense(batch, length, hidden_states.device), None
 
 
+def _shift_labels(labels, attention_mask, cu_seqlens, ignore_index=-100):
+    """Next-token targets that never cross a sequence boundary: a pad neither predicts nor is
+    predicted, and the last token of a packed document does not predict the next document."""
+    shifted = F.pad(labels[:, 1:], (0, 1), value=ignore_index)
+    if attention_mask is not None:
+        mask = attention_mask[:, -labels.shape[1]:].bool()
+        keep = mask & F.pad(mask[:, 1:], (0, 1), value=False)
+        shifted = shifted.masked_fill(~keep, ignore_index)
+    if cu_seqlens is not None:
+        ends = cu_seqlens[1:].to(device=labels.device, dtype=torch.int64) - 1
+        shifted = shifted.index_fill(1, ends[ends >= 0], ignore_index)
+    return shifted
+
+
 class LogLinearGatedDeltaNetModel(LogLinearGatedDeltaNetPreTrainedModel):
     def __init__(self, config: LogLinearGatedDeltaNetConfig):
         super().__init__(config)
@@ -339,7 +353,10 @@ class LogLinearGatedDeltaNetForCausalLM(LogLinearGatedDeltaNetPreTrainedModel, G
 
         loss = None
         if labels is not None:
-            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+            shift_labels = _shift_labels(labels, attention_mask, cu_seqlens)
+            loss = self.loss_function(
+                logits=logits, labels=labels, vocab_size=self.config.vocab_size, shift_labels=shift_labels, **kwargs
+            )
 
         if not return_dict:
             output = (logits,) + tuple(x for x in (outputs.cache, outputs.hidden_states) if x is not None)
