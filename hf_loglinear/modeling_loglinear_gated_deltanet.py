@@ -29,8 +29,24 @@ from transformers.utils import ModelOutput
 
 from .cache import HierarchicalCache
 from .configuration_loglinear_gated_deltanet import LogLinearGatedDeltaNetConfig
-from .modules import GatedRMSNorm, LevelWeights, SequenceLayout, ShortConvolution, pack, repad, unpad
+from .modules import (
+    GatedRMSNorm,
+    LevelWeights,
+    SequenceLayout,
+    ShortConvolution,
+    next_token_labels,
+    pack,
+    plan_sequences,
+    repad,
+)
 from .ops import loglinear_attention, loglinear_attention_step
+from .remote_code import RemoteCodeMixin
+
+__all__ = [
+    "LogLinearGatedDeltaNetForCausalLM",
+    "LogLinearGatedDeltaNetModel",
+    "LogLinearGatedDeltaNetPreTrainedModel",
+]
 
 # fla draws A in [0, 16] and dt log-uniformly in [1e-3, 0.1] (floor 1e-4) for a fresh layer.
 _A_RANGE = (0.0, 16.0)
@@ -154,13 +170,17 @@ class LogLinearGatedDeltaNetBlock(GradientCheckpointingLayer):
         return hidden_states + self.mlp(self.mlp_norm(hidden_states))
 
 
-class LogLinearGatedDeltaNetPreTrainedModel(PreTrainedModel):
-    config_class = LogLinearGatedDeltaNetConfig
+class LogLinearGatedDeltaNetPreTrainedModel(RemoteCodeMixin, PreTrainedModel):
     config: LogLinearGatedDeltaNetConfig
+    config_class = LogLinearGatedDeltaNetConfig
     base_model_prefix = "model"
     _no_split_modules = ["LogLinearGatedDeltaNetBlock"]
     supports_gradient_checkpointing = True
     _is_stateful = True
+    _remote_code_classes = {
+        "AutoModel": "LogLinearGatedDeltaNetModel",
+        "AutoModelForCausalLM": "LogLinearGatedDeltaNetForCausalLM",
+    }
 
     @classmethod
     def _supports_default_dynamic_cache(cls) -> bool:
@@ -171,6 +191,8 @@ class LogLinearGatedDeltaNetPreTrainedModel(PreTrainedModel):
         super()._init_weights(module)
         if isinstance(module, LogLinearGatedDeltaNetMixer):
             module.init_gdn_weights()
+            # A fresh model starts with lambda = 1 at every level: plain Gated DeltaNet until trained.
+            init.zeros_(module.level_proj.weight)
         elif isinstance(module, LevelWeights):
             init.ones_(module.scale)
             init.constant_(module.bias, module.bias_init)
@@ -191,42 +213,6 @@ class LogLinearGatedDeltaNetCausalLMOutput(ModelOutput):
     hidden_states: tuple[torch.Tensor, ...] | None = None
 
 
-def _layout_for(hidden_states, attention_mask, cu_seqlens):
-    """Decide how the tokens of this forward are laid out: (inputs, layout, unpadded or None)."""
-    batch, length = hidden_states.shape[:2]
-    if cu_seqlens is not None:
-        if attention_mask is not None:
-            raise ValueError("pass either cu_seqlens (packed documents) or attention_mask (padding), not both")
-        if batch != 1:
-            raise ValueError(f"cu_seqlens packs documents along T and needs batch size 1, got {batch}")
-        return hidden_states, SequenceLayout.packed(cu_seqlens.to(hidden_states.device), length), None
-    if attention_mask is not None:
-        if attention_mask.dim() != 2 or attention_mask.shape[0] != batch or attention_mask.shape[1] < length:
-            raise ValueError(
-                f"attention_mask must be [B, T'] with B = {batch} and T' >= {length} (the input's columns), "
-                f"got {tuple(attention_mask.shape)}"
-            )
-        mask = attention_mask[:, -length:]
-        if not bool(mask.all()):
-            unpadded = unpad(mask)
-            return pack(hidden_states, unpadded), SequenceLayout.packed(unpadded.cu_seqlens, unpadded.indices.numel()), unpadded
-    return hidden_states, SequenceLayout.dense(batch, length, hidden_states.device), None
-
-
-def _shift_labels(labels, attention_mask, cu_seqlens, ignore_index=-100):
-    """Next-token targets that never cross a sequence boundary: a pad neither predicts nor is
-    predicted, and the last token of a packed document does not predict the next document."""
-    shifted = F.pad(labels[:, 1:], (0, 1), value=ignore_index)
-    if attention_mask is not None:
-        mask = attention_mask[:, -labels.shape[1]:].bool()
-        keep = mask & F.pad(mask[:, 1:], (0, 1), value=False)
-        shifted = shifted.masked_fill(~keep, ignore_index)
-    if cu_seqlens is not None:
-        ends = cu_seqlens[1:].to(device=labels.device, dtype=torch.int64) - 1
-        shifted = shifted.index_fill(1, ends[ends >= 0], ignore_index)
-    return shifted
-
-
 class LogLinearGatedDeltaNetModel(LogLinearGatedDeltaNetPreTrainedModel):
     def __init__(self, config: LogLinearGatedDeltaNetConfig):
         super().__init__(config)
@@ -244,6 +230,17 @@ class LogLinearGatedDeltaNetModel(LogLinearGatedDeltaNetPreTrainedModel):
     def set_input_embeddings(self, value):
         self.embeddings = value
 
+    def _resolve_cache(self, cache, use_cache, num_rows):
+        if cache is None:
+            # Three conv states per layer: the q, k and v short convolutions.
+            return HierarchicalCache(self.config, num_conv_states=3) if use_cache else None
+        if not isinstance(cache, HierarchicalCache):
+            raise ValueError(f"cache must be a HierarchicalCache returned by this model, got {type(cache).__name__}")
+        cache.check(self.config.model_type, num_rows)
+        if len(cache.layers) != self.config.num_hidden_layers:
+            raise ValueError(f"the cache has {len(cache.layers)} layers, the model {self.config.num_hidden_layers}")
+        return cache
+
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -256,48 +253,51 @@ class LogLinearGatedDeltaNetModel(LogLinearGatedDeltaNetPreTrainedModel):
         return_dict: bool | None = None,
         **kwargs,
     ) -> tuple | LogLinearGatedDeltaNetOutput:
+        r"""
+        attention_mask (`[batch, >= seq_len]`, *optional*): 1 for real tokens, 0 for pads. Pads take no
+            position: padded rows run packed from their own first real token. Only the last ``seq_len``
+            columns apply (generate() passes the whole mask).
+        cu_seqlens (`[num_docs + 1]`, *optional*): documents packed along the sequence of a batch-1 input;
+            convolutions and levels restart at every document start.
+        cache (`HierarchicalCache`, *optional*): continue every row from its cached state.
+        """
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
-        use_cache = use_cache if use_cache is not None else (self.config.use_cache and not self.training)
         return_dict = return_dict if return_dict is not None else self.config.return_dict
+        use_cache = use_cache if use_cache is not None else (self.config.use_cache and not self.training)
+        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            use_cache = False
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
         if inputs_embeds is None:
             if input_ids.dim() != 2:
-                raise ValueError(f"input_ids must be [B, T], got shape {tuple(input_ids.shape)}")
+                raise ValueError(f"input_ids must be [batch, seq_len], got shape {tuple(input_ids.shape)}")
             inputs_embeds = self.embeddings(input_ids)
         elif inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != self.config.hidden_size:
             raise ValueError(
-                f"inputs_embeds must be [B, T, {self.config.hidden_size}], got shape {tuple(inputs_embeds.shape)}"
+                f"inputs_embeds must be [batch, seq_len, {self.config.hidden_size}], got shape {tuple(inputs_embeds.shape)}"
             )
-        if cache is not None and not isinstance(cache, HierarchicalCache):
-            raise ValueError(f"cache must be a HierarchicalCache returned by this model, got {type(cache).__name__}")
-        if self.gradient_checkpointing and self.training:
-            use_cache = False
-        if use_cache and cache is None:
-            cache = HierarchicalCache(self.config, num_conv_states=3)
-        if not use_cache:
-            cache = None
+        batch, length = inputs_embeds.shape[:2]
 
-        hidden_states, layout, unpadded = _layout_for(inputs_embeds, attention_mask, cu_seqlens)
-        if cache is not None:
-            cache.check(self.config.model_type, layout.num_sequences)
-        all_hidden_states = () if output_hidden_states else None
-        for layer in self.layers:
+        layout, unpadded = plan_sequences(batch, length, attention_mask, cu_seqlens, inputs_embeds.device)
+        cache = self._resolve_cache(cache, use_cache, layout.num_sequences)
+        restore = (lambda h: repad(h, unpadded)) if unpadded is not None else (lambda h: h)
+
+        hidden_states = pack(inputs_embeds, unpadded) if unpadded is not None else inputs_embeds
+        all_hidden_states = (restore(hidden_states),) if output_hidden_states else None
+        for block in self.layers:
+            hidden_states = block(hidden_states, layout=layout, cache=cache)
             if output_hidden_states:
-                all_hidden_states += (hidden_states if unpadded is None else repad(hidden_states, unpadded),)
-            hidden_states = layer(hidden_states, layout, cache)
-        hidden_states = self.norm(hidden_states)
-        if unpadded is not None:
-            hidden_states = repad(hidden_states, unpadded)
+                all_hidden_states += (restore(hidden_states),)
+        hidden_states = restore(self.norm(hidden_states))
         if output_hidden_states:
-            all_hidden_states += (hidden_states,)
+            all_hidden_states = all_hidden_states[:-1] + (hidden_states,)
         if cache is not None:
-            cache.advance(inputs_embeds.shape[1])
+            cache.advance(length)
 
         if not return_dict:
-            return tuple(x for x in (hidden_states, cache, all_hidden_states) if x is not None)
+            return tuple(v for v in (hidden_states, cache, all_hidden_states) if v is not None)
         return LogLinearGatedDeltaNetOutput(last_hidden_state=hidden_states, cache=cache, hidden_states=all_hidden_states)
 
 
@@ -336,6 +336,11 @@ class LogLinearGatedDeltaNetForCausalLM(LogLinearGatedDeltaNetPreTrainedModel, G
         logits_to_keep: int | torch.Tensor = 0,
         **kwargs,
     ) -> tuple | LogLinearGatedDeltaNetCausalLMOutput:
+        r"""
+        labels (`[batch, seq_len]`, *optional*): targets for the shifted LM loss; a position predicts the
+            next token of its own sequence (never across a pad or a document start); -100 is ignored.
+        logits_to_keep (`int` or tensor): as in transformers (0 keeps every position).
+        """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         outputs = self.model(
             input_ids=input_ids,
@@ -349,13 +354,18 @@ class LogLinearGatedDeltaNetForCausalLM(LogLinearGatedDeltaNetPreTrainedModel, G
         )
         hidden_states = outputs.last_hidden_state
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
-        logits = self.lm_head(hidden_states[:, keep]).float()
+        logits = self.lm_head(hidden_states[:, keep].to(self.lm_head.weight.dtype)).float()
 
         loss = None
         if labels is not None:
-            shift_labels = _shift_labels(labels, attention_mask, cu_seqlens)
+            if labels.shape != hidden_states.shape[:2]:
+                raise ValueError(f"labels must have shape {tuple(hidden_states.shape[:2])}, got {tuple(labels.shape)}")
+            if logits.shape[1] != labels.shape[1]:
+                raise ValueError("labels need logits at every position: use logits_to_keep=0")
+            layout, unpadded = plan_sequences(*labels.shape, attention_mask, cu_seqlens, labels.device)
+            targets = next_token_labels(labels, layout, unpadded)
             loss = self.loss_function(
-                logits=logits, labels=labels, vocab_size=self.config.vocab_size, shift_labels=shift_labels, **kwargs
+                logits=logits, labels=None, shift_labels=targets, vocab_size=self.config.vocab_size, **kwargs
             )
 
         if not return_dict:
@@ -365,9 +375,3 @@ class LogLinearGatedDeltaNetForCausalLM(LogLinearGatedDeltaNetPreTrainedModel, G
             loss=loss, logits=logits, cache=outputs.cache, hidden_states=outputs.hidden_states
         )
 
-
-__all__ = [
-    "LogLinearGatedDeltaNetForCausalLM",
-    "LogLinearGatedDeltaNetModel",
-    "LogLinearGatedDeltaNetPreTrainedModel",
-]
