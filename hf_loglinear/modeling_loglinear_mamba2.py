@@ -29,6 +29,7 @@ from .cache import HierarchicalCache
 from .configuration_loglinear_mamba2 import LogLinearMamba2Config
 from .modules import (
     GatedRMSNorm,
+    LevelProjection,
     LevelWeights,
     ShortConvolution,
     next_token_labels,
@@ -66,7 +67,7 @@ class LogLinearMamba2Mixer(nn.Module):
             self.intermediate_size, self.intermediate_size // self.n_groups, eps=config.layer_norm_epsilon
         )
         self.out_proj = nn.Linear(self.intermediate_size, config.hidden_size, bias=config.use_bias)
-        self.level_proj = nn.Linear(config.hidden_size, self.num_heads * config.num_levels, bias=False)
+        self.level_proj = LevelProjection(config.hidden_size, self.num_heads, config.num_levels)
         self.level_weights = LevelWeights(self.num_heads, config.num_levels, config.level_bias_init)
 
     @torch.no_grad()
@@ -179,11 +180,14 @@ class LogLinearMamba2PreTrainedModel(RemoteCodeMixin, PreTrainedModel):
             init.kaiming_uniform_(module.conv1d.weight, a=math.sqrt(5))
             if module.conv1d.bias is not None:
                 init.zeros_(module.conv1d.bias)
-            init.kaiming_uniform_(module.out_proj.weight, a=math.sqrt(5))
-            if self.config.rescale_prenorm_residual:
-                with torch.no_grad():
-                    module.out_proj.weight /= math.sqrt(self.config.num_hidden_layers)
-            init.zeros_(module.level_proj.weight)
+            out_weight = module.out_proj.weight
+            if not getattr(out_weight, "_is_hf_initialized", False):  # never rescale loaded weights
+                init.kaiming_uniform_(out_weight, a=math.sqrt(5))
+                if self.config.rescale_prenorm_residual:
+                    with torch.no_grad():
+                        out_weight /= math.sqrt(self.config.num_hidden_layers)
+        elif isinstance(module, LevelProjection):
+            init.zeros_(module.weight)
         elif isinstance(module, LevelWeights):
             init.ones_(module.scale)
             init.constant_(module.bias, module.bias_init)

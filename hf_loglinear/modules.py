@@ -2,6 +2,10 @@
 
 API (read by both models):
 
+- ``LevelProjection(hidden_size, num_heads, num_levels)``: the bias-free ``nn.Linear`` producing the
+  raw level weights ([H * L, hidden], head-major then level), zero at init. A class of its own
+  so that ``_init_weights`` can zero it by type: on ``from_pretrained`` of a checkpoint without
+  it, transformers initialises only the missing module, never its parent mixer.
 - ``LevelWeights(num_heads, num_levels, bias_init=None)``: parameters ``scale`` [H, L] (init 1) and
   ``bias`` [H, L] (init ``bias_init`` or ln(e - 1) = softplus^-1(1)).
   ``forward(raw [..., H * L]) -> lambda [..., H, L]`` float32, softplus(scale * raw + bias).
@@ -48,6 +52,7 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
+    "LevelProjection",
     "LevelWeights",
     "GatedRMSNorm",
     "SequenceLayout",
@@ -66,6 +71,17 @@ NEUTRAL_LEVEL_BIAS = math.log(math.e - 1)
 
 
 # --------------------------------------------------------------------------- level weights
+class LevelProjection(nn.Linear):
+    """Raw level weights, one per (head, level), from the mixer's input; starts at zero, which
+    with the neutral ``LevelWeights`` bias makes a fresh model the plain linear model."""
+
+    def __init__(self, hidden_size: int, num_heads: int, num_levels: int):
+        super().__init__(hidden_size, num_heads * num_levels, bias=False)
+
+    def reset_parameters(self):
+        nn.init.zeros_(self.weight)
+
+
 class LevelWeights(nn.Module):
     """lambda = softplus(scale * raw + bias), one value per (head, level).
 

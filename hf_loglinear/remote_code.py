@@ -134,12 +134,17 @@ class RemoteCodeMixin:
     _remote_code_classes: dict[str, str] = {}
 
     def _remote_code_modules(self) -> tuple[str, str]:
-        return type(self.config).__module__, type(self).__module__
+        """(config module, modeling module), both in the modeling module's package.
+
+        transformers loads a remote config through its own file list, i.e. from another
+        package than the model; the model's package holds its own copy of that module.
+        """
+        model_module = type(self).__module__
+        config_file = type(self.config).__module__.rpartition(".")[2]
+        return f"{_root_package(model_module)}.{config_file}", model_module
 
     def save_pretrained(self, save_directory, *args, is_main_process: bool = True, **kwargs):
         config_module, model_module = self._remote_code_modules()
-        if _root_package(config_module) != _root_package(model_module):
-            raise ValueError(f"config ({config_module}) and model ({model_module}) must live in one package")
         model_file = model_module.rpartition(".")[2]
         for auto_class, class_name in self._remote_code_classes.items():
             if not hasattr(sys.modules[model_module], class_name):
