@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-__all__ = ["read_documents", "tokenize_documents", "pack_documents", "PackedRows", "build_datasets", "collate_packed"]
+__all__ = ["read_documents", "tokenize_documents", "pack_documents", "PackedRows", "build_datasets", "split_rows", "collate_packed"]
 
 IGNORE_INDEX = -100
 TEXT_SUFFIXES = {".txt", ".md", ".text"}
@@ -174,21 +174,28 @@ def pack_documents(documents: list[list[int]], max_length: int, pad_token_id: in
 def build_datasets(
     source, tokenizer, *, max_length: int, text_field: str = "text", eval_fraction: float = 0.0, seed: int = 0
 ) -> tuple[PackedRows, PackedRows | None]:
-    """Read, shuffle (seeded), tokenise and pack ``source``; the last ``eval_fraction`` of the rows
-    (at least one when the fraction is positive) form the eval split, or None when it is 0."""
+    """Read, shuffle (seeded), tokenise and pack ``source``; split off the eval rows (``split_rows``;
+    None when ``eval_fraction`` is 0)."""
     if not 0.0 <= eval_fraction < 1.0:
         raise ValueError(f"eval_fraction must be in [0, 1), got {eval_fraction}")
     documents = read_documents(source, text_field)
     random.Random(seed).shuffle(documents)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     packed = pack_documents(tokenize_documents(documents, tokenizer), max_length, pad)
+    return split_rows(packed, eval_fraction)
+
+
+def split_rows(packed: PackedRows, eval_fraction: float) -> tuple[PackedRows, PackedRows | None]:
+    """The last ``eval_fraction`` of the rows (at least one when positive) as the eval split."""
+    if not 0.0 <= eval_fraction < 1.0:
+        raise ValueError(f"eval_fraction must be in [0, 1), got {eval_fraction}")
     if eval_fraction == 0.0:
         return packed, None
     num_eval = max(1, round(eval_fraction * len(packed)))
     if num_eval >= len(packed):
         raise ValueError(
-            f"{source} packs into only {len(packed)} row(s) of {max_length} tokens, too few to hold out "
-            f"{eval_fraction:.0%} for eval; lower --max-length or set --eval-fraction 0"
+            f"the data packs into only {len(packed)} row(s) of {packed.input_ids.shape[1]} tokens, too few to hold "
+            f"out {eval_fraction:.0%} for eval; lower --max-length or set --eval-fraction 0"
         )
     return packed.select(slice(None, -num_eval)), packed.select(slice(-num_eval, None))
 
