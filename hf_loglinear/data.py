@@ -25,11 +25,26 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-__all__ = ["read_documents", "tokenize_documents", "pack_documents", "PackedRows", "build_datasets", "split_rows", "collate_packed"]
+__all__ = ["byte_tokenizer", "read_documents", "tokenize_documents", "pack_documents", "PackedRows", "build_datasets", "split_rows", "collate_packed"]
 
 IGNORE_INDEX = -100
 TEXT_SUFFIXES = {".txt", ".md", ".text"}
 JSON_SUFFIXES = {".jsonl", ".json"}
+
+
+# --------------------------------------------------------------------------- tokenizer
+def byte_tokenizer(eos_token: str = "<|endoftext|>"):
+    """A byte-level tokenizer that needs no download: one token per UTF-8 byte (ids 0-255) and
+    ``eos_token`` = 256, also used for padding. Vocabulary 257."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {ch: i for i, ch in enumerate(alphabet)} | {eos_token: len(alphabet)}
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token=eos_token, pad_token=eos_token)
 
 
 # --------------------------------------------------------------------------- reading

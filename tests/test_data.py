@@ -2,26 +2,27 @@
 from __future__ import annotations
 
 import json
+import sys
+import types
 
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast
 
-from hf_loglinear.data import build_datasets, collate_packed, pack_documents, read_documents, tokenize_documents
+from hf_loglinear.data import byte_tokenizer, build_datasets, collate_packed, pack_documents, read_documents, tokenize_documents
 
 EOS = "<|endoftext|>"
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    """Byte-level tokenizer with no merges: one token per byte, EOS = 256. Needs no download."""
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    vocab = {ch: i for i, ch in enumerate(alphabet)} | {EOS: len(alphabet)}
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    tok.decoder = decoders.ByteLevel()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=EOS)
+    return byte_tokenizer(EOS)
+
+
+def test_byte_tokenizer_round_trips(tokenizer):
+    text = "héllo, wörld\n"
+    ids = tokenizer(text)["input_ids"]
+    assert len(ids) == len(text.encode()) and max(ids) < 256 and tokenizer.decode(ids) == text
+    assert tokenizer.eos_token_id == tokenizer.pad_token_id == 256 and len(tokenizer) == 257
 
 
 def test_read_every_source_format(tmp_path):
@@ -50,14 +51,35 @@ def test_read_errors_name_the_problem(tmp_path):
     bad.write_text("{not json\n")
     with pytest.raises(ValueError, match="bad.jsonl:1: not a JSON object"):
         read_documents(bad)
+
+
+def test_saved_dataset(tmp_path, monkeypatch):
     saved = tmp_path / "saved"
     saved.mkdir()
-    (saved / "dataset_info.json").write_text("{}")
-    try:
-        import datasets  # noqa: F401
-    except ImportError:
-        with pytest.raises(ValueError, match="needs the `datasets` package"):
-            read_documents(saved)
+    (saved / "dataset_dict.json").write_text("{}")
+    monkeypatch.setitem(sys.modules, "datasets", None)  # as where `datasets` is not installed
+    with pytest.raises(ValueError, match="needs the `datasets` package"):
+        read_documents(saved)
+
+    # A stand-in with the two `datasets` types and load_from_disk, to check which split and column are read.
+    class Dataset(dict):
+        column_names = property(lambda self: list(self))
+
+    class DatasetDict(dict):
+        pass
+
+    splits = DatasetDict(validation=Dataset(text=["v"]), train=Dataset(text=["a", "b"], body=["x", "y"]))
+    fake = types.SimpleNamespace(Dataset=Dataset, DatasetDict=DatasetDict, load_from_disk=lambda path: splits)
+    monkeypatch.setitem(sys.modules, "datasets", fake)
+    assert read_documents(saved) == ["a", "b"]
+    assert read_documents(saved, "body") == ["x", "y"]
+    with pytest.raises(ValueError, match=r"no column 'content'.*\['text', 'body'\]"):
+        read_documents(saved, "content")
+    del splits["train"]
+    assert read_documents(saved) == ["v"]
+    splits["test"] = Dataset(text=["t"])
+    with pytest.raises(ValueError, match="holds the splits"):
+        read_documents(saved)
 
 
 def test_tokenize_appends_eos(tokenizer):
