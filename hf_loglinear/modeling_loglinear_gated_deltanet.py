@@ -31,6 +31,7 @@ from .cache import HierarchicalCache
 from .configuration_loglinear_gated_deltanet import LogLinearGatedDeltaNetConfig
 from .modules import (
     GatedRMSNorm,
+    LevelProjection,
     LevelWeights,
     SequenceLayout,
     ShortConvolution,
@@ -96,7 +97,7 @@ class LogLinearGatedDeltaNetMixer(nn.Module):
         self.q_conv1d = ShortConvolution(self.key_dim, config.conv_size, bias=False, activation=F.silu)
         self.k_conv1d = ShortConvolution(self.key_dim, config.conv_size, bias=False, activation=F.silu)
         self.v_conv1d = ShortConvolution(self.value_dim, config.conv_size, bias=False, activation=F.silu)
-        self.level_proj = nn.Linear(hidden, self.num_v_heads * self.num_levels, bias=False)
+        self.level_proj = LevelProjection(hidden, self.num_v_heads, self.num_levels)
         self.level_weights = LevelWeights(self.num_v_heads, self.num_levels, config.level_bias_init)
         if self.use_gate:
             self.g_proj = nn.Linear(hidden, self.value_dim, bias=False)
@@ -191,8 +192,9 @@ class LogLinearGatedDeltaNetPreTrainedModel(RemoteCodeMixin, PreTrainedModel):
         super()._init_weights(module)
         if isinstance(module, LogLinearGatedDeltaNetMixer):
             module.init_gdn_weights()
-            # A fresh model starts with lambda = 1 at every level: plain Gated DeltaNet until trained.
-            init.zeros_(module.level_proj.weight)
+        elif isinstance(module, LevelProjection):
+            # With the neutral bias, lambda = 1 at every level: plain Gated DeltaNet until trained.
+            init.zeros_(module.weight)
         elif isinstance(module, LevelWeights):
             init.ones_(module.scale)
             init.constant_(module.bias, module.bias_init)

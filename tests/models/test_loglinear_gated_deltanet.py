@@ -6,22 +6,42 @@ Tiny configs on CPU, float32 unless stated.
 from __future__ import annotations
 
 import inspect
+import json
 import math
+import os
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForCausalLM
 from transformers.models.qwen3_next import modeling_qwen3_next as qwen3_next
 
-from hf_loglinear.cache import HierarchicalCache
-from hf_loglinear.configuration_loglinear_gated_deltanet import LogLinearGatedDeltaNetConfig
-from hf_loglinear.modeling_loglinear_gated_deltanet import LogLinearGatedDeltaNetForCausalLM
+from hf_loglinear import (
+    HierarchicalCache,
+    LogLinearGatedDeltaNetConfig,
+    LogLinearGatedDeltaNetForCausalLM,
+    LogLinearGatedDeltaNetModel,
+    LogLinearMamba2Config,
+)
 
 # transformers swaps these for fla / hub kernels when importable: unwrap to the pure torch functions.
 TORCH_CHUNK_GATED_DELTA_RULE = inspect.unwrap(qwen3_next.torch_chunk_gated_delta_rule)
 TORCH_RECURRENT_GATED_DELTA_RULE = inspect.unwrap(qwen3_next.torch_recurrent_gated_delta_rule)
 
 VOCAB = 64
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run fastest (and steadiest on a shared 2-core CI box) on one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def make_config(**overrides):
@@ -276,16 +296,102 @@ def test_padded_training_step_equals_unpadded_rows(checkpointing):
     assert any(p.grad.abs().max() > 0 for n, p in model.named_parameters() if "level_weights" in n)
 
 
-# --------------------------------------------------------------------------- save / load
+# --------------------------------------------------------------------------- init, save / load
+def test_fresh_model_is_plain_gated_deltanet_and_logits_to_keep():
+    torch.manual_seed(0)
+    model = LogLinearGatedDeltaNetForCausalLM(make_config()).eval()
+    attn = model.model.layers[1].attn
+    assert torch.count_nonzero(attn.level_proj.weight) == 0
+    assert torch.equal(attn.level_weights.scale, torch.ones(4, 4))
+    assert torch.allclose(attn.level_weights.bias, torch.full((4, 4), math.log(math.e - 1)))
+    ids = tokens(2, 20, seed=51)
+    with torch.no_grad():
+        full = model(ids).logits
+        assert rel_err(full, plain_gated_deltanet_logits(model, ids)) < 1e-5
+        last = model(ids, logits_to_keep=1).logits
+    assert last.shape == (2, 1, VOCAB) and torch.allclose(last, full[:, -1:], atol=1e-6)
+
+
 def test_save_load_round_trip(tmp_path):
-    model = make_model()
+    model = make_model(tie_word_embeddings=True)
     model.save_pretrained(tmp_path)
     loaded = LogLinearGatedDeltaNetForCausalLM.from_pretrained(tmp_path).eval()
-    for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
-        assert torch.equal(a, b), name
+    assert loaded.lm_head.weight.data_ptr() == loaded.model.embeddings.weight.data_ptr()
+    ref = model.state_dict()
+    for name, value in loaded.state_dict().items():
+        assert torch.equal(value, ref[name]), name
     ids = tokens(2, 40, seed=50)
     with torch.no_grad():
         assert torch.equal(model(ids, use_cache=False).logits, loaded(ids, use_cache=False).logits)
+    assert isinstance(AutoModelForCausalLM.from_pretrained(tmp_path), LogLinearGatedDeltaNetForCausalLM)
+    assert isinstance(LogLinearGatedDeltaNetModel.from_pretrained(tmp_path), LogLinearGatedDeltaNetModel)
+
+
+def test_missing_level_weights_are_initialised_on_load(tmp_path):
+    """A checkpoint without level parameters (plain fla Gated DeltaNet weights) loads as plain
+    Gated DeltaNet: from_pretrained builds on the meta device, so values come from _init_weights."""
+    model = make_model()
+    model.save_pretrained(tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    save_file({k: v for k, v in weights.items() if "level_" not in k}, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    loaded = LogLinearGatedDeltaNetForCausalLM.from_pretrained(tmp_path).eval()
+    attn = loaded.model.layers[0].attn
+    assert torch.count_nonzero(attn.level_proj.weight) == 0
+    assert torch.equal(attn.level_weights.scale, torch.ones_like(attn.level_weights.scale))
+    assert torch.allclose(attn.level_weights.bias, torch.full_like(attn.level_weights.bias, math.log(math.e - 1)))
+    assert torch.equal(attn.A_log, model.model.layers[0].attn.A_log)
+    ids = tokens(1, 30, seed=52)
+    with torch.no_grad():
+        assert rel_err(loaded(ids).logits, plain_gated_deltanet_logits(loaded, ids)) < 1e-5
+
+
+# Runs where importing hf_loglinear (and triton) fails: only torch, transformers and safetensors.
+_REMOTE_LOAD = textwrap.dedent(
+    """
+    import importlib.abc, sys
+    class Blocker(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in ("hf_loglinear", "triton"):
+                raise ModuleNotFoundError(f"No module named {name!r}")
+    sys.meta_path.insert(0, Blocker())
+    import torch
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    folder = sys.argv[1]
+    model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).eval()
+    assert type(model).__module__.startswith("transformers_modules."), type(model).__module__
+    assert type(AutoModel.from_pretrained(folder, trust_remote_code=True)).__name__ == "LogLinearGatedDeltaNetModel"
+    ids = torch.load(folder + "/ids.pt")
+    with torch.no_grad():
+        logits = model(ids, use_cache=False).logits
+    tokens = model.generate(ids, max_new_tokens=8, do_sample=False, eos_token_id=None, pad_token_id=0)
+    torch.save({"logits": logits, "tokens": tokens}, folder + "/remote.pt")
+    """
+)
+
+
+def test_remote_code_loads_without_the_package(tmp_path):
+    model = make_model()
+    folder = tmp_path / "model"
+    model.save_pretrained(folder)
+    assert json.loads((folder / "config.json").read_text())["auto_map"] == {
+        "AutoConfig": "configuration_loglinear_gated_deltanet.LogLinearGatedDeltaNetConfig",
+        "AutoModel": "modeling_loglinear_gated_deltanet.LogLinearGatedDeltaNetModel",
+        "AutoModelForCausalLM": "modeling_loglinear_gated_deltanet.LogLinearGatedDeltaNetForCausalLM",
+    }
+    ids = tokens(2, 25, seed=53)
+    torch.save(ids, folder / "ids.pt")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(HF_HOME=str(tmp_path / "hf_home"), HF_MODULES_CACHE=str(tmp_path / "modules"), HF_HUB_OFFLINE="1",
+               OMP_NUM_THREADS="1")
+    run = subprocess.run([sys.executable, "-c", _REMOTE_LOAD, str(folder)], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    remote = torch.load(folder / "remote.pt")
+    with torch.no_grad():
+        assert torch.equal(remote["logits"], model(ids, use_cache=False).logits)
+    expected = model.generate(ids, max_new_tokens=8, do_sample=False, eos_token_id=None, pad_token_id=0)
+    assert torch.equal(remote["tokens"], expected)
 
 
 # --------------------------------------------------------------------------- errors
@@ -306,8 +412,6 @@ def test_bad_config_raises(overrides, message):
 
 
 def test_bad_inputs_raise():
-    from hf_loglinear.configuration_loglinear_mamba2 import LogLinearMamba2Config
-
     model = make_model()
     ids = tokens(2, 6)
     with torch.no_grad():
