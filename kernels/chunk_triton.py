@@ -1,0 +1,257 @@
+"""Chunked log-linear attention with Triton kernels: the ``backend="triton"`` whole-sequence path.
+
+Stages (one launch each, all chunk- or level-parallel; SPEC §4):
+1. torch: chunk-local cumulative log decay G (one cumsum);
+2. ``intra_triton.ut_factors_kernel`` (delta rule only): A^-1 diag(beta), W, U per chunk;
+3. ``scan_triton.level_scan_kernel``: every inter-chunk level is its own scan over chunks
+   (grid: sequences x heads x levels x value tiles), recording the state each chunk reads;
+4. ``output_triton.chunk_output_kernel``: intra-chunk (P * Lambda) V plus the level readout.
+The final LevelState is assembled in torch from the recorded states of each sequence's last
+chunk and ``block.block_terms`` of that one chunk (small: one chunk per sequence).
+
+Layout: dense batches without an initial state run on the inputs in place (padded with null
+tokens to a multiple of the chunk when T is not one): no copies, no host synchronisation.
+``cu_seqlens`` or ``initial_state`` go through ``layout.make_layout``, the torch planner, which
+reads lengths and start positions on the host (one synchronisation per call) and gathers the
+tokens into position-aligned rows.
+
+Gradients: the backward recomputes the forward with the torch chunked form and differentiates
+it with autograd (a Triton backward is not written yet; see benchmarks/gpu_notes.md).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..levels import bit_length, level_tensor, relevel
+from .block import block_terms, level_split
+from .chunk import chunk_loglinear_attention
+from .intra_triton import ut_factors_kernel
+from .layout import make_layout
+from .output_triton import chunk_output_kernel
+from .scan_triton import level_scan_kernel
+
+CHUNK = 64
+
+
+def _acc(dtype):
+    import triton.language as tl
+
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def _block(n):
+    return max(16, 1 << (n - 1).bit_length())
+
+
+class _Rows:
+    """Inputs as rows of position-aligned slots ``[N, S, ...]`` (S = NC * C), plus where they sit."""
+
+    def __init__(self, q, k, v, g, lam, beta, cu_seqlens, initial_state, chunk):
+        batch, length = q.shape[:2]
+        self.layout = None
+        if cu_seqlens is None and initial_state is None:
+            pad = -length % chunk
+            fit = (lambda x: x) if pad == 0 else (lambda x: F.pad(x, (0, 0) * (x.dim() - 2) + (0, pad)))
+            self.q, self.k, self.v, self.lam = (fit(x).contiguous() for x in (q, k, v, lam))
+            self.g = fit(g)
+            self.beta = None if beta is None else fit(beta).contiguous()
+            self.base = torch.zeros(batch, dtype=torch.int64, device=q.device)
+            self.num_chunks = (length + pad) // chunk
+            self.max_chunk = self.num_chunks - 1
+        else:
+            starts = None if initial_state is None else initial_state.position
+            lay = make_layout(batch, length, cu_seqlens, starts, chunk, q.device)
+            rows = lambda x: lay.gather(x).flatten(1, 2).contiguous()  # noqa: E731
+            self.q, self.k, self.v, self.lam = (rows(x) for x in (q, k, v, lam))
+            self.g = rows(g)
+            self.beta = None if beta is None else rows(beta)
+            self.base = lay.base
+            self.num_chunks = lay.num_chunks
+            self.max_chunk = int(lay.base.max()) // chunk + self.num_chunks - 1
+            self.layout = lay
+        self.start = initial_state.position if initial_state is not None else torch.zeros_like(self.base)
+        self.num_rows = self.q.shape[0]
+
+    def output(self, o, batch, length):
+        if self.layout is None:
+            return o[:, :length]
+        return self.layout.scatter(o.view(self.num_rows, self.num_chunks, -1, *o.shape[2:]), batch, length)
+
+
+def _initial_terms(levels, start, base_chunk, num_js, chunk):
+    """Split the initial levels (seen from p0 - 1) into what the scans and the first chunk need.
+
+    Returns ``low`` [N, H, L, K, V] (levels inside the first chunk, read per token there), ``h0``
+    [N, NJ, H, K, V] and ``p0`` [N, H, K, V] (start values of the level scans).
+    """
+    n, _, num_levels = levels.shape[:3]
+    log_c = chunk.bit_length() - 1
+    lvl = torch.arange(num_levels, device=levels.device).view(1, 1, -1, 1, 1)
+    is_low = lvl < min(log_c + 1, num_levels - 1)
+    aligned = (start % chunk == 0).view(-1, 1, 1, 1, 1)
+    high = torch.where(aligned, relevel(levels, start - 1, start), levels * ~is_low)
+    low = torch.where(aligned, torch.zeros_like(levels), levels * is_low)
+    inter = high[:, :, log_c + 1 :]
+    cum = inter.cumsum(2)
+    h0 = []
+    for js in range(num_js - 1):
+        bit = ((base_chunk >> js) & 1).bool().view(-1, 1, 1, 1)
+        h0.append(torch.where(bit, inter[:, :, js], cum[:, :, js]))
+    h0.append(high[:, :, num_levels - 1])
+    pending = inter[:, :, : max(0, num_levels - 2 - log_c)].sum(2)
+    return low, torch.stack(h0, 1).contiguous(), pending.contiguous()
+
+
+def _final_state(rows, states, o_dtype, initial_state, num_heads, num_levels, chunk):
+    """Level states seen from each sequence's last token (SPEC §3 handoff to decode)."""
+    from ..ops import LevelState
+
+    log_c = chunk.bit_length() - 1
+    lay = rows.layout
+    n = rows.num_rows
+    dev = rows.q.device
+    if lay is None:
+        last = torch.full((n,), rows.num_chunks - 1, dtype=torch.int64, device=dev)
+        end = torch.full((n,), rows.length, dtype=torch.int64, device=dev)
+    else:
+        last, end = lay.last_chunk, lay.end
+    idx = torch.arange(n, device=dev)
+    num_js = states.shape[2]
+    ca = rows.base // chunk + last
+    rec = states[idx, last].to(o_dtype)  # [N, NJ, H, K, V]
+    start_states = torch.zeros(n, num_heads, num_levels, *rec.shape[-2:], dtype=o_dtype, device=dev)
+    for js in range(num_js - 1):
+        bit = ((ca >> js) & 1).bool().view(-1, 1, 1, 1)
+        start_states[:, :, log_c + 1 + js] = torch.where(bit, rec[:, js], 0.0)
+    start_states[:, :, num_levels - 1] = rec[:, num_js - 1]
+    a_last = torch.maximum(rows.base + last * chunk, rows.start)
+    if initial_state is not None:
+        first = relevel(initial_state.levels.to(o_dtype), rows.start - 1, rows.start)
+        start_states = torch.where((last == 0).view(-1, 1, 1, 1, 1), first, start_states)
+
+    def pick(x):  # [N, S, X, ...] -> last chunk per row [N, X, C, ...]
+        x = x.view(n, rows.num_chunks, chunk, *x.shape[2:])[idx, last].to(o_dtype)
+        return x.movedim(1, 2)
+
+    rep = num_heads // rows.q.shape[2]
+    qc, kc = (pick(x).repeat_interleave(rep, 1) for x in (rows.q, rows.k))
+    terms = block_terms(qc, kc, pick(rows.g), None if rows.beta is None else pick(rows.beta))
+    pos = rows.base[:, None] + last[:, None] * chunk + torch.arange(chunk, device=dev)
+    final_pos = end - 1
+    src = level_tensor(final_pos[:, None], pos.clamp_max(final_pos[:, None]), num_levels)
+    final = terms.transition(relevel(start_states, a_last, final_pos))
+    final = final + level_split(terms.R, pick(rows.v), src[:, None], num_levels)
+    if initial_state is not None:
+        empty = (end == rows.start).view(-1, 1, 1, 1, 1)
+        final = torch.where(empty, initial_state.levels.to(o_dtype), final)
+    return LevelState(final if o_dtype == torch.float64 else final.float(), end.clone())
+
+
+def _forward(q, k, v, g, lam, beta, cu_seqlens, initial_state, output_final_state, chunk=CHUNK):
+    import triton
+
+    batch, length, num_groups, key_dim = q.shape
+    num_heads, value_dim = v.shape[2:]
+    num_levels = lam.shape[-1]
+    log_c = chunk.bit_length() - 1
+    rows = _Rows(q, k, v, g, lam, beta, cu_seqlens, initial_state, chunk)
+    rows.length = length
+    n, nc, slots = rows.num_rows, rows.num_chunks, rows.q.shape[1]
+    dev = q.device
+    acc_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+    acc, prec = _acc(q.dtype), ("ieee" if q.dtype in (torch.float32, torch.float64) else "tf32")
+    bk, bv = _block(key_dim), min(_block(value_dim), 64)
+    consts = dict(H=num_heads, G=num_groups, K=key_dim, V=value_dim, C=chunk, BK=bk, ACC=acc, PREC=prec)
+
+    g_cum = rows.g.to(acc_dtype).view(n, nc, chunk, num_heads).cumsum(2).view(n, slots, num_heads)
+    delta = rows.beta is not None
+    a_inv = w = None
+    vu = rows.v
+    if delta:
+        a_inv = torch.empty(n, nc, num_heads, chunk, chunk, dtype=acc_dtype, device=dev)
+        w = torch.empty(n, slots, num_heads, key_dim, dtype=acc_dtype, device=dev)
+        vu = torch.empty(n, slots, num_heads, value_dim, dtype=acc_dtype, device=dev)
+        ut_factors_kernel[(n * nc, num_heads)](
+            rows.k, rows.v, g_cum, rows.beta, a_inv, w, vu, slots, nc, LOG_C=log_c, BV=bv, **consts
+        )
+
+    top_exp = max(0, num_levels - 2 - log_c)  # inter-chunk levels below the capped top
+    num_js = min(top_exp, rows.max_chunk.bit_length()) + 1
+    state_dtype = acc_dtype if q.dtype in (torch.float32, torch.float64) else q.dtype
+    states = torch.empty(n, nc, num_js, num_heads, key_dim, value_dim, dtype=state_dtype, device=dev)
+    has_init = initial_state is not None
+    base_chunk = rows.base // chunk
+    if has_init:
+        low, h0, p0 = _initial_terms(initial_state.levels.to(acc_dtype), rows.start, base_chunk, num_js, chunk)
+        low_sum = low.sum(2).contiguous()
+        low = low.contiguous()
+    else:
+        low = h0 = p0 = low_sum = states  # never read
+    n_v = triton.cdiv(value_dim, bv)
+    level_scan_kernel[(n * num_heads, num_js, n_v)](
+        rows.k, vu, w if delta else rows.k, g_cum, states, h0, p0, low_sum, base_chunk,
+        slots, nc, num_js, top_exp, BV=bv, DELTA=delta, HAS_INIT=has_init, **consts,
+    )
+    o = torch.empty(n, slots, num_heads, value_dim, dtype=v.dtype, device=dev)
+    chunk_output_kernel[(n * nc, num_heads, n_v)](
+        rows.q, rows.k, rows.v, g_cum, rows.lam, a_inv if delta else g_cum, w if delta else g_cum, states, low,
+        base_chunk, rows.start, o, slots, nc, num_js, num_levels,
+        LOG_C=log_c, LP=_block(num_levels), BV=bv, DELTA=delta, HAS_INIT=has_init, **consts,
+    )
+    out = rows.output(o, batch, length)
+    if not output_final_state:
+        return out, None
+    return out, _final_state(rows, states, acc_dtype, initial_state, num_heads, num_levels, chunk)
+
+
+class _LogLinearAttention(torch.autograd.Function):
+    """Triton forward; backward by recomputation through the torch chunked form."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, g, lam, beta, levels0, pos0, cu_seqlens, output_final_state):
+        from ..ops import LevelState
+
+        init = None if levels0 is None else LevelState(levels0, pos0)
+        o, final = _forward(q, k, v, g, lam, beta, cu_seqlens, init, output_final_state)
+        ctx.save_for_backward(q, k, v, g, lam, beta, levels0, pos0, cu_seqlens)
+        ctx.output_final_state = output_final_state
+        if final is None:
+            return o, None, None
+        ctx.mark_non_differentiable(final.position)
+        return o, final.levels, final.position
+
+    @staticmethod
+    def backward(ctx, do, dlevels, _dpos):
+        from ..ops import LevelState
+
+        q, k, v, g, lam, beta, levels0, pos0, cu_seqlens = ctx.saved_tensors
+        inputs = [q, k, v, g, lam, beta, levels0]
+        with torch.enable_grad():
+            leaves = [None if x is None else x.detach().requires_grad_(need) for x, need in zip(inputs, ctx.needs_input_grad)]
+            init = None if levels0 is None else LevelState(leaves[6], pos0)
+            o, final = chunk_loglinear_attention(*leaves[:6], cu_seqlens, init, ctx.output_final_state)
+            outs, grads_out = [o], [do]
+            if final is not None and dlevels is not None:
+                outs.append(final.levels)
+                grads_out.append(dlevels)
+            wanted = [x for x in leaves if x is not None and x.requires_grad]
+            grads = iter(torch.autograd.grad(outs, wanted, grads_out, allow_unused=True))
+        result = [next(grads) if x is not None and x.requires_grad else None for x in leaves]
+        return (*result, None, None, None)
+
+
+def chunk_loglinear_attention_triton(
+    q, k, v, g, level_weights, beta=None, cu_seqlens=None, initial_state=None, output_final_state=False
+):
+    from ..ops import LevelState
+
+    tensors = [q, k, v, g, level_weights, beta] + ([initial_state.levels] if initial_state is not None else [])
+    if not (torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in tensors)):
+        return _forward(q, k, v, g, level_weights, beta, cu_seqlens, initial_state, output_final_state)
+    levels0 = None if initial_state is None else initial_state.levels
+    pos0 = None if initial_state is None else initial_state.position
+    o, levels, pos = _LogLinearAttention.apply(
+        q, k, v, g, level_weights, beta, levels0, pos0, cu_seqlens, output_final_state
+    )
+    return o, (LevelState(levels, pos) if output_final_state else None)

@@ -1,0 +1,90 @@
+"""Triton: the output of every chunk, intra-chunk terms plus the inter-chunk level readout.
+
+Grid ``(N * NC, H, V / BV)``. For the chunk's queries (SPEC §4, ``block.py`` for the algebra)::
+
+    o = (P * Lambda) V  +  sum_js  lambda[:, level(js)] * (Qt @ states[js])
+
+P = (q k^T) * exp(G_t - G_s) (causal), for the delta rule times Ab = A^-1 diag(beta);
+Qt = exp(G) q, for the delta rule minus (q k^T * Gamma) W. Lambda[t, s] = lambda_t at level
+min(bit_length(t XOR s), L-1): the chunk is aligned, so slot indices give the intra levels.
+Inter-chunk level js is read when bit js of the absolute chunk index is set; the top state
+(last js) always. With an initial state, the first chunk also reads the initial levels that lie
+inside it (``low``), each at min(max(l, bit_length(t XOR (p0 - 1))), L-1) for query t.
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from ..levels import tl_bit_length
+
+
+@triton.jit
+def _column(tile, cols, col):
+    """tile[t, col] for a [C, LP] tile; ``col`` a scalar or a [C, 1] column of indices."""
+    return tl.sum(tl.where(cols[None, :] == col, tile, 0.0), 1)
+
+
+@triton.jit
+def chunk_output_kernel(
+    q, k, v, g_cum, lam, a_inv, w, states, low, base_chunk, first_pos, o,
+    S, NC, NJ, L,
+    H: tl.constexpr, G: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    C: tl.constexpr, LOG_C: tl.constexpr, LP: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    DELTA: tl.constexpr, HAS_INIT: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
+):
+    pid_nc, h, pid_v = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    row, c = pid_nc // NC, pid_nc % NC
+    row64 = row.to(tl.int64)
+    grp = h // (H // G)
+    i = tl.arange(0, C)
+    dk = tl.arange(0, BK)
+    dv = pid_v * BV + tl.arange(0, BV)
+    cols = tl.arange(0, LP)
+    km, vm = dk < K, dv < V
+    tok = row64 * S + c * C + i
+
+    qt = tl.load(q + (tok[:, None] * G + grp) * K + dk[None, :], mask=km[None, :], other=0.0).to(ACC)
+    kt = tl.load(k + (tok[:, None] * G + grp) * K + dk[None, :], mask=km[None, :], other=0.0).to(ACC)
+    vt = tl.load(v + (tok[:, None] * H + h) * V + dv[None, :], mask=vm[None, :], other=0.0).to(ACC)
+    gc = tl.load(g_cum + tok * H + h).to(ACC)
+    lam_t = tl.load(lam + (tok[:, None] * H + h) * L + cols[None, :], mask=cols[None, :] < L, other=0.0).to(ACC)
+
+    causal = i[:, None] >= i[None, :]
+    gamma = tl.exp(tl.where(causal, gc[:, None] - gc[None, :], 0.0))
+    qk = tl.where(causal, tl.dot(qt, tl.trans(kt), input_precision=PREC, out_dtype=ACC) * gamma, 0.0)
+    qt = qt * tl.exp(gc)[:, None]
+    p = qk
+    if DELTA:
+        blk = (row64 * NC + c) * H + h
+        ab = tl.load(a_inv + blk * C * C + i[:, None] * C + i[None, :]).to(ACC)
+        p = tl.dot(qk, ab, input_precision=PREC, out_dtype=ACC)
+        wt = tl.load(w + (tok[:, None] * H + h) * K + dk[None, :], mask=km[None, :], other=0.0).to(ACC)
+        qt = qt - tl.dot(qk, wt, input_precision=PREC, out_dtype=ACC)
+
+    lev = tl.minimum(tl_bit_length(i[:, None] ^ i[None, :]), L - 1)
+    weights = tl.zeros([C, C], dtype=ACC)
+    for lvl in tl.static_range(LOG_C + 1):
+        weights = tl.where(lev == lvl, _column(lam_t, cols, lvl)[:, None], weights)
+    acc = tl.dot(p * weights, vt, input_precision=PREC, out_dtype=ACC)
+
+    ca = tl.load(base_chunk + row) + c
+    hv = dk[:, None] * V + dv[None, :]
+    hvm = km[:, None] & vm[None, :]
+    for js in range(NJ):
+        is_top = js == NJ - 1
+        if is_top | (((ca >> js) & 1) == 1):
+            col = tl.where(is_top, L - 1, LOG_C + 1 + js)
+            src = states + (((row64 * NC + c) * NJ + js) * H + h) * K * V
+            hs = tl.load(src + hv, mask=hvm, other=0.0).to(ACC)
+            acc += _column(lam_t, cols, col)[:, None] * tl.dot(qt, hs, input_precision=PREC, out_dtype=ACC)
+    if HAS_INIT:
+        if c == 0:
+            pos = ca * C + i
+            e = tl_bit_length(pos ^ (tl.load(first_pos + row) - 1))
+            for lvl in range(tl.minimum(LOG_C + 1, L - 1)):
+                src = low + ((row64 * H + h) * L + lvl) * K * V
+                hs = tl.load(src + hv, mask=hvm, other=0.0).to(ACC)
+                col = tl.minimum(tl.maximum(e, lvl), L - 1)
+                acc += _column(lam_t, cols, col[:, None])[:, None] * tl.dot(qt, hs, input_precision=PREC, out_dtype=ACC)
+    tl.store(o + (tok[:, None] * H + h) * V + dv[None, :], acc.to(o.dtype.element_ty), mask=vm[None, :])

@@ -1,0 +1,92 @@
+"""Triton decode step: one launch for every row, head and level (SPEC §3), in place.
+
+Grid ``(N, H, V / BV)``; each program walks the L levels of one (row, head, value tile), reading
+the row's position from the device, so the step never synchronises with the host and can be
+captured in a CUDA graph. For token t = position[n] (t >= 1 merges levels below
+m = min(bit_length(t XOR (t-1)), L-1) into m), every level is transitioned (scalar decay, or
+the delta rule as a rank-1 update alpha (S - beta k (k^T S))), level 0 receives the token, and
+the output sums lambda_l q^T S_l.
+
+Levels that the Fenwick structure proves empty at t (level l >= 1 with bit l-1 of t clear, the
+top with nothing above it) are neither read nor written: a state built by prefill or by earlier
+steps holds zeros there, so skipping them is exact and cuts the traffic to the live levels.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ..levels import tl_bit_length
+
+
+@triton.jit
+def decode_step_kernel(
+    levels, position, q, k, v, g, lam, beta, o,
+    L,
+    H: tl.constexpr, G: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    BK: tl.constexpr, BV: tl.constexpr, DELTA: tl.constexpr,
+):
+    row, h, pid_v = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    row64 = row.to(tl.int64)
+    grp = h // (H // G)
+    dk = tl.arange(0, BK)
+    dv = pid_v * BV + tl.arange(0, BV)
+    km, vm = dk < K, dv < V
+    hv = dk[:, None] * V + dv[None, :]
+    hvm = km[:, None] & vm[None, :]
+
+    t = tl.load(position + row)
+    merge = tl.where(t > 0, tl.minimum(tl_bit_length(t ^ (t - 1)), L - 1), 0)
+    qt = tl.load(q + (row64 * G + grp) * K + dk, mask=km, other=0.0).to(tl.float32)
+    kt = tl.load(k + (row64 * G + grp) * K + dk, mask=km, other=0.0).to(tl.float32)
+    vt = tl.load(v + (row64 * H + h) * V + dv, mask=vm, other=0.0).to(tl.float32)
+    alpha = tl.exp(tl.load(g + row64 * H + h).to(tl.float32))
+    if DELTA:
+        b = tl.load(beta + row64 * H + h).to(tl.float32)
+        vt = b * vt
+
+    out = tl.zeros([BV], dtype=tl.float32)
+    below = tl.zeros([BK, BV], dtype=tl.float32)
+    base = levels + (row64 * H + h) * L * K * V
+    for lvl in range(L):
+        # bit lvl-1 of t, written on 2t so that level 0 needs no special case
+        live = (lvl <= merge) | ((((2 * t) >> lvl) & 1) == 1) | ((lvl == L - 1) & (((2 * t) >> lvl) > 0))
+        live = hvm & ((tl.zeros([BK, BV], dtype=tl.int32) + live.to(tl.int32)) > 0)
+        s = tl.load(base + lvl * K * V + hv, mask=live, other=0.0)
+        if lvl < merge:
+            below += s
+            s = tl.zeros([BK, BV], dtype=tl.float32)
+        elif lvl == merge:
+            s += below
+        if DELTA:
+            ks = tl.sum(kt[:, None] * s, 0)
+            s = alpha * (s - b * kt[:, None] * ks[None, :])
+        else:
+            s = alpha * s
+        if lvl == 0:
+            s += kt[:, None] * vt[None, :]
+        out += tl.load(lam + (row64 * H + h) * L + lvl).to(tl.float32) * tl.sum(qt[:, None] * s, 0)
+        tl.store(base + lvl * K * V + hv, s, mask=live)
+    tl.store(o + (row64 * H + h) * V + dv, out.to(o.dtype.element_ty), mask=vm)
+
+
+def step_loglinear_attention_triton(state, q, k, v, g, level_weights, beta=None):
+    """In-place decode step on a LevelState (fp32 levels); returns (o [N, H, V], state)."""
+    if state.levels.dtype != torch.float32 or not state.levels.is_contiguous():
+        raise ValueError(
+            f"the triton step needs contiguous float32 state.levels, got {state.levels.dtype} "
+            f"(contiguous={state.levels.is_contiguous()}); use backend='torch' for float64 states"
+        )
+    n, num_heads, num_levels, key_dim, value_dim = state.levels.shape
+    bk = max(16, triton.next_power_of_2(key_dim))
+    bv = max(16, min(triton.next_power_of_2(value_dim), 4096 // bk))
+    o = torch.empty(n, num_heads, value_dim, dtype=v.dtype, device=v.device)
+    q, k, v, g, lam = (x.contiguous() for x in (q, k, v, g, level_weights))
+    beta = None if beta is None else beta.contiguous()
+    decode_step_kernel[(n, num_heads, triton.cdiv(value_dim, bv))](
+        state.levels, state.position, q, k, v, g, lam, g if beta is None else beta, o,
+        num_levels, H=num_heads, G=q.shape[1], K=key_dim, V=value_dim, BK=bk, BV=bv, DELTA=beta is not None,
+    )
+    state.position.add_(1)
+    return o, state
