@@ -55,9 +55,10 @@ def make_config(**overrides):
 
 
 def make_model(seed=0, neutral_levels=False, **overrides):
-    """A model with O(1) logits and slow decays (A in [0.05, 0.5]) so that far levels matter.
+    """A model with O(1) logits, slow decays (A in [0.05, 0.5]) so that far levels matter, and
+    level weights that differ per token, head and level.
 
-    ``neutral_levels``: level projection 0 (lambda = softplus(bias), bias as configured)."""
+    ``neutral_levels``: level projection 0 and scale, bias as initialised (lambda = softplus(bias))."""
     torch.manual_seed(seed)
     model = LogLinearGatedDeltaNetForCausalLM(make_config(**overrides)).eval()
     gen = torch.Generator().manual_seed(seed + 1)
@@ -71,8 +72,8 @@ def make_model(seed=0, neutral_levels=False, **overrides):
                 p.add_(0.5 * torch.randn(p.shape, generator=gen))
             elif name.endswith("level_weights.scale") and not neutral_levels:
                 p.copy_(1 + 0.3 * torch.randn(p.shape, generator=gen))
-            elif name.endswith("level_proj.weight") and neutral_levels:
-                p.zero_()
+            elif name.endswith("level_proj.weight"):  # starts at zero: make lambda depend on the token
+                p.copy_(torch.zeros(p.shape) if neutral_levels else 0.3 * torch.randn(p.shape, generator=gen))
     return model
 
 
@@ -190,7 +191,9 @@ def test_prefill_then_decode_equals_full_forward(num_levels):
     assert worst < 1e-4
 
 
+@torch.no_grad()
 def test_generate_with_and_without_cache():
+    """Greedy, beam search (num_beams=3: deterministic, reorders the cache) and seeded sampling."""
     model = make_model()
     ids = tokens(2, 12, seed=6)
     kw = dict(max_new_tokens=20, do_sample=False, eos_token_id=None, pad_token_id=0)
@@ -200,6 +203,12 @@ def test_generate_with_and_without_cache():
     beams = [model.generate(ids, num_beams=3, **kw) for _ in range(2)]
     assert torch.equal(beams[0], beams[1])
     assert torch.equal(beams[0], model.generate(ids, num_beams=3, use_cache=False, **kw))
+    sampled = []
+    for use_cache in (True, False):
+        torch.manual_seed(5)
+        sampled.append(model.generate(ids, max_new_tokens=12, do_sample=True, top_k=0, use_cache=use_cache,
+                                      eos_token_id=None, pad_token_id=0))
+    assert torch.equal(*sampled)
 
 
 def test_generate_continues_from_returned_cache():
