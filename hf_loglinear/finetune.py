@@ -155,6 +155,7 @@ def finetune(
     if bf16 is None:
         bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     accelerator = Accelerator(
+        cpu=not torch.cuda.is_available(),  # also makes torchrun on a CPU machine run DDP over gloo
         mixed_precision="bf16" if bf16 else "no",
         gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=grad_accum, sync_with_dataloader=False),
     )
