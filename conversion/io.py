@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+from transformers import PreTrainedConfig
 
 __all__ = ["CheckpointReader", "ShardWriter", "staging_folder", "read_config", "DTYPES"]
 
@@ -32,8 +33,8 @@ def read_config(folder: Path) -> dict:
     path = folder / "config.json"
     if not path.is_file():
         raise ValueError(f"{folder} has no config.json; pass a checkpoint folder (config.json plus weights)")
-    try:
-        return json.loads(path.read_text())
+    try:  # transformers' reader also decodes its {"__float__": "Infinity"} encoding
+        return PreTrainedConfig._dict_from_json_file(path)
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path} is not valid JSON ({exc}); re-download the checkpoint") from None
 
@@ -43,9 +44,9 @@ class CheckpointReader:
 
     def __init__(self, folder: str | os.PathLike):
         self.folder = Path(folder)
+        self._open: tuple[str, object] | None = None  # the one file currently held open
         self.files = self._weight_files()  # file name -> ordered tensor names
         self.locations = {name: file for file, names in self.files.items() for name in names}
-        self._open: tuple[str, object] | None = None  # the one file currently held open
 
     # ------------------------------------------------------------------ discovery
     def _weight_files(self) -> dict[str, list[str]]:
@@ -148,10 +149,11 @@ class ShardWriter:
         self._pending: dict[str, torch.Tensor] = {}
         self._pending_bytes = 0
         self._shards: list[tuple[str, list[str]]] = []
+        self.shapes: dict[str, tuple[int, ...]] = {}
         self.total_bytes = 0
 
     def add(self, name: str, tensor: torch.Tensor):
-        if name in self._pending or any(name in names for _, names in self._shards):
+        if name in self.shapes:
             raise ValueError(f"tensor {name} written twice")
         # Views of a larger tensor (row slices) would drag its whole storage into the file.
         tensor = tensor.detach().contiguous().clone() if tensor._base is not None else tensor.detach().contiguous()
@@ -159,6 +161,7 @@ class ShardWriter:
         if self._pending and self._pending_bytes + size > self.max_shard_bytes:
             self._flush()
         self._pending[name] = tensor
+        self.shapes[name] = tuple(tensor.shape)
         self._pending_bytes += size
         self.total_bytes += size
 

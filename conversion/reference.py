@@ -38,27 +38,30 @@ def level_recurrence(q, k, v, log_decay, *, beta=None, level_weights=None):
     into level 0, read.
     """
     batch, length, heads, key_dim = k.shape
-    num_levels = 1 if level_weights is None else level_weights.shape[-1]
-    states = q.new_zeros(batch, heads, num_levels, key_dim, v.shape[-1])
+    if level_weights is None:
+        level_weights = q.new_ones(batch, length, heads, 1)
+    elif length > 1 << (level_weights.shape[-1] - 1):
+        raise ValueError(
+            f"position {1 << (level_weights.shape[-1] - 1)} needs level {level_weights.shape[-1]}; "
+            f"the source model has only {level_weights.shape[-1]} levels"
+        )
+    used = min(level_weights.shape[-1], (length - 1).bit_length() + 1)  # levels this length can reach
+    states = q.new_zeros(batch, heads, used, key_dim, v.shape[-1])
+    decay = log_decay.exp()[..., None, None, None]
+    write = k[..., :, None] * (v if beta is None else beta[..., None] * v)[..., None, :]  # [B, T, H, K, V]
     out = []
     for t in range(length):
-        if level_weights is not None and t > 0:
+        if t > 0 and used > 1:
             m = (t ^ (t - 1)).bit_length()
-            if m >= num_levels:
-                raise ValueError(f"position {t} needs level {m}; the source model has only {num_levels} levels")
             states[:, :, m] += states[:, :, :m].sum(2)
             states[:, :, :m] = 0
-        k_t = k[:, t, :, None, :, None]  # [B, H, 1, K, 1]
-        states = states * log_decay[:, t, :, None, None, None].exp()
+        states.mul_(decay[:, t])
         if beta is not None:
-            b_t = beta[:, t, :, None, None, None]
-            states = states - b_t * k_t * (k_t * states).sum(-2, keepdim=True)
-            states[:, :, 0] += (beta[:, t, :, None, None] * k[:, t, :, :, None]) * v[:, t, :, None, :]
-        else:
-            states[:, :, 0] += k[:, t, :, :, None] * v[:, t, :, None, :]
-        read = torch.einsum("bhk,bhlkv->bhlv", q[:, t], states)
-        lam = None if level_weights is None else level_weights[:, t]
-        out.append(read[:, :, 0] if lam is None else (lam[..., None] * read).sum(2))
+            k_t = k[:, t, :, None, :, None]  # [B, H, 1, K, 1]
+            states -= beta[:, t, :, None, None, None] * k_t * (k_t * states).sum(-2, keepdim=True)
+        states[:, :, 0] += write[:, t]
+        read = (q[:, t, :, None, None, :] @ states).squeeze(-2)  # [B, H, L, V]
+        out.append((level_weights[:, t, :, :used, None] * read).sum(2))
     return torch.stack(out, dim=1)
 
 
