@@ -185,7 +185,9 @@ def finetune(
                               generator=torch.Generator().manual_seed(seed))
     if len(train_loader) == 0:
         raise ValueError(f"{len(train_rows)} training row(s) cannot fill one batch of {batch_size}; lower --batch-size")
-    eval_loader = DataLoader(eval_rows, batch_size=batch_size, collate_fn=collate) if eval_rows is not None else None
+    # One row per eval batch: gather_for_metrics drops the rows accelerate repeats to even out the
+    # processes by counting samples, so every gathered entry must be one row.
+    eval_loader = DataLoader(eval_rows, batch_size=1, collate_fn=collate) if eval_rows is not None else None
     params = [p for p in peft_model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     peft_model, optimizer, train_loader = accelerator.prepare(peft_model, optimizer, train_loader)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -233,3 +235,26 @@ def test_cli_runs(workspace, capsys):
     assert "adapter written to" in printed and "merged model written to" in printed
     assert (workspace / "cli" / "adapter" / "adapter_model.safetensors").is_file()
     assert (workspace / "cli" / "merged" / "config.json").is_file()
+
+
+def test_two_process_ddp_matches_one_process_with_the_same_global_batch(workspace):
+    """torchrun runs the same entry point data-parallel (gloo on CPU); 2 processes x grad_accum 1 follow
+    the loss curve of 1 process x grad_accum 2 and write the same adapter."""
+    settings = ["--steps", "4", "--max-length", "64", "--batch-size", "2", "--lr", "3e-3", "--dropout", "0",
+                "--eval-fraction", "0.1", "--no-progress"]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "hf_loglinear.finetune", str(workspace / "gdn"), str(workspace / "text.txt"), str(workspace / "ddp"),
+               "--grad-accum", "1", *settings]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    single = finetune(workspace / "gdn", workspace / "text.txt", workspace / "single", steps=4, max_length=64, batch_size=2,
+                      lr=3e-3, dropout=0.0, eval_fraction=0.1, grad_accum=2, progress=False)
+    parallel = json.loads((workspace / "ddp" / "finetune.json").read_text())
+    assert parallel["processes"] == 2 and single["processes"] == 1
+    losses = [h["loss"] for h in parallel["history"]]
+    assert losses == pytest.approx([h["loss"] for h in single["history"]], abs=1e-5)
+    assert losses[-1] < losses[0] - 0.1
+    assert parallel["eval_loss"] == pytest.approx(single["eval_loss"], abs=1e-5)
+    a = load_file(workspace / "ddp" / "adapter" / "adapter_model.safetensors")
+    b = load_file(workspace / "single" / "adapter" / "adapter_model.safetensors")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
