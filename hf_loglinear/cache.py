@@ -9,9 +9,10 @@ API (read by both models):
   holding another number of rows (call it at the top of a forward; ``batch_size`` = number of
   sequences, i.e. cache rows).
 - ``cache.has_state(layer_idx)``: whether the layer holds states from an earlier forward.
-- ``cache.get_conv_state(layer_idx, state_idx=0)`` -> ``[B, D, K - 1]`` or None (inherited);
+- ``cache.get_conv_state(layer_idx, state_idx=0)`` -> ``[B, D, K - 1]`` or None;
   ``cache.update_conv_state(state, layer_idx, state_idx=0)`` stores a conv state as returned by
-  ``modules.ShortConvolution(..., output_state=True)`` (copied into the existing buffer).
+  ``modules.ShortConvolution(..., output_state=True)`` (copied into the existing buffer). Both are
+  defined here: transformers 5.17 lacks ``Cache.get_conv_state``.
 - ``cache.level_state(layer_idx)`` -> ``ops.LevelState`` sharing the cache's memory (levels
   ``[B, H, L, K, V]`` fp32, position ``[B]`` int64) or None: ``loglinear_attention_step`` updates
   it in place. ``cache.update_level_state(layer_idx, state)`` stores a prefill's final state.
@@ -164,6 +165,13 @@ class HierarchicalCache(Cache):
         if not 0 <= layer_idx < len(self.layers):
             raise ValueError(f"layer index {layer_idx} out of range: this cache has {len(self.layers)} layers")
         return self.layers[layer_idx]
+
+    def get_conv_state(self, layer_idx: int, state_idx: int = 0) -> torch.Tensor | None:
+        layer = self._layer(layer_idx)
+        return layer.conv_states[state_idx] if layer.has_previous_state[state_idx] else None
+
+    def update_conv_state(self, conv_states: torch.Tensor, layer_idx: int, state_idx: int = 0, **kwargs) -> torch.Tensor:
+        return self._layer(layer_idx).update_conv_state(conv_states, state_idx)
 
     def has_state(self, layer_idx: int) -> bool:
         return self._layer(layer_idx).level_state() is not None

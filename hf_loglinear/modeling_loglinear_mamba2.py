@@ -82,7 +82,7 @@ class LogLinearMamba2Mixer(nn.Module):
         init.copy_(self.dt_bias, dt + torch.log(-torch.expm1(-dt)))
 
     def forward(self, hidden_states, layout, cache: HierarchicalCache | None = None):
-        batch, length, _ = hidden_states.shape
+        """hidden_states ``[B, T, hidden]`` laid out as ``layout`` says (dense rows or packed)."""
         dtype = hidden_states.dtype
         state = cache.level_state(self.layer_idx) if cache is not None else None
         conv_state = cache.get_conv_state(self.layer_idx) if state is not None else None
@@ -102,7 +102,7 @@ class LogLinearMamba2Mixer(nn.Module):
         v = (x.float() * dt[..., None]).to(x.dtype)
         level_weights = self.level_weights(self.level_proj(hidden_states))
 
-        if state is not None and length == 1 and layout.cu_seqlens is None:
+        if state is not None and hidden_states.shape[1] == 1 and layout.cu_seqlens is None:
             o, _ = loglinear_attention_step(state, q[:, 0], k[:, 0], v[:, 0], g[:, 0], level_weights[:, 0])
             o = o[:, None]
         else:
@@ -147,7 +147,7 @@ class LogLinearMamba2Block(GradientCheckpointingLayer):
     def _residual(self, hidden_states):
         return hidden_states.float() if self.residual_in_fp32 else hidden_states
 
-    def forward(self, hidden_states, layout=None, cache=None):
+    def forward(self, hidden_states, layout, cache=None):
         residual = self._residual(hidden_states)
         hidden_states = self.norm(hidden_states.to(self.norm.weight.dtype))
         hidden_states = residual + self.mixer(hidden_states, layout, cache)
