@@ -4,6 +4,7 @@
                                  [--push-to-hub REPO_ID [--private]]
     hf-loglinear upload DIR REPO_ID [--private] [--revision BRANCH]
     hf-loglinear quickstart [--out DIR]
+    hf-loglinear finetune MODEL DATA OUT [--rank 16] [--steps N] [--max-length 2048] [--merge] [...]
 
 A subcommand is two small functions, ``<name>_arguments(parser)`` and ``<name>(args) -> exit code``,
 listed in ``COMMANDS``. Bad input exits with status 2 and one line on stderr saying what to do;
@@ -93,10 +94,24 @@ def quickstart(args) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- finetune
+def finetune_arguments(parser: argparse.ArgumentParser):
+    from .finetune import finetune_arguments as add_arguments
+
+    add_arguments(parser)
+
+
+def finetune(args) -> int:
+    from .finetune import run_finetune
+
+    return run_finetune(args)
+
+
 COMMANDS = {
     "convert": ("turn a Mamba-2 / Gated DeltaNet checkpoint into a log-linear model", convert_arguments, convert),
     "upload": ("upload a folder to the Hugging Face Hub", upload_arguments, upload),
     "quickstart": ("train, convert and sample a tiny model on CPU, nothing downloaded", quickstart_arguments, quickstart),
+    "finetune": ("LoRA-fine-tune a log-linear model on text (runs under torchrun / accelerate launch)", finetune_arguments, finetune),
 }
 
 

@@ -41,7 +41,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, get_scheduler
 
 from .data import IGNORE_INDEX, PackedRows, build_datasets, collate_packed, split_rows
 
-__all__ = ["DEFAULT_TARGETS", "finetune", "load_model", "lora_model", "merge_adapter"]
+__all__ = ["DEFAULT_TARGETS", "finetune", "finetune_arguments", "load_model", "lora_model", "merge_adapter", "run_finetune"]
 
 # LoRA targets per model family: every Linear of the token mixer, and the level projection.
 DEFAULT_TARGETS = {
@@ -457,18 +457,11 @@ def _write_json(path: Path, payload: dict):
 
 
 # --------------------------------------------------------------------------- command line
-def add_finetune_parser(subparsers) -> argparse.ArgumentParser:
-    """Register ``finetune MODEL DATA OUT [options]`` on an argparse sub-parser collection."""
-    p = subparsers.add_parser("finetune", help="LoRA-fine-tune a log-linear model on text", description=DESCRIPTION)
-    _add_arguments(p)
-    p.set_defaults(func=run_finetune)
-    return p
-
-
 DESCRIPTION = "LoRA fine-tuning with packed documents; runs data-parallel under torchrun / accelerate launch."
 
 
-def _add_arguments(p: argparse.ArgumentParser):
+def finetune_arguments(p: argparse.ArgumentParser):
+    """The options of ``hf-loglinear finetune MODEL DATA OUT`` (and of ``python -m hf_loglinear.finetune``)."""
     p.add_argument("model", help="model folder (ours or converted) or hub id")
     p.add_argument("data", help="a .txt / .jsonl / .json file, a folder of them, or a dataset saved with save_to_disk")
     p.add_argument("out", help="output folder: adapter/, merged/, checkpoints/, finetune.json")
@@ -505,6 +498,7 @@ def _add_arguments(p: argparse.ArgumentParser):
 
 
 def run_finetune(args) -> int:
+    """Run ``finetune`` with parsed ``finetune_arguments``; prints the outcome on the main process."""
     tokenizer = None
     if args.tokenizer is not None:
         tokenizer = AutoTokenizer.from_pretrained(args.tokenizer, trust_remote_code=args.trust_remote_code)
@@ -532,5 +526,5 @@ def run_finetune(args) -> int:
 
 if __name__ == "__main__":  # torchrun --nproc_per_node N -m hf_loglinear.finetune MODEL DATA OUT ...
     parser = argparse.ArgumentParser(prog="python -m hf_loglinear.finetune", description=DESCRIPTION)
-    _add_arguments(parser)
+    finetune_arguments(parser)
     raise SystemExit(run_finetune(parser.parse_args()))
