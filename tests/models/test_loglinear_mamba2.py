@@ -253,6 +253,27 @@ def test_level_parameters_train():
         assert p.grad is not None and p.grad.abs().sum() > 0
 
 
+@torch.no_grad()
+def test_lora_on_every_projection_is_honoured():
+    """Projections are called as modules, so LoRA on any of them changes the output."""
+    from peft import LoraConfig, get_peft_model
+
+    model = tiny_model()
+    ids = tokens(2, 20)
+    base = model(ids).logits
+    targets = ["in_proj", "out_proj", "level_proj"]
+    peft_model = get_peft_model(model, LoraConfig(r=2, target_modules=targets, modules_to_save=["level_weights"]))
+    assert any("level_weights.modules_to_save" in n for n, p in peft_model.named_parameters() if p.requires_grad)
+    for target in targets:
+        lora_b = [m.lora_B["default"].weight for n, m in peft_model.named_modules() if n.endswith(target) and hasattr(m, "lora_B")]
+        for w in lora_b:
+            w.normal_(0, 0.1)
+        assert (peft_model(ids).logits - base).abs().max() > 1e-4, target
+        for w in lora_b:
+            w.zero_()
+    assert torch.equal(peft_model(ids).logits, base)
+
+
 # --------------------------------------------------------------------------- init, save / load
 def test_fresh_model_is_plain_mamba2_and_logits_to_keep():
     model = LogLinearMamba2ForCausalLM(tiny_config(level_bias_init=None)).eval()
