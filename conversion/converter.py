@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 from huggingface_hub import ModelCard
+from huggingface_hub.errors import StrictDataclassError
 from tqdm.auto import tqdm
 
 from .. import __version__
@@ -208,9 +209,12 @@ def convert(
     config = read_config(folder)
     reader = CheckpointReader(folder)
     fmt = detect_format(config, reader.names())
-    conversion = CONVERSIONS[fmt](folder, config, reader, num_levels)
-    conversion.check_source()
-    target = conversion.target_config()
+    try:
+        conversion = CONVERSIONS[fmt](folder, config, reader, num_levels)
+        conversion.check_source()
+        target = conversion.target_config()
+    except StrictDataclassError as exc:  # transformers' config classes validate their fields
+        raise ValueError(f"{folder / 'config.json'} is not a valid {fmt} config: {exc.__cause__ or exc}") from None
     out_dtype = DTYPES.get(dtype, dtype) if dtype is not None else reader.floating_dtype()
     target.dtype = str(out_dtype).removeprefix("torch.")
     if base_model is None and not Path(src).exists() and _REPO_ID.match(str(src)):

@@ -133,6 +133,9 @@ def run_quickstart(out: str | Path = DEFAULT_OUT, *, steps: int = DEFAULT_STEPS,
         source_dir = staging / "mamba2-tiny"
         model.save_pretrained(source_dir)
         tokenizer.save_pretrained(source_dir)
+        # Our text, our model: the license the converter carries over into the card.
+        (source_dir / "README.md").write_text("---\nlicense: apache-2.0\n---\n# mamba2-tiny\n\n"
+                                              "A tiny Mamba-2 trained by `hf-loglinear quickstart`.\n")
         print(f"trained Mamba-2 ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
               f"{steps} steps, final loss {loss:.3f}) -> {source_dir.name}/")
 

@@ -286,3 +286,47 @@ def test_bad_arguments(fake_hub, tmp_path, folder_kind, repo_id, message):
         write_folder(folder)
     with pytest.raises(ValueError, match=message):
         push_folder(folder, repo_id)
+
+
+# --------------------------------------------------------------------------- through the CLI
+def test_cli_upload(fake_hub, tmp_path, capsys):
+    from hf_loglinear.cli import main
+
+    folder = write_folder(tmp_path / "out")
+    assert main(["upload", str(folder), "alice/m", "--private", "--revision", "dev"]) == 0
+    assert "uploaded" in capsys.readouterr().out
+    assert fake_hub.files[("alice/m", "dev")] == local_files(folder)
+    assert fake_hub.repos["alice/m"]["visibility"] == "private"
+
+
+def test_cli_upload_without_token_exits_2(fake_hub, tmp_path, capsys, monkeypatch):
+    from hf_loglinear.cli import main
+
+    monkeypatch.setattr("hf_loglinear.hub.get_token", lambda: None)
+    monkeypatch.delenv("HF_TOKEN")
+    assert main(["upload", str(write_folder(tmp_path / "out")), "alice/m"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "set HF_TOKEN or run `hf auth login`" in err
+
+
+def test_convert_and_push_to_hub(fake_hub, tmp_path, capsys):
+    import torch
+    from transformers import Mamba2Config, Mamba2ForCausalLM
+
+    from hf_loglinear.cli import main
+
+    torch.manual_seed(0)
+    src = tmp_path / "src"
+    Mamba2ForCausalLM(Mamba2Config(vocab_size=64, hidden_size=32, num_heads=4, head_dim=16, state_size=8, n_groups=1,
+                                   num_hidden_layers=1, chunk_size=16)).save_pretrained(src)
+    (src / "README.md").write_text("---\nlicense: mit\n---\n# a tiny Mamba-2\n")
+    dst = tmp_path / "dst"
+    assert main(["convert", str(src), str(dst), "--push-to-hub", "alice/tiny-loglinear", "--private"]) == 0
+    out = capsys.readouterr().out
+    assert f"wrote {dst}" in out and "uploaded" in out
+    arrived = fake_hub.files[("alice/tiny-loglinear", "main")]
+    assert arrived == local_files(dst)
+    card = arrived["README.md"].decode()
+    assert validate_card_metadata(card) == [] and ModelCard(card).data.license == "mit"  # carried over
+    assert 'repo = "alice/tiny-loglinear"' in card
+    assert fake_hub.yaml_checked == [[]]
