@@ -162,32 +162,22 @@ def finetune(
     set_seed(seed)
 
     base = load_model(model, dtype=dtype, trust_remote_code=trust_remote_code)
-    if tokenizer is None and not isinstance(data, PackedRows):
-        tokenizer = AutoTokenizer.from_pretrained(str(model), trust_remote_code=trust_remote_code)
     if isinstance(data, PackedRows):
         train_rows, eval_rows = split_rows(data, eval_fraction)
     else:
+        tokenizer = tokenizer if tokenizer is not None else _model_tokenizer(model, trust_remote_code)
         train_rows, eval_rows = build_datasets(
             data, tokenizer, max_length=max_length, text_field=text_field, eval_fraction=eval_fraction, seed=seed
         )
-    if gradient_checkpointing:
-        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if gradient_checkpointing:  # transformers >= 5.24 renames it activation checkpointing
+        enable = getattr(base, "activation_checkpointing_enable", base.gradient_checkpointing_enable)
+        enable({"use_reentrant": False})
     peft_model = lora_model(base, rank=rank, alpha=alpha, dropout=dropout, target_modules=target_modules)
     if Path(str(model)).is_dir():  # so that the adapter finds its base from any working directory
         peft_model.peft_config["default"].base_model_name_or_path = str(Path(model).resolve())
     packed_forward = "cu_seqlens" in inspect.signature(base.forward).parameters
 
-    sampler = EpochShuffle(len(train_rows), seed)
-    collate = collate_packed if packed_forward else _collate_rows
-    # A generator of its own: creating an iterator would otherwise draw from the global RNG, and a
-    # resumed run (which restores that RNG) would see other dropout masks than an uninterrupted one.
-    train_loader = DataLoader(train_rows, batch_size=batch_size, sampler=sampler, collate_fn=collate, drop_last=True,
-                              generator=torch.Generator().manual_seed(seed))
-    if len(train_loader) == 0:
-        raise ValueError(f"{len(train_rows)} training row(s) cannot fill one batch of {batch_size}; lower --batch-size")
-    # One row per eval batch: gather_for_metrics drops the rows accelerate repeats to even out the
-    # processes by counting samples, so every gathered entry must be one row.
-    eval_loader = DataLoader(eval_rows, batch_size=1, collate_fn=collate) if eval_rows is not None else None
+    train_loader, eval_loader = _loaders(train_rows, eval_rows, batch_size, seed, packed_forward)
     params = [p for p in peft_model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     peft_model, optimizer, train_loader = accelerator.prepare(peft_model, optimizer, train_loader)
@@ -199,7 +189,7 @@ def finetune(
     lr_schedule = get_scheduler(scheduler, optimizer, num_warmup_steps=warmup_steps, num_training_steps=total_steps)
     run = RunState(
         step=0,
-        settings=dict(max_length=max_length, batch_size=batch_size, grad_accum=grad_accum, seed=seed,
+        settings=dict(row_tokens=train_rows.input_ids.shape[1], batch_size=batch_size, grad_accum=grad_accum, seed=seed,
                       processes=accelerator.num_processes, rows=len(train_rows), total_steps=total_steps),
     )
     accelerator.register_for_checkpointing(lr_schedule, run)
@@ -231,6 +221,27 @@ def finetune(
     if accelerator.is_main_process:
         _write_json(out / "finetune.json", summary)
     return summary
+
+
+def _model_tokenizer(model, trust_remote_code: bool):
+    try:
+        return AutoTokenizer.from_pretrained(str(model), trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"no tokenizer could be loaded from {model} ({exc}); pass one (--tokenizer)") from None
+
+
+def _loaders(train_rows, eval_rows, batch_size: int, seed: int, packed_forward: bool):
+    collate = collate_packed if packed_forward else _collate_rows
+    # A generator of its own: creating an iterator would otherwise draw from the global RNG, and a
+    # resumed run (which restores that RNG) would see other dropout masks than an uninterrupted one.
+    train_loader = DataLoader(train_rows, batch_size=batch_size, sampler=EpochShuffle(len(train_rows), seed),
+                              collate_fn=collate, drop_last=True, generator=torch.Generator().manual_seed(seed))
+    if len(train_loader) == 0:
+        raise ValueError(f"{len(train_rows)} training row(s) cannot fill one batch of {batch_size}; lower --batch-size")
+    # One row per eval batch: gather_for_metrics drops the rows accelerate repeats to even out the
+    # processes by counting samples, so every gathered entry must be one row.
+    eval_loader = DataLoader(eval_rows, batch_size=1, collate_fn=collate) if eval_rows is not None else None
+    return train_loader, eval_loader
 
 
 class EpochShuffle(Sampler):

@@ -26,6 +26,7 @@ from hf_loglinear.cli import main
 from hf_loglinear.conversion import convert
 from hf_loglinear.data import build_datasets, byte_tokenizer, collate_packed, pack_documents
 from hf_loglinear.finetune import DEFAULT_TARGETS, finetune, lora_model
+from hf_loglinear.modeling_loglinear_gated_deltanet import LogLinearGatedDeltaNetMixer
 from hf_loglinear.modules import NEUTRAL_LEVEL_BIAS
 
 EOS_ID = 256
@@ -209,6 +210,22 @@ def test_resume_reproduces_an_uninterrupted_run(workspace):
         finetune(workspace / "gdn", workspace / "text.txt", workspace / "resumed", resume=True, **dict(settings, seed=1))
 
 
+def test_gradient_checkpointing_gives_the_same_run(workspace, monkeypatch):
+    """Same losses and adapter; the mixers really run twice per step (forward, then recompute)."""
+    calls = []
+    mixer_forward = LogLinearGatedDeltaNetMixer.forward
+    monkeypatch.setattr(LogLinearGatedDeltaNetMixer, "forward", lambda *a, **k: calls.append(1) or mixer_forward(*a, **k))
+    settings = dict(TRAIN, steps=3, max_length=64, dropout=0.0, eval_fraction=0.0)
+    plain = finetune(workspace / "gdn", workspace / "text.txt", workspace / "plain", **settings)
+    assert len(calls) == 3 * 2  # 3 steps x 2 layers
+    checkpointed = finetune(workspace / "gdn", workspace / "text.txt", workspace / "ckpt", gradient_checkpointing=True, **settings)
+    assert len(calls) == 3 * 2 + 3 * 2 * 2
+    assert [h["loss"] for h in checkpointed["history"]] == pytest.approx([h["loss"] for h in plain["history"]], abs=1e-6)
+    a = load_file(workspace / "plain" / "adapter" / "adapter_model.safetensors")
+    b = load_file(workspace / "ckpt" / "adapter" / "adapter_model.safetensors")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
+
+
 def test_bad_arguments(workspace):
     with pytest.raises(ValueError, match="no default LoRA targets for model_type 'mamba2'"):
         finetune(workspace / "mamba2", workspace / "text.txt", workspace / "bad", **dict(TRAIN, steps=1))
@@ -216,6 +233,9 @@ def test_bad_arguments(workspace):
         lora_model(AutoModelForCausalLM.from_pretrained(workspace / "gdn"), target_modules=["q_proj", "nope"])
     with pytest.raises(ValueError, match="grad_accum must be >= 1"):
         finetune(workspace / "gdn", workspace / "text.txt", workspace / "bad", **dict(TRAIN, grad_accum=0))
+    AutoModelForCausalLM.from_pretrained(workspace / "gdn").save_pretrained(workspace / "gdn-without-tokenizer")
+    with pytest.raises(ValueError, match="no tokenizer could be loaded"):
+        finetune(workspace / "gdn-without-tokenizer", workspace / "text.txt", workspace / "bad", **dict(TRAIN, steps=1))
     with pytest.raises(ValueError, match="cannot fill one batch"):
         finetune(workspace / "gdn", workspace / "text.txt", workspace / "bad", **dict(TRAIN, batch_size=10_000))
 
