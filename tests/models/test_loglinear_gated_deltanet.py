@@ -110,9 +110,12 @@ def plain_gated_deltanet_logits(model, input_ids, chunked=True):
         v = short_conv(h @ sd[a + "v_proj.weight"].T, sd[a + "v_conv1d.weight"]).unflatten(-1, (cfg.num_v_heads, -1))
         g = -sd[a + "A_log"].exp() * F.softplus(h @ sd[a + "a_proj.weight"].T + sd[a + "dt_bias"])
         beta = torch.sigmoid(h @ sd[a + "b_proj.weight"].T) * (2 if cfg.allow_neg_eigval else 1)
+        # Value head h reads key head h // (H / G), as Qwen3-Next's layer repeats them (older
+        # transformers' functions need equal head counts).
+        q, k = (x.repeat_interleave(cfg.num_v_heads // cfg.num_heads, dim=2) for x in (q, k))
         o, _ = gdr(q, k, v, g=g, beta=beta, use_qk_l2norm_in_kernel=True)
         if cfg.use_gate:
-            norm = qwen3_next.Qwen3NextRMSNormGated(cfg.head_v_dim, eps=cfg.norm_eps)
+            norm = qwen3_next.Qwen3NextRMSNormGated(cfg.head_v_dim, eps=cfg.norm_eps).to(o.device)
             norm.weight.data.copy_(sd[a + "o_norm.weight"])
             o = norm(o, (h @ sd[a + "g_proj.weight"].T).unflatten(-1, (cfg.num_v_heads, -1)))
         else:
