@@ -3,7 +3,7 @@
     hf-loglinear convert SRC DST [--num-levels 15] [--dtype bfloat16] [--no-verify] [--overwrite]
                                  [--push-to-hub REPO_ID [--private]]
     hf-loglinear upload DIR REPO_ID [--private] [--revision BRANCH]
-    hf-loglinear quickstart [--out DIR]
+    hf-loglinear quickstart [--out DIR] [--steps N] [--lora-steps N]
     hf-loglinear finetune MODEL DATA OUT [--rank 16] [--steps N] [--max-length 2048] [--merge] [...]
 
 A subcommand is two small functions, ``<name>_arguments(parser)`` and ``<name>(args) -> exit code``,
@@ -80,17 +80,19 @@ def upload(args) -> int:
 
 # --------------------------------------------------------------------------- quickstart
 def quickstart_arguments(parser: argparse.ArgumentParser):
-    from .quickstart import DEFAULT_OUT, DEFAULT_STEPS
+    from .quickstart import DEFAULT_LORA_STEPS, DEFAULT_OUT, DEFAULT_STEPS
 
     parser.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
     parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"training steps (default {DEFAULT_STEPS})")
+    parser.add_argument("--lora-steps", type=int, default=DEFAULT_LORA_STEPS,
+                        help=f"LoRA fine-tuning steps after the conversion, 0 to skip (default {DEFAULT_LORA_STEPS})")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
 
 
 def quickstart(args) -> int:
     from .quickstart import run_quickstart
 
-    run_quickstart(args.out, steps=args.steps, overwrite=args.overwrite)
+    run_quickstart(args.out, steps=args.steps, lora_steps=args.lora_steps, overwrite=args.overwrite)
     return 0
 
 

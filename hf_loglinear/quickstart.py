@@ -2,28 +2,31 @@
 
 1. trains a byte-level BPE tokenizer and a tiny transformers ``Mamba2ForCausalLM`` (about a
    minute on 2 cores) on the text shipped in ``hf_loglinear/data``;
-2. converts it to log-linear Mamba-2 and prints the verification figures;
-3. (LoRA fine-tuning of the log-linear model: the hook ``lora_step`` is a no-op until the
-   fine-tuning command lands);
-4. generates a sample, and checks greedy decoding matches the source token for token;
-5. leaves a hub-ready folder with its model card: ``OUT/loglinear-tiny`` (the trained source sits
-   in ``OUT/mamba2-tiny``).
+2. converts it to log-linear Mamba-2 and prints the verification figures, and checks that greedy
+   decoding matches the source token for token;
+3. fine-tunes the log-linear model briefly with LoRA (``hf_loglinear.finetune``) and merges it;
+4. generates a sample and leaves hub-ready folders with model cards:
+   ``OUT/mamba2-tiny`` (the trained source), ``OUT/loglinear-tiny`` (the exact conversion) and
+   ``OUT/loglinear-tiny-lora/merged`` (the fine-tuned model; ``adapter/`` beside it).
 
 The whole of OUT is written to a temporary folder beside it and renamed at the end.
 """
 from __future__ import annotations
 
 import math
+import shutil
 import time
 from importlib import resources
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
-__all__ = ["DEFAULT_OUT", "DEFAULT_STEPS", "load_corpus", "run_quickstart"]
+__all__ = ["DEFAULT_LORA_STEPS", "DEFAULT_OUT", "DEFAULT_STEPS", "load_corpus", "run_quickstart"]
 
 DEFAULT_OUT = "loglinear-quickstart"
-DEFAULT_STEPS = 200
+DEFAULT_STEPS = 150
+DEFAULT_LORA_STEPS = 20
+LORA_RANK = 8
 VOCAB_SIZE = 512
 SEQ_LEN, BATCH = 128, 8
 PROMPT = "The lighthouse keeper"
@@ -90,9 +93,32 @@ def train(model, tokens, steps: int, seed: int = 0):
     return model.eval(), loss.item()
 
 
-def lora_step(folder: Path, texts: list[str]) -> str:
-    """Hook for LoRA fine-tuning of the converted model (issue 5, not merged yet): does nothing."""
-    return "LoRA fine-tuning: skipped (the fine-tuning command arrives with the fine-tuning issue)"
+def data_folder() -> Path:
+    return Path(str(resources.files("hf_loglinear").joinpath("data")))
+
+
+def lora_step(converted: Path, out: Path, steps: int, report) -> Path | None:
+    """LoRA-fine-tune the converted model on the shipped text, merge it, and give the merged
+    folder its card. Returns the merged folder (None when ``steps`` is 0)."""
+    if steps == 0:
+        print("LoRA fine-tuning: skipped (--lora-steps 0)")
+        return None
+    from .finetune import finetune
+    from .model_cards.card import render_model_card
+
+    summary = finetune(converted, data_folder(), out, rank=LORA_RANK, steps=steps, max_length=256, batch_size=4,
+                       lr=2e-3, eval_fraction=0.05, merge=True)
+    merged = Path(summary["merged"])
+    print(f"LoRA fine-tuning: rank {LORA_RANK}, {steps} steps, loss {summary['first_loss']:.3f} -> "
+          f"{summary['final_loss']:.3f}, eval loss {summary['eval_loss']:.3f} -> {out.name}/merged/")
+    render_model_card(
+        family=report.family, model_name="loglinear-tiny-lora", num_levels=report.num_levels,
+        source_format="transformers Mamba-2, trained by the quickstart", changes=report.changes,
+        license="apache-2.0", verification=report.verification, function_preserving=False,
+        finetune={"rank": LORA_RANK, "steps": steps, "eval_loss": summary["eval_loss"]},
+    ).save(merged / "README.md")
+    shutil.copy2(converted / "conversion.json", merged / "conversion.json")
+    return merged
 
 
 def _greedy_matches(source, converted, prompt_ids, new_tokens: int = 40) -> bool:
@@ -108,17 +134,17 @@ def _greedy_matches(source, converted, prompt_ids, new_tokens: int = 40) -> bool
     return torch.equal(a, b)
 
 
-def run_quickstart(out: str | Path = DEFAULT_OUT, *, steps: int = DEFAULT_STEPS, overwrite: bool = False,
-                   seed: int = 0) -> Path:
+def run_quickstart(out: str | Path = DEFAULT_OUT, *, steps: int = DEFAULT_STEPS, lora_steps: int = DEFAULT_LORA_STEPS,
+                   overwrite: bool = False, seed: int = 0) -> Path:
+    """Run the quickstart into ``out``; returns the hub-ready folder of the final model."""
     import torch
-    from transformers import AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from .conversion import convert
     from .conversion.io import staging_folder
-    from .modeling_loglinear_mamba2 import LogLinearMamba2ForCausalLM
 
-    if steps < 1:
-        raise ValueError(f"--steps must be >= 1, got {steps}")
+    if steps < 1 or lora_steps < 0:
+        raise ValueError(f"--steps must be >= 1 and --lora-steps >= 0, got {steps} and {lora_steps}")
     start = time.monotonic()
     torch.manual_seed(seed)
     out = Path(out).resolve()
@@ -139,24 +165,26 @@ def run_quickstart(out: str | Path = DEFAULT_OUT, *, steps: int = DEFAULT_STEPS,
         print(f"trained Mamba-2 ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
               f"{steps} steps, final loss {loss:.3f}) -> {source_dir.name}/")
 
-        report = convert(source_dir, staging / "loglinear-tiny", num_levels=15)
+        converted_dir = staging / "loglinear-tiny"
+        report = convert(source_dir, converted_dir, num_levels=15)
         v = report.verification
-        print(f"converted to log-linear Mamba-2 (15 levels) -> loglinear-tiny/\n"
+        print(f"converted to log-linear Mamba-2 (15 levels) -> {converted_dir.name}/\n"
               f"  verification: max |logit diff| {v['max_abs_diff']:.2e}, relative {v['max_rel_diff']:.2e} "
               f"(lengths {v['lengths']}, fp32)")
-
-        print(lora_step(staging / "loglinear-tiny", texts))
-
-        converted = LogLinearMamba2ForCausalLM.from_pretrained(staging / "loglinear-tiny", dtype=torch.float32).eval()
-        tok = AutoTokenizer.from_pretrained(staging / "loglinear-tiny")
-        prompt = tok(PROMPT, return_tensors="pt").input_ids
+        converted = AutoModelForCausalLM.from_pretrained(converted_dir, dtype=torch.float32).eval()
+        prompt = tokenizer(PROMPT, return_tensors="pt").input_ids
         same = _greedy_matches(model, converted, prompt)
-        print(f"greedy decoding, 40 tokens: {'identical to' if same else 'DIFFERENT from'} the source model")
+        print(f"  greedy decoding, 40 tokens: {'identical to' if same else 'DIFFERENT from'} the source model")
+
+        merged = lora_step(converted_dir, staging / "loglinear-tiny-lora", lora_steps, report)
+        final_dir = merged or converted_dir
+        final = AutoModelForCausalLM.from_pretrained(final_dir, dtype=torch.float32).eval()
+        tok = AutoTokenizer.from_pretrained(final_dir)
         with torch.no_grad():
-            sample = converted.generate(prompt, max_new_tokens=80, do_sample=True, top_k=40, temperature=0.8)
-        print(f"sample: {tok.decode(sample[0], skip_special_tokens=True)!r}")
-    hub_dir = out / "loglinear-tiny"
+            sample = final.generate(prompt, max_new_tokens=80, do_sample=True, top_k=40, temperature=0.8)
+        print(f"sample ({final_dir.relative_to(staging)}): {tok.decode(sample[0], skip_special_tokens=True)!r}")
+        hub_dir = out / final_dir.relative_to(staging)
     print(f"wrote {out} in {time.monotonic() - start:.0f}s\n"
           f"  hub-ready folder: {hub_dir} (model card README.md, conversion.json)\n"
-          f"  publish it with: hf-loglinear upload {hub_dir} <your-name>/loglinear-tiny")
+          f"  publish it with: hf-loglinear upload {hub_dir} <your-name>/{hub_dir.parent.name if merged else hub_dir.name}")
     return hub_dir

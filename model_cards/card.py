@@ -49,10 +49,12 @@ def render_model_card(
     license: str | None = None,
     verification: dict | None = None,
     function_preserving: bool = True,
+    finetune: dict | None = None,
     extra_tags: list[str] | None = None,
 ) -> ModelCard:
     """Render the card. ``verification`` is the dict the converter stores in conversion.json
-    (max_abs_diff, max_rel_diff, lengths, device, reference) or None when none was run."""
+    (max_abs_diff, max_rel_diff, lengths, device, reference) or None when none was run;
+    ``finetune`` (rank, steps, eval_loss) describes a LoRA fine-tune merged after the conversion."""
     if family not in FAMILIES:
         raise ValueError(f"unknown model family {family!r}; expected one of {sorted(FAMILIES)}")
     spec = FAMILIES[family]
@@ -80,4 +82,5 @@ def render_model_card(
         license=license,
         verification=verification,
         function_preserving=function_preserving,
+        finetune=finetune,
     )
