@@ -14,10 +14,15 @@ with ``merge=True`` (a full model with its remote code, loadable without peft),
 ``checkpoints/step-N/`` every ``save_every`` steps (trainable weights, optimizer, scheduler, RNG),
 and ``finetune.json`` (the summary this function returns).
 
-The same code runs data-parallel under ``torchrun`` or ``accelerate launch`` (DDP; FSDP through an
-accelerate config): accelerate shards the batches and syncs the gradients. Process p of P takes
-micro-batches p, p + P, ..., so P processes with ``grad_accum`` g see the same global batches as
-one process with ``grad_accum`` P * g.
+The same code runs data-parallel: accelerate shards the batches and syncs the gradients. Process p of
+P takes micro-batches p, p + P, ..., so P processes with ``grad_accum`` g see the same global batches
+as one process with ``grad_accum`` P * g (and trace the same loss curve).
+
+    torchrun --nproc_per_node 8 -m hf_loglinear.finetune MODEL DATA OUT [options]          # DDP
+    accelerate launch --use_fsdp --fsdp_auto_wrap_policy TRANSFORMER_BASED_WRAP \
+        --fsdp_use_orig_params true -m hf_loglinear.finetune MODEL DATA OUT [options]       # FSDP
+
+(FSDP with peft needs ``use_orig_params``: frozen and trainable tensors share the flat shards.)
 """
 from __future__ import annotations
 
@@ -525,10 +530,12 @@ def run_finetune(args) -> int:
         progress=args.progress,
     )
     if PartialState().is_main_process:
-        evaluation = "" if summary["eval_loss"] is None else (
-            f", eval loss {summary['eval_loss']:.4f} (perplexity {summary['eval_perplexity']:.2f})"
-        )
-        print(f"trained {summary['steps']} steps, loss {summary['first_loss']:.4f} -> {summary['final_loss']:.4f}{evaluation}")
+        line = f"trained to step {summary['steps']}"
+        if summary["history"]:  # empty when resuming a run that had already finished
+            line += f", loss {summary['first_loss']:.4f} -> {summary['final_loss']:.4f}"
+        if summary["eval_loss"] is not None:
+            line += f", eval loss {summary['eval_loss']:.4f} (perplexity {summary['eval_perplexity']:.2f})"
+        print(line)
         print(f"adapter written to {summary['adapter']}")
         if summary["merged"]:
             print(f"merged model written to {summary['merged']}")
