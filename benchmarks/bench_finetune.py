@@ -96,8 +96,10 @@ def run_isolated(spec: dict) -> dict:
     lines = proc.stdout.strip().splitlines()
     if proc.returncode == 0 and lines:
         return json.loads(lines[-1])
-    reason = "out of memory" if "out of memory" in proc.stderr.lower() else proc.stderr.strip().splitlines()[-1:]
-    return {"error": reason if isinstance(reason, str) else (reason[0] if reason else f"exit {proc.returncode}")}
+    if "out of memory" in proc.stderr.lower():
+        return {"error": "out of memory"}
+    tail = proc.stderr.strip().splitlines()
+    return {"error": tail[-1] if tail else f"exit status {proc.returncode}"}
 
 
 def table(args, work: Path, shape: dict, lengths) -> list[dict]:
