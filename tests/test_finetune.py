@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -100,11 +101,51 @@ def test_adapter_reloads_to_the_trained_model(trained, workspace):
     with torch.no_grad():
         base_logits = base(input_ids=sample_ids()).logits
         model = PeftModel.from_pretrained(base, out / "adapter").eval()
-        auto = AutoPeftModelForCausalLM.from_pretrained(out / "adapter", trust_remote_code=True).eval()
+        auto = AutoPeftModelForCausalLM.from_pretrained(out / "adapter").eval()
         assert model(**batch).loss.item() == pytest.approx(summary["eval_loss"], abs=1e-6)
         logits = model(input_ids=sample_ids()).logits
         assert torch.equal(auto(input_ids=sample_ids()).logits, logits)
     assert (logits - base_logits).abs().max() > 1e-2  # the adapter is really applied
+
+
+# Runs where `import hf_loglinear` (and triton) fail: the models come from the folders' remote code.
+REMOTE_LOAD = """
+import importlib.abc, sys
+class Blocker(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("hf_loglinear", "triton"):
+            raise ModuleNotFoundError(f"No module named {name!r}")
+sys.meta_path.insert(0, Blocker())
+import torch
+from peft import AutoPeftModelForCausalLM
+from transformers import AutoModelForCausalLM
+adapter, merged, ids_file, out_file = sys.argv[1:5]
+ids = torch.load(ids_file)
+with torch.no_grad():
+    auto = AutoPeftModelForCausalLM.from_pretrained(adapter, trust_remote_code=True).eval()
+    full = AutoModelForCausalLM.from_pretrained(merged, trust_remote_code=True).eval()
+    torch.save({"adapter": auto(input_ids=ids).logits, "merged": full(input_ids=ids).logits,
+                "module": type(full).__module__}, out_file)
+"""
+
+
+def test_adapter_and_merged_model_load_as_remote_code_without_the_package(trained, workspace, tmp_path):
+    out, _ = trained
+    torch.save(sample_ids(), tmp_path / "ids.pt")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(HF_MODULES_CACHE=str(tmp_path / "modules"), HF_HUB_OFFLINE="1")
+    run = subprocess.run(
+        [sys.executable, "-c", REMOTE_LOAD, str(out / "adapter"), str(out / "merged"), str(tmp_path / "ids.pt"),
+         str(tmp_path / "out.pt")], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    remote = torch.load(tmp_path / "out.pt")
+    assert remote["module"].startswith("transformers_modules.")
+    base = AutoModelForCausalLM.from_pretrained(workspace / "mamba2-loglinear")
+    with torch.no_grad():
+        logits = PeftModel.from_pretrained(base, out / "adapter").eval()(input_ids=sample_ids()).logits
+    assert torch.equal(remote["adapter"], logits)
+    assert (remote["merged"] - logits).abs().max() < 1e-5
 
 
 def test_merged_model_matches_adapter(trained, workspace):
