@@ -163,6 +163,7 @@ def _forward(q, k, v, g, lam, beta, cu_seqlens, initial_state, output_final_stat
     acc, prec = _acc(q.dtype), ("ieee" if q.dtype in (torch.float32, torch.float64) else "tf32")
     bk, bv = _block(key_dim), min(_block(value_dim), 64)
     consts = dict(H=num_heads, G=num_groups, K=key_dim, V=value_dim, C=chunk, BK=bk, ACC=acc, PREC=prec)
+    consts["num_warps"] = 4 if bk <= 128 else 8
 
     g_cum = rows.g.to(acc_dtype).view(n, nc, chunk, num_heads).cumsum(2).view(n, slots, num_heads)
     delta = rows.beta is not None
@@ -189,9 +190,10 @@ def _forward(q, k, v, g, lam, beta, cu_seqlens, initial_state, output_final_stat
     else:
         low = h0 = p0 = low_sum = states  # never read
     n_v = triton.cdiv(value_dim, bv)
-    level_scan_kernel[(n * num_heads, num_js, n_v)](
+    bv_scan = 32 if bk > 128 else bv  # keeps the fp32 W / state tiles within shared memory
+    level_scan_kernel[(n * num_heads, num_js, triton.cdiv(value_dim, bv_scan))](
         rows.k, vu, w if delta else rows.k, g_cum, states, h0, p0, low_sum, base_chunk,
-        slots, nc, num_js, top_exp, BV=bv, DELTA=delta, HAS_INIT=has_init, **consts,
+        slots, nc, num_js, top_exp, BV=bv_scan, DELTA=delta, HAS_INIT=has_init, **consts,
     )
     o = torch.empty(n, slots, num_heads, value_dim, dtype=v.dtype, device=dev)
     chunk_output_kernel[(n * nc, num_heads, n_v)](

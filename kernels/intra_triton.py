@@ -45,7 +45,7 @@ def ut_factors_kernel(
 
     x = tl.where(i[:, None] == i[None, :], 1.0, 0.0).to(ACC)
     for s in tl.static_range(LOG_C):
-        size: tl.constexpr = 1 << s
+        size = 1 << s
         same = (i[:, None] // (2 * size)) == (i[None, :] // (2 * size))
         off = same & (((i[:, None] // size) % 2) == 1) & (((i[None, :] // size) % 2) == 0)
         e = tl.where(off, strict, 0.0)

@@ -62,7 +62,8 @@ def chunk_output_kernel(
         wt = tl.load(w + (tok[:, None] * H + h) * K + dk[None, :], mask=km[None, :], other=0.0).to(ACC)
         qt = qt - tl.dot(qk, wt, input_precision=PREC, out_dtype=ACC)
 
-    lev = tl.minimum(tl_bit_length(i[:, None] ^ i[None, :]), L - 1)
+    # int64: tl_bit_length shifts by 32, which is undefined on 32-bit integers once compiled
+    lev = tl.minimum(tl_bit_length((i[:, None] ^ i[None, :]).to(tl.int64)), L - 1)
     weights = tl.zeros([C, C], dtype=ACC)
     for lvl in tl.static_range(LOG_C + 1):
         weights = tl.where(lev == lvl, _column(lam_t, cols, lvl)[:, None], weights)
@@ -82,9 +83,10 @@ def chunk_output_kernel(
         if c == 0:
             pos = ca * C + i
             e = tl_bit_length(pos ^ (tl.load(first_pos + row) - 1))
-            for lvl in range(tl.minimum(LOG_C + 1, L - 1)):
-                src = low + ((row64 * H + h) * L + lvl) * K * V
-                hs = tl.load(src + hv, mask=hvm, other=0.0).to(ACC)
-                col = tl.minimum(tl.maximum(e, lvl), L - 1)
-                acc += _column(lam_t, cols, col[:, None])[:, None] * tl.dot(qt, hs, input_precision=PREC, out_dtype=ACC)
+            for low_lvl in range(tl.minimum(LOG_C + 1, L - 1)):
+                low_src = low + ((row64 * H + h) * L + low_lvl) * K * V
+                low_hs = tl.load(low_src + hv, mask=hvm, other=0.0).to(ACC)
+                low_col = tl.minimum(tl.maximum(e, low_lvl), L - 1)
+                low_w = _column(lam_t, cols, low_col[:, None])
+                acc += low_w[:, None] * tl.dot(qt, low_hs, input_precision=PREC, out_dtype=ACC)
     tl.store(o + (tok[:, None] * H + h) * V + dv[None, :], acc.to(o.dtype.element_ty), mask=vm[None, :])

@@ -1,0 +1,250 @@
+"""GPU check and benchmark of the Triton kernels against the anchors (ANCHORS.md shapes), in one run.
+
+    PYTHONUNBUFFERED=1 python benchmarks/bench_kernels.py [--quick] [--out DIR]
+
+1. correctness at real shapes against a float64 reference (the torch chunked form run in
+   float64 on the GPU): fp32 and bf16 inputs, forward, final state and every gradient,
+   max relative error per tensor (max |x - ref| / max |ref|);
+2. median times (triton.testing.do_bench) and peak extra memory: ours (log-linear and
+   num_levels=1), fla 0.6 chunk_log_linear_attn / chunk_simple_gla / chunk_gated_delta_rule
+   when importable, torch SDPA causal; B = 32768 / T;
+3. decode step time vs batch and position against the bytes-moved floor (state bytes over the
+   copy bandwidth measured here).
+Prints a markdown table at the end; also writes it to DIR/bench_kernels.md when --out is given.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+from hf_loglinear.levels import levels_for_length
+from hf_loglinear.ops import LevelState, loglinear_attention, loglinear_attention_step
+
+MAMBA2 = dict(heads=48, groups=1, key_dim=128, value_dim=64)
+GDN = dict(heads=6, groups=6, key_dim=192, value_dim=384)
+ROWS: list[str] = []
+
+
+def log(*a):
+    print(*a, flush=True)
+
+
+def inputs(batch, length, heads, groups, key_dim, value_dim, num_levels, delta, dtype, device="cuda", seed=0):
+    gen = torch.Generator(device=device).manual_seed(seed)
+    rand = lambda *s: torch.randn(*s, generator=gen, device=device)  # noqa: E731
+    q = rand(batch, length, groups, key_dim)
+    k = rand(batch, length, groups, key_dim)
+    if delta:
+        q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+    else:
+        q, k = q * key_dim**-0.5, k * key_dim**-0.5
+    v = rand(batch, length, heads, value_dim)
+    g = -F.softplus(rand(batch, length, heads)) * 0.05
+    lam = torch.rand(batch, length, heads, num_levels, generator=gen, device=device)
+    beta = torch.rand(batch, length, heads, generator=gen, device=device) if delta else None
+    out = [q, k, v, g, lam, beta]
+    return [x if x is None else x.to(dtype) for x in out[:3]] + out[3:]
+
+
+def rel(a, b):
+    return ((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-30)).item()
+
+
+def check(name, shape, length, delta, num_levels, varlen=False):
+    """Forward, final state and gradients vs the float64 torch chunked form."""
+    for dtype in (torch.float32, torch.bfloat16):
+        x = inputs(1, length, **shape, num_levels=num_levels, delta=delta, dtype=dtype, seed=length)
+        kw = {}
+        if varlen:
+            kw["cu_seqlens"] = torch.tensor([0, 7, length // 2, length], device="cuda")
+            n = 3
+        else:
+            n = 1
+        prefix = inputs(n, 200, **shape, num_levels=num_levels, delta=delta, dtype=torch.float64, seed=1)
+        _, init = loglinear_attention(*prefix[:5], beta=prefix[5], output_final_state=True, backend="torch")
+        init64 = LevelState(init.levels, init.position)
+        init32 = LevelState(init.levels.float().requires_grad_(), init.position)
+        leaves = [a if a is None else a.detach().clone().requires_grad_() for a in x]
+        o, st = loglinear_attention(*leaves[:5], beta=leaves[5], initial_state=init32, output_final_state=True, backend="triton", **kw)
+        gen = torch.Generator(device="cuda").manual_seed(9)
+        do = torch.randn(o.shape, generator=gen, device="cuda")
+        dst = torch.randn(st.levels.shape, generator=gen, device="cuda")
+        ((o.float() * do).sum() + (st.levels * dst).sum()).backward()
+        ref_leaves = [a if a is None else a.detach().double().requires_grad_() for a in x]
+        ref_init = LevelState(init64.levels.detach().clone().requires_grad_(), init64.position)
+        o_ref, st_ref = loglinear_attention(*ref_leaves[:5], beta=ref_leaves[5], initial_state=ref_init, output_final_state=True, backend="torch", **kw)
+        ((o_ref * do.double()).sum() + (st_ref.levels * dst.double()).sum()).backward()
+        errs = {"o": rel(o, o_ref), "final": rel(st.levels, st_ref.levels)}
+        for nm, a, b in zip(("dq", "dk", "dv", "dg", "dlam", "dbeta"), leaves, ref_leaves):
+            if a is not None:
+                errs[nm] = rel(a.grad, b.grad)
+        errs["dinit"] = rel(init32.levels.grad, ref_init.levels.grad)
+        text = ", ".join(f"{k} {v:.1e}" for k, v in errs.items())
+        log(f"check {name} T={length} L={num_levels} {str(dtype)[6:]}{' varlen' if varlen else ''}: {text}")
+        ROWS.append(f"| {name} | {length} | {num_levels} | {str(dtype)[6:]}{' varlen+init' if varlen else ' +init'} | {text} |")
+
+
+def bench(fn, reps_ms=200):
+    import triton
+
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    t = triton.testing.do_bench(fn, warmup=25, rep=reps_ms, return_mode="median")
+    peak = (torch.cuda.max_memory_allocated() - base) / 2**30
+    return t, peak
+
+
+def fwd_bwd(fn, leaves):
+    def run():
+        o = fn()
+        o.backward(torch.ones_like(o))
+        for a in leaves:
+            a.grad = None
+
+    return run
+
+
+def time_ops(length, quick):
+    batch = max(1, 32768 // length)
+    res = {}
+    num_levels = levels_for_length(length)
+    for variant, shape in (("mamba2", MAMBA2), ("gdn", GDN)):
+        delta = variant == "gdn"
+        x = inputs(batch, length, **shape, num_levels=num_levels, delta=delta, dtype=torch.bfloat16)
+        x1 = inputs(batch, length, **shape, num_levels=1, delta=delta, dtype=torch.bfloat16)
+        for tag, xs in (("ours", x), ("ours L=1", x1)):
+            f = lambda xs=xs: loglinear_attention(*xs[:5], beta=xs[5], backend="triton")[0]  # noqa: E731
+            res[(variant, tag, "fwd")] = bench(f)
+            if length <= 2048 and not quick:
+                leaves = [a if a is None else a.detach().clone().requires_grad_() for a in xs]
+                g = lambda leaves=leaves: loglinear_attention(*leaves[:5], beta=leaves[5], backend="triton")[0]  # noqa: E731
+                res[(variant, tag, "fwdbwd")] = bench(fwd_bwd(g, [a for a in leaves if a is not None]), 100)
+        try:
+            res.update(time_fla(variant, x, shape, length))
+        except Exception as e:  # fla missing or refusing: say so in the table
+            log(f"fla {variant} T={length}: {type(e).__name__}: {str(e)[:200]}")
+    q = torch.randn(batch, 16, length, 96, device="cuda", dtype=torch.bfloat16)
+    k, v = torch.randn_like(q), torch.randn_like(q)
+    sdpa = lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True)  # noqa: E731
+    res[("attn", "sdpa", "fwd")] = bench(sdpa)
+    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+    res[("attn", "sdpa", "fwdbwd")] = bench(fwd_bwd(lambda: F.scaled_dot_product_attention(*leaves, is_causal=True), leaves))
+    return res
+
+
+def time_fla(variant, x, shape, length):
+    res = {}
+    q, k, v, g, lam, beta = x
+    rep = shape["heads"] // shape["groups"]
+    qh, kh = q.repeat_interleave(rep, 2), k.repeat_interleave(rep, 2)
+    if variant == "mamba2":
+        from fla.ops.log_linear_attn import chunk_log_linear_attn
+        from fla.ops.simple_gla import chunk_simple_gla
+
+        ll = lambda: chunk_log_linear_attn(q, k, v, g, lam)[0]  # noqa: E731
+        res[(variant, "fla log-linear", "fwd")] = bench(ll)
+        leaves = [a.detach().clone().requires_grad_() for a in (q, k, v, g, lam)]
+        try:
+            res[(variant, "fla log-linear", "fwdbwd")] = bench(fwd_bwd(lambda: chunk_log_linear_attn(*leaves)[0], leaves))
+        except Exception as e:
+            log(f"fla log-linear backward T={length}: {type(e).__name__}: {str(e)[:200]}")
+        res[(variant, "fla simple_gla", "fwd")] = bench(lambda: chunk_simple_gla(qh, kh, v, g, scale=1.0)[0])
+    else:
+        from fla.ops.gated_delta_rule import chunk_gated_delta_rule
+
+        res[(variant, "fla gated_delta_rule", "fwd")] = bench(lambda: chunk_gated_delta_rule(q, k, v, g, beta, scale=1.0)[0])
+    return res
+
+
+def decode(quick):
+    """Step time vs batch and position; floor = whole state bytes / measured copy bandwidth."""
+    import triton
+
+    big = torch.empty(2**30, dtype=torch.uint8, device="cuda")
+    t_copy = triton.testing.do_bench(lambda: big.clone(), return_mode="median")
+    bw = 2 * big.numel() / (t_copy * 1e-3)  # bytes read + written per second
+    del big
+    log(f"copy bandwidth {bw / 1e12:.2f} TB/s (read+write)")
+    rows = []
+    heads, key_dim, value_dim, num_levels = 48, 128, 64, 15
+    for batch in (1, 16, 64, 256) if not quick else (1, 64):
+        for position in (1023, 65535, 1 << 20):
+            state = LevelState(
+                torch.randn(batch, heads, num_levels, key_dim, value_dim, device="cuda") * 0.01,
+                torch.full((batch,), position, dtype=torch.int64, device="cuda"),
+            )
+            q, k = torch.randn(2, batch, 1, key_dim, device="cuda", dtype=torch.bfloat16)
+            v = torch.randn(batch, heads, value_dim, device="cuda", dtype=torch.bfloat16)
+            g = -torch.rand(batch, heads, device="cuda")
+            lam = torch.rand(batch, heads, num_levels, device="cuda")
+
+            def step():
+                loglinear_attention_step(state, q, k, v, g, lam, backend="triton")
+                state.position.fill_(position)  # keep the position (and its live levels) fixed
+
+            t = triton.testing.do_bench(step, return_mode="median")
+            nbytes = state.levels.numel() * 4
+            floor = nbytes / (bw / 2)  # reading the whole state once at the copy rate
+            rows.append((batch, position, t, floor, nbytes / 2**20))
+            log(f"decode B={batch} pos={position}: {t * 1e3:.1f} us, read-once floor {floor * 1e6:.1f} us")
+    return rows, bw
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--out", default=None)
+    parser.add_argument("--lengths", default="2048,8192,16384,32768,65536")
+    args = parser.parse_args()
+    import triton
+
+    log(f"GPU {torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}")
+    try:
+        import fla
+
+        log(f"fla {fla.__version__}")
+    except ImportError:
+        log("fla not importable")
+    t0 = time.time()
+    check("mamba2", MAMBA2, 1024, False, 12)
+    check("mamba2", MAMBA2, 700, False, 15, varlen=True)
+    check("gdn", GDN, 512, True, 12)
+    check("gdn", GDN, 400, True, 4, varlen=True)
+    log(f"checks done in {time.time() - t0:.0f} s")
+    timings = {}
+    for length in map(int, args.lengths.split(",")):
+        t0 = time.time()
+        timings[length] = time_ops(length, args.quick)
+        log(f"T={length} timed in {time.time() - t0:.0f} s")
+        for key, (t, peak) in timings[length].items():
+            log(f"  {key}: {t:.3f} ms, peak {peak:.2f} GiB")
+    dec, bw = decode(args.quick)
+
+    lines = ["| check | T | L | dtype | max rel. error per tensor |", "|---|---|---|---|---|", *ROWS, ""]
+    keys = sorted({k for r in timings.values() for k in r})
+    lines.append("| op | " + " | ".join(f"T={t} (B={max(1, 32768 // t)})" for t in timings) + " |")
+    lines.append("|---" * (len(timings) + 1) + "|")
+    for key in keys:
+        cells = [f"{timings[t][key][0]:.2f} ms / {timings[t][key][1]:.2f} GiB" if key in timings[t] else "-" for t in timings]
+        lines.append(f"| {' '.join(key)} | " + " | ".join(cells) + " |")
+    lines += ["", f"decode, 48 heads x 128 x 64, 15 levels, fp32 states; copy bandwidth {bw / 1e12:.2f} TB/s (read+write)",
+              "| batch | position | step | read-once floor | ratio | state MiB |", "|---|---|---|---|---|---|"]
+    for batch, position, t, floor, mib in dec:
+        lines.append(f"| {batch} | {position} | {t * 1e3:.1f} us | {floor * 1e6:.1f} us | {t * 1e-3 / floor:.2f} | {mib:.0f} |")
+    table = "\n".join(lines)
+    print(table, flush=True)
+    if args.out:
+        path = os.path.join(args.out, "bench_kernels.md")
+        with open(path + ".tmp", "w") as f:
+            f.write(table + "\n")
+        os.replace(path + ".tmp", path)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
