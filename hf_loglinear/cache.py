@@ -19,6 +19,11 @@ API (read by both models):
 - ``cache.advance(num_columns)``: the model calls it once per forward with the number of input
   columns consumed (pads included); ``get_seq_length()`` reports their total, which is what
   ``generate()`` compares with the attention mask when it continues from a returned cache.
+- ``cache_from_kwargs(cache, kwargs)``: the cache a forward received as ``cache`` or under the
+  older names ``past_key_values`` / ``cache_params`` (popped from ``kwargs``).
+  ``GENERATE_CACHE_NAME`` is the name this transformers' generate() uses for the cache in its
+  kwargs and outputs: "cache" (5.2x) or "past_key_values" (5.17, the GPU image); model outputs
+  fill a ``past_key_values`` field too when it is the latter.
 - Batch surgery: ``reorder_cache(beam_idx)`` (beam search), ``batch_repeat_interleave(n)``,
   ``batch_select_indices(idx)``, ``reset()``; ``nbytes``; ``batch_size`` (-1 before any write).
 """
@@ -26,10 +31,25 @@ from __future__ import annotations
 
 import torch
 from transformers.cache_utils import Cache, LinearAttentionLayer
+from transformers.generation import utils as _generation_utils
 
 from .ops import LevelState
 
-__all__ = ["HierarchicalCache", "HierarchicalCacheLayer"]
+__all__ = ["HierarchicalCache", "HierarchicalCacheLayer", "GENERATE_CACHE_NAME", "cache_from_kwargs"]
+
+GENERATE_CACHE_NAME = "cache" if "cache" in getattr(_generation_utils, "ALL_CACHE_NAMES", ()) else "past_key_values"
+_LEGACY_CACHE_NAMES = ("past_key_values", "cache_params")
+
+
+def cache_from_kwargs(cache, kwargs: dict):
+    """``cache``, or the cache passed under an older name (removed from ``kwargs``)."""
+    for name in _LEGACY_CACHE_NAMES:
+        legacy = kwargs.pop(name, None)
+        if legacy is not None:
+            if cache is not None and cache is not legacy:
+                raise ValueError(f"two different caches were passed (`cache` and `{name}`); pass one")
+            cache = legacy
+    return cache
 
 
 class HierarchicalCacheLayer(LinearAttentionLayer):

@@ -25,7 +25,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_utils import PreTrainedModel
 from transformers.utils import ModelOutput
 
-from .cache import HierarchicalCache
+from .cache import GENERATE_CACHE_NAME, HierarchicalCache, cache_from_kwargs
 from .configuration_loglinear_mamba2 import LogLinearMamba2Config
 from .modules import (
     GatedRMSNorm,
@@ -208,6 +208,13 @@ class LogLinearMamba2CausalLMOutput(ModelOutput):
     hidden_states: tuple[torch.Tensor, ...] | None = None
 
 
+def _expose_cache(output: ModelOutput) -> ModelOutput:
+    """transformers 5.17's generate() looks for the cache under ``past_key_values`` (5.2x: ``cache``)."""
+    if GENERATE_CACHE_NAME == "past_key_values" and output.cache is not None:
+        output["past_key_values"] = output.cache
+    return output
+
+
 class LogLinearMamba2Model(LogLinearMamba2PreTrainedModel):
     def __init__(self, config: LogLinearMamba2Config):
         super().__init__(config)
@@ -257,6 +264,7 @@ class LogLinearMamba2Model(LogLinearMamba2PreTrainedModel):
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
+        cache = cache_from_kwargs(cache, kwargs)
         use_cache = use_cache if use_cache is not None else (self.config.use_cache and not self.training)
         if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
             use_cache = False
@@ -288,7 +296,9 @@ class LogLinearMamba2Model(LogLinearMamba2PreTrainedModel):
 
         if not return_dict:
             return tuple(v for v in (hidden_states, cache, all_hidden_states) if v is not None)
-        return LogLinearMamba2Output(last_hidden_state=hidden_states, cache=cache, hidden_states=all_hidden_states)
+        return _expose_cache(
+            LogLinearMamba2Output(last_hidden_state=hidden_states, cache=cache, hidden_states=all_hidden_states)
+        )
 
 
 class LogLinearMamba2ForCausalLM(LogLinearMamba2PreTrainedModel, GenerationMixin):
@@ -326,6 +336,7 @@ class LogLinearMamba2ForCausalLM(LogLinearMamba2PreTrainedModel, GenerationMixin
         logits_to_keep (`int` or tensor): as in transformers (0 keeps every position).
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
+        cache = cache_from_kwargs(cache, kwargs)
         outputs = self.backbone(
             input_ids,
             inputs_embeds=inputs_embeds,
@@ -355,6 +366,6 @@ class LogLinearMamba2ForCausalLM(LogLinearMamba2PreTrainedModel, GenerationMixin
         if not return_dict:
             output = (logits,) + tuple(v for v in (outputs.cache, outputs.hidden_states) if v is not None)
             return ((loss,) + output) if loss is not None else output
-        return LogLinearMamba2CausalLMOutput(
-            loss=loss, logits=logits, cache=outputs.cache, hidden_states=outputs.hidden_states
+        return _expose_cache(
+            LogLinearMamba2CausalLMOutput(loss=loss, logits=logits, cache=outputs.cache, hidden_states=outputs.hidden_states)
         )

@@ -2,6 +2,7 @@
 Mamba-2, training, save/load, errors. Tiny float32 configs on CPU."""
 from __future__ import annotations
 
+import inspect
 import math
 
 import pytest
@@ -11,8 +12,13 @@ from transformers import DynamicCache, Mamba2Config, Mamba2ForCausalLM
 from transformers.models.mamba2 import modeling_mamba2
 
 from hf_loglinear import HierarchicalCache, LogLinearMamba2Config, LogLinearMamba2ForCausalLM, LogLinearMamba2Model
+from hf_loglinear.cache import GENERATE_CACHE_NAME
 
 VOCAB = 64
+# transformers 5.17 (the GPU image) names the cache `past_key_values` in generate() and `cache_params` in
+# Mamba-2, and normalises over all of d_inner instead of per B/C group.
+REFERENCE_CACHE = "cache" if "cache" in inspect.signature(Mamba2ForCausalLM.forward).parameters else "cache_params"
+GROUPED_REFERENCE_NORM = "group_size" in inspect.signature(modeling_mamba2.MambaRMSNormGated).parameters
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -99,7 +105,8 @@ def test_greedy_and_sampling_with_and_without_cache():
     greedy = model.generate(ids, max_new_tokens=20, do_sample=False)
     assert torch.equal(greedy, model.generate(ids, max_new_tokens=20, do_sample=False, use_cache=False))
     out = model.generate(ids, max_new_tokens=3, do_sample=False, return_dict_in_generate=True)
-    assert isinstance(out.cache, HierarchicalCache) and out.cache.nbytes > 0
+    cache = getattr(out, GENERATE_CACHE_NAME)
+    assert isinstance(cache, HierarchicalCache) and cache.nbytes > 0
 
     sampled = []
     for use_cache in (True, False):
@@ -123,11 +130,11 @@ def test_generate_continues_from_returned_cache():
     ids = tokens(1, 13)
     whole = model.generate(ids, max_new_tokens=16, do_sample=False)
     first = model.generate(ids, max_new_tokens=6, do_sample=False, return_dict_in_generate=True)
-    seen = first.cache.get_seq_length()
-    assert seen == 13 + 6 - 1  # the last generated token has not been fed yet
-    resumed = model.generate(first.sequences, cache=first.cache, max_new_tokens=10, do_sample=False)
+    cache = getattr(first, GENERATE_CACHE_NAME)
+    assert cache.get_seq_length() == 13 + 6 - 1  # the last generated token has not been fed yet
+    resumed = model.generate(first.sequences, max_new_tokens=10, do_sample=False, **{GENERATE_CACHE_NAME: cache})
     assert torch.equal(resumed, whole)
-    assert first.cache.get_seq_length() == 13 + 16 - 1  # the prompt was not fed again
+    assert cache.get_seq_length() == 13 + 16 - 1  # the prompt was not fed again
 
 
 @torch.no_grad()
@@ -177,8 +184,9 @@ def _torch_path(monkeypatch):
 def test_matches_transformers_mamba2(monkeypatch, use_bias, residual_in_fp32):
     _torch_path(monkeypatch)
     kw = dict(
-        vocab_size=VOCAB, hidden_size=32, num_heads=8, head_dim=8, state_size=16, n_groups=2, num_hidden_layers=2,
-        conv_kernel=4, chunk_size=16, use_bias=use_bias, residual_in_fp32=residual_in_fp32, pad_token_id=0,
+        vocab_size=VOCAB, hidden_size=32, num_heads=8, head_dim=8, state_size=16, num_hidden_layers=2, conv_kernel=4,
+        n_groups=2 if GROUPED_REFERENCE_NORM else 1, chunk_size=16, use_bias=use_bias,
+        residual_in_fp32=residual_in_fp32, pad_token_id=0,
     )
     torch.manual_seed(0)
     reference = Mamba2ForCausalLM(Mamba2Config(**kw)).eval()
@@ -194,8 +202,9 @@ def test_matches_transformers_mamba2(monkeypatch, use_bias, residual_in_fp32):
     assert (model(ids).logits - expected).abs().max().item() < 1e-5
     # and decoding (transformers' recurrent step vs our level-state step)
     ref_out, out = reference(ids[:, :40], use_cache=True), model(ids[:, :40], use_cache=True)
+    ref_cache = getattr(ref_out, REFERENCE_CACHE)
     for t in range(40, 60):
-        a = reference(ids[:, t : t + 1], cache=ref_out.cache, use_cache=True).logits
+        a = reference(ids[:, t : t + 1], use_cache=True, **{REFERENCE_CACHE: ref_cache}).logits
         b = model(ids[:, t : t + 1], cache=out.cache).logits
         assert (a - b).abs().max().item() < 1e-5
 
