@@ -22,10 +22,20 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-__all__ = ["byte_tokenizer", "read_documents", "tokenize_documents", "pack_documents", "PackedRows", "build_datasets", "split_rows", "collate_packed"]
+__all__ = [
+    "byte_tokenizer",
+    "read_documents",
+    "tokenize_documents",
+    "pack_documents",
+    "PackedRows",
+    "build_datasets",
+    "split_rows",
+    "collate_packed",
+]
 
 IGNORE_INDEX = -100
 TEXT_SUFFIXES = {".txt", ".md", ".text"}
@@ -166,7 +176,8 @@ def pack_documents(documents: list[list[int]], max_length: int, pad_token_id: in
     lengths = torch.tensor([len(d) for d in documents], dtype=torch.int64)
     if not len(documents) or int(lengths.min()) < 1:
         raise ValueError("pack_documents needs at least one document and no empty ones")
-    stream = torch.tensor(list(itertools.chain.from_iterable(documents)), dtype=torch.int64)
+    total = int(lengths.sum())
+    stream = torch.from_numpy(np.fromiter(itertools.chain.from_iterable(documents), dtype=np.int64, count=total))
     rows = -(-stream.numel() // max_length)
     padding = rows * max_length - stream.numel()
     doc_starts = torch.cat([torch.zeros(1, dtype=torch.int64), lengths.cumsum(0)[:-1]])
@@ -179,10 +190,15 @@ def pack_documents(documents: list[list[int]], max_length: int, pad_token_id: in
     # Row starts too: a batch joins rows end to end, and a row's first token is never predicted
     # from the row before it.
     labels[::max_length] = IGNORE_INDEX
-    cu_seqlens = []
-    for r in range(rows):
-        inside = piece_starts[(piece_starts > r * max_length) & (piece_starts < (r + 1) * max_length)] - r * max_length
-        cu_seqlens.append(torch.cat([torch.tensor([0]), inside, torch.tensor([max_length])]).to(torch.int32))
+    # Row r holds the piece starts strictly between r * max_length and (r + 1) * max_length.
+    row_starts = torch.arange(rows + 1) * max_length
+    first = torch.searchsorted(piece_starts, row_starts[:-1], right=True).tolist()
+    last = torch.searchsorted(piece_starts, row_starts[1:]).tolist()
+    edges = torch.tensor([max_length])
+    cu_seqlens = [
+        torch.cat([edges.new_zeros(1), piece_starts[a:b] - r * max_length, edges]).to(torch.int32)
+        for r, (a, b) in enumerate(zip(first, last))
+    ]
     return PackedRows(input_ids, labels.view(rows, max_length), cu_seqlens)
 
 
