@@ -24,8 +24,8 @@ from tqdm.auto import tqdm
 __all__ = ["DEFAULT_LORA_STEPS", "DEFAULT_OUT", "DEFAULT_STEPS", "load_corpus", "run_quickstart"]
 
 DEFAULT_OUT = "loglinear-quickstart"
-DEFAULT_STEPS = 150
-DEFAULT_LORA_STEPS = 20
+DEFAULT_STEPS = 400
+DEFAULT_LORA_STEPS = 30
 LORA_RANK = 8
 VOCAB_SIZE = 512
 SEQ_LEN, BATCH = 128, 8
