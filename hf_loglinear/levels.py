@@ -119,7 +119,11 @@ if triton is not None:
 
     @triton.jit
     def tl_bit_length(x):
-        """bit_length of non-negative int32/int64 values, branch-free (same search as above)."""
+        """bit_length of non-negative integers as int64, branch-free (same search as above).
+
+        Widened first: the search shifts by 32, undefined on 32-bit integers once compiled.
+        """
+        x = x.to(tl.int64)
         n = tl.zeros_like(x)
         for shift in tl.static_range(5, -1, -1):
             s = 1 << shift

@@ -13,8 +13,11 @@ inside it (``low``), each at min(max(l, bit_length(t XOR (p0 - 1))), L-1) for qu
 """
 from __future__ import annotations
 
-import triton
-import triton.language as tl
+try:  # guarded: transformers checks every remote-code file's imports; this one loads only with triton
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover
+    triton = tl = None
 
 from ..levels import tl_bit_length
 

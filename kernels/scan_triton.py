@@ -19,8 +19,11 @@ the first chunk's contribution.
 """
 from __future__ import annotations
 
-import triton
-import triton.language as tl
+try:  # guarded: transformers checks every remote-code file's imports; this one loads only with triton
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover
+    triton = tl = None
 
 
 @triton.jit

@@ -14,8 +14,12 @@ steps holds zeros there, so skipping them is exact and cuts the traffic to the l
 from __future__ import annotations
 
 import torch
-import triton
-import triton.language as tl
+
+try:  # guarded: transformers checks every remote-code file's imports; this one loads only with triton
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover
+    triton = tl = None
 
 from ..levels import tl_bit_length
 
