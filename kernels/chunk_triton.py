@@ -15,8 +15,10 @@ tokens to a multiple of the chunk when T is not one): no copies, no host synchro
 reads lengths and start positions on the host (one synchronisation per call) and gathers the
 tokens into position-aligned rows.
 
-Gradients: the backward recomputes the forward with the torch chunked form and differentiates
-it with autograd (a Triton backward is not written yet; see benchmarks/gpu_notes.md).
+Gradients: for scalar decay on dense rows without initial state or final-state output,
+``chunk_bwd_triton`` (recomputed level states, reverse level scans, a chunk-parallel gradient
+kernel). Every other case recomputes the forward with the torch chunked form and differentiates
+it with autograd.
 """
 from __future__ import annotations
 
@@ -148,23 +150,25 @@ def _final_state(rows, states, o_dtype, initial_state, num_heads, num_levels, ch
     return LevelState(final if o_dtype == torch.float64 else final.float(), end.clone())
 
 
-def _forward(q, k, v, g, lam, beta, cu_seqlens, initial_state, output_final_state, chunk=CHUNK):
-    import triton
-
-    batch, length, num_groups, key_dim = q.shape
-    num_heads, value_dim = v.shape[2:]
-    num_levels = lam.shape[-1]
-    log_c = chunk.bit_length() - 1
-    rows = _Rows(q, k, v, g, lam, beta, cu_seqlens, initial_state, chunk)
-    rows.length = length
-    n, nc, slots = rows.num_rows, rows.num_chunks, rows.q.shape[1]
-    dev = q.device
-    acc_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
-    acc, prec = _acc(q.dtype), ("ieee" if q.dtype in (torch.float32, torch.float64) else "tf32")
-    bk, bv = _block(key_dim), min(_block(value_dim), 64)
+def _consts(dtype, num_heads, num_groups, key_dim, value_dim, chunk):
+    """Launch constants shared by the forward and backward kernels."""
+    acc, prec = _acc(dtype), ("ieee" if dtype in (torch.float32, torch.float64) else "tf32")
+    bk = _block(key_dim)
     consts = dict(H=num_heads, G=num_groups, K=key_dim, V=value_dim, C=chunk, BK=bk, ACC=acc, PREC=prec)
     consts["num_warps"] = 4 if bk <= 128 else 8
+    return consts
 
+
+def _scan(rows, dtype, consts, num_levels, initial_state, chunk):
+    """Stages 1-3: chunk-local G, UT factors (delta rule), the recorded level states."""
+    import triton
+
+    n, nc, slots = rows.num_rows, rows.num_chunks, rows.q.shape[1]
+    num_heads, key_dim, value_dim, bk = consts["H"], consts["K"], consts["V"], consts["BK"]
+    log_c = chunk.bit_length() - 1
+    dev = rows.q.device
+    acc_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    bv = min(_block(value_dim), 64)
     g_cum = rows.g.to(acc_dtype).view(n, nc, chunk, num_heads).cumsum(2).view(n, slots, num_heads)
     delta = rows.beta is not None
     a_inv = w = None
@@ -179,7 +183,7 @@ def _forward(q, k, v, g, lam, beta, cu_seqlens, initial_state, output_final_stat
 
     top_exp = max(0, num_levels - 2 - log_c)  # inter-chunk levels below the capped top
     num_js = min(top_exp, rows.max_chunk.bit_length()) + 1
-    state_dtype = acc_dtype if q.dtype in (torch.float32, torch.float64) else q.dtype
+    state_dtype = acc_dtype if dtype in (torch.float32, torch.float64) else dtype
     states = torch.empty(n, nc, num_js, num_heads, key_dim, value_dim, dtype=state_dtype, device=dev)
     has_init = initial_state is not None
     base_chunk = rows.base // chunk
@@ -189,26 +193,96 @@ def _forward(q, k, v, g, lam, beta, cu_seqlens, initial_state, output_final_stat
         low = low.contiguous()
     else:
         low = h0 = p0 = low_sum = states  # never read
-    n_v = triton.cdiv(value_dim, bv)
     bv_scan = 32 if bk > 128 else bv  # keeps the fp32 W / state tiles within shared memory
     level_scan_kernel[(n * num_heads, num_js, triton.cdiv(value_dim, bv_scan))](
         rows.k, vu, w if delta else rows.k, g_cum, states, h0, p0, low_sum, base_chunk,
         slots, nc, num_js, top_exp, BV=bv_scan, DELTA=delta, HAS_INIT=has_init, **consts,
     )
-    o = torch.empty(n, slots, num_heads, value_dim, dtype=v.dtype, device=dev)
-    chunk_output_kernel[(n * nc, num_heads, n_v)](
+    return g_cum, a_inv, w, states, low
+
+
+def _forward(q, k, v, g, lam, beta, cu_seqlens, initial_state, output_final_state, chunk=CHUNK):
+    import triton
+
+    batch, length, num_groups, key_dim = q.shape
+    num_heads, value_dim = v.shape[2:]
+    num_levels = lam.shape[-1]
+    log_c = chunk.bit_length() - 1
+    rows = _Rows(q, k, v, g, lam, beta, cu_seqlens, initial_state, chunk)
+    rows.length = length
+    n, nc, slots = rows.num_rows, rows.num_chunks, rows.q.shape[1]
+    consts = _consts(q.dtype, num_heads, num_groups, key_dim, value_dim, chunk)
+    g_cum, a_inv, w, states, low = _scan(rows, q.dtype, consts, num_levels, initial_state, chunk)
+    delta = rows.beta is not None
+    bv = min(_block(value_dim), 64)
+    o = torch.empty(n, slots, num_heads, value_dim, dtype=v.dtype, device=q.device)
+    chunk_output_kernel[(n * nc, num_heads, triton.cdiv(value_dim, bv))](
         rows.q, rows.k, rows.v, g_cum, rows.lam, a_inv if delta else g_cum, w if delta else g_cum, states, low,
-        base_chunk, rows.start, o, slots, nc, num_js, num_levels,
-        LOG_C=log_c, LP=_block(num_levels), BV=bv, DELTA=delta, HAS_INIT=has_init, **consts,
+        rows.base // chunk, rows.start, o, slots, nc, states.shape[2], num_levels,
+        LOG_C=log_c, LP=_block(num_levels), BV=bv, DELTA=delta, HAS_INIT=initial_state is not None, **consts,
     )
     out = rows.output(o, batch, length)
     if not output_final_state:
         return out, None
+    acc_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
     return out, _final_state(rows, states, acc_dtype, initial_state, num_heads, num_levels, chunk)
 
 
+def _backward_scalar(q, k, v, g, lam, do, chunk=CHUNK):
+    """Gradients of (q, k, v, g, lam) for scalar decay, dense rows, no initial or final state.
+
+    Recomputes the level states (one scan launch), then runs the reverse level scans and the
+    chunk-parallel gradient kernel of ``chunk_bwd_triton``; dg is the reverse cumulative sum of
+    q.dq - k.dk per head (see that module).
+    """
+    import triton
+
+    from .chunk_bwd_triton import chunk_grad_kernel, level_scan_bwd_kernel
+
+    batch, length, num_groups, key_dim = q.shape
+    num_heads, value_dim = v.shape[2:]
+    num_levels = lam.shape[-1]
+    log_c = chunk.bit_length() - 1
+    rows = _Rows(q, k, v, g, lam, None, None, None, chunk)
+    n, nc, slots = rows.num_rows, rows.num_chunks, rows.q.shape[1]
+    consts = _consts(q.dtype, num_heads, num_groups, key_dim, value_dim, chunk)
+    g_cum, _, _, states, _ = _scan(rows, q.dtype, consts, num_levels, None, chunk)
+    num_js = states.shape[2]
+    acc_dtype = g_cum.dtype
+    dev = q.device
+    pad = slots - length
+    do = (do if pad == 0 else F.pad(do, (0, 0, 0, 0, 0, pad))).contiguous()
+
+    bv = min(_block(value_dim), 64)
+    dsrc = torch.zeros(n, nc, num_heads, key_dim, value_dim, dtype=acc_dtype, device=dev)
+    top_exp = max(0, num_levels - 2 - log_c)
+    level_scan_bwd_kernel[(n * num_heads, num_js, triton.cdiv(value_dim, bv))](
+        rows.q, g_cum, rows.lam, do, dsrc, slots, nc, num_js, num_levels, top_exp, LOG_C=log_c, BV=bv, **consts
+    )
+    dq = torch.empty(n, slots, num_heads, key_dim, dtype=acc_dtype, device=dev)
+    dk = torch.empty_like(dq)
+    dv = torch.empty(n, slots, num_heads, value_dim, dtype=acc_dtype, device=dev)
+    dlam = torch.empty(n, slots, num_heads, num_levels, dtype=acc_dtype, device=dev)
+    dacc = torch.empty(n, slots, num_heads, dtype=acc_dtype, device=dev)
+    chunk_grad_kernel[(n * nc, num_heads)](
+        rows.q, rows.k, rows.v, g_cum, rows.lam, do, states, dsrc, dq, dk, dv, dlam, dacc,
+        slots, nc, num_js, num_levels, LOG_C=log_c, LP=_block(num_levels), BV=bv, **consts,
+    )
+    rep = num_heads // num_groups
+
+    def per_group(x):  # per-head gradients of grouped q / k summed over the heads of a group
+        return x[:, :length].view(batch, length, num_groups, rep, key_dim).sum(3)
+
+    dg = dacc[:, :length].flip(1).cumsum(1).flip(1)
+    return (
+        per_group(dq).to(q.dtype), per_group(dk).to(k.dtype), dv[:, :length].to(v.dtype),
+        dg.to(g.dtype), dlam[:, :length].to(lam.dtype),
+    )
+
+
 class _LogLinearAttention(torch.autograd.Function):
-    """Triton forward; backward by recomputation through the torch chunked form."""
+    """Triton forward; Triton backward for scalar decay on dense rows without initial or final
+    state, otherwise by recomputation through the torch chunked form."""
 
     @staticmethod
     def forward(ctx, q, k, v, g, lam, beta, levels0, pos0, cu_seqlens, output_final_state):
@@ -228,6 +302,9 @@ class _LogLinearAttention(torch.autograd.Function):
         from ..ops import LevelState
 
         q, k, v, g, lam, beta, levels0, pos0, cu_seqlens = ctx.saved_tensors
+        if beta is None and levels0 is None and cu_seqlens is None and not ctx.output_final_state:
+            grads = _backward_scalar(q, k, v, g, lam, do)
+            return (*(d if need else None for d, need in zip(grads, ctx.needs_input_grad)), *[None] * 5)
         inputs = [q, k, v, g, lam, beta, levels0]
         with torch.enable_grad():
             leaves = [None if x is None else x.detach().requires_grad_(need) for x, need in zip(inputs, ctx.needs_input_grad)]

@@ -1,0 +1,158 @@
+"""Triton backward of the scalar-decay (log-linear Mamba-2) chunked form, dense rows, no initial state.
+
+Forward per head (SPEC §4, ``output_triton``): o_t = sum_{s in chunk} lambda_t[lev(t, s)] P[t, s] v_s
++ sum_js w_t[js] Qt_t^T S[c, js], with P = (q k^T) exp(G_t - G_s) causal, Qt = exp(G) q and
+S[c, js] the state of inter-chunk level js read by chunk c (``scan_triton``); each level's scan adds
+chunk c's X_c = Kd_c^T v_c (Kd = k exp(G_end - G)) and decays by exp(G_end) per chunk.
+
+Two launches:
+1. ``level_scan_bwd_kernel`` (grid like the forward scan: rows x heads x levels x V tiles): the
+   forward scan run in reverse on dS[c, js] = (w[:, js] Qt)^T dO, which is formed on the fly.
+   What reaches X_c is added atomically into ``dsrc[c]`` (summed over the levels c feeds).
+2. ``chunk_grad_kernel`` (grid chunks x heads): the intra-chunk product's four matmuls, the
+   readout's dQt and dlambda from the recomputed states, and dKd, dv from ``dsrc``.
+
+The decay needs no reverse pass of its own: o and every state depend on the cumulative log
+decay A_t only through q_t exp(A_t) and k_t exp(-A_t), so dL/dA_t = q_t . dq_t - k_t . dk_t
+(per head, before summing heads of a group) and dg is its reverse cumulative sum. The chunk
+kernel stores that per-token value; the caller does the cumsum.
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from ..levels import tl_bit_length
+from .output_triton import _column
+
+
+@triton.jit
+def level_scan_bwd_kernel(
+    q, g_cum, lam, do, dsrc,
+    S, NC, NJ, L, top_exp,
+    H: tl.constexpr, G: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    C: tl.constexpr, LOG_C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    ACC: tl.constexpr, PREC: tl.constexpr,
+):
+    pid_nh, js, pid_v = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    row, h = pid_nh // H, pid_nh % H
+    grp = h // (H // G)
+    i = tl.arange(0, C)
+    dk = tl.arange(0, BK)
+    dv = pid_v * BV + tl.arange(0, BV)
+    km, vm = dk < K, dv < V
+    hv = dk[:, None] * V + dv[None, :]
+    hvm = km[:, None] & vm[None, :]
+    is_top = js == NJ - 1
+    col = tl.where(is_top, L - 1, LOG_C + 1 + js)
+    row64 = row.to(tl.int64)
+    one = tl.full((), 1, tl.int64)
+    js64 = js.to(tl.int64)
+    win = tl.where(is_top, (one << top_exp) - 1, (one << (js64 + 1)) - 1)
+
+    dh = tl.zeros([BK, BV], dtype=ACC)  # gradient of the level state (top: of its closed part)
+    dp = tl.zeros([BK, BV], dtype=ACC)  # top only: gradient of the pending window sum
+    for r in range(NC):
+        c = NC - 1 - r
+        ca = c.to(tl.int64)
+        bit = (ca >> js64) & 1
+        g_end = tl.load(g_cum + (row64 * S + c * C + C - 1) * H + h).to(ACC)
+        decay = tl.exp(g_end)
+        dst = dsrc + ((row64 * NC + c) * H + h) * K * V + hv
+        if is_top:
+            if (ca & win) == win:  # the window's pending sum joined the top state here
+                dp = dh
+            tl.atomic_add(dst, dp, mask=hvm)
+            dh = decay * dh
+            dp = decay * dp
+        else:
+            if (ca & win) == win:  # the state was reset after this chunk
+                dh = tl.zeros([BK, BV], dtype=ACC)
+            if bit == 0:
+                tl.atomic_add(dst, dh, mask=hvm)
+            dh = decay * dh
+        if is_top | (bit == 1):  # chunk c read this state: dS = (w Qt)^T dO
+            tok = row64 * S + c * C + i
+            gc = tl.load(g_cum + tok * H + h).to(ACC)
+            qt = tl.load(q + (tok[:, None] * G + grp) * K + dk[None, :], mask=km[None, :], other=0.0).to(ACC)
+            wt = tl.load(lam + (tok * H + h) * L + col).to(ACC) * tl.exp(gc)
+            dot = tl.load(do + (tok[:, None] * H + h) * V + dv[None, :], mask=vm[None, :], other=0.0).to(ACC)
+            dh += tl.dot(tl.trans(qt * wt[:, None]), dot, input_precision=PREC, out_dtype=ACC)
+
+
+@triton.jit
+def chunk_grad_kernel(
+    q, k, v, g_cum, lam, do, states, dsrc, dq, dk, dv, dlam, dacc,
+    S, NC, NJ, L,
+    H: tl.constexpr, G: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    C: tl.constexpr, LOG_C: tl.constexpr, LP: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    ACC: tl.constexpr, PREC: tl.constexpr,
+):
+    pid_nc, h = tl.program_id(0), tl.program_id(1)
+    row, c = pid_nc // NC, pid_nc % NC
+    row64 = row.to(tl.int64)
+    grp = h // (H // G)
+    i = tl.arange(0, C)
+    dkk = tl.arange(0, BK)
+    cols = tl.arange(0, LP)
+    km = dkk < K
+    tok = row64 * S + c * C + i
+    ca = c.to(tl.int64)
+
+    qt = tl.load(q + (tok[:, None] * G + grp) * K + dkk[None, :], mask=km[None, :], other=0.0).to(ACC)
+    kt = tl.load(k + (tok[:, None] * G + grp) * K + dkk[None, :], mask=km[None, :], other=0.0).to(ACC)
+    gc = tl.load(g_cum + tok * H + h).to(ACC)
+    g_end = tl.load(g_cum + (row64 * S + c * C + C - 1) * H + h).to(ACC)
+    lam_t = tl.load(lam + (tok[:, None] * H + h) * L + cols[None, :], mask=cols[None, :] < L, other=0.0).to(ACC)
+
+    causal = i[:, None] >= i[None, :]
+    gamma = tl.exp(tl.where(causal, gc[:, None] - gc[None, :], 0.0))
+    p = tl.where(causal, tl.dot(qt, tl.trans(kt), input_precision=PREC, out_dtype=ACC) * gamma, 0.0)
+    lev = tl.minimum(tl_bit_length((i[:, None] ^ i[None, :]).to(tl.int64)), L - 1)
+    weights = tl.zeros([C, C], dtype=ACC)
+    for lvl in tl.static_range(LOG_C + 1):
+        weights = tl.where(lev == lvl, _column(lam_t, cols, lvl)[:, None], weights)
+    m = p * weights
+    e_q = tl.exp(gc)
+    e_k = tl.exp(g_end - gc)
+    qe = qt * e_q[:, None]  # Qt
+    kd = kt * e_k[:, None]  # Kd
+
+    dm = tl.zeros([C, C], dtype=ACC)  # dO v^T over all value tiles
+    dqe = tl.zeros([C, BK], dtype=ACC)  # gradient of Qt
+    dkd = tl.zeros([C, BK], dtype=ACC)  # gradient of Kd
+    dlam_t = tl.zeros([C, LP], dtype=ACC)
+    for v0 in range(0, V, BV):
+        dvv = v0 + tl.arange(0, BV)
+        vm = dvv < V
+        hv = dkk[:, None] * V + dvv[None, :]
+        hvm = km[:, None] & vm[None, :]
+        vt = tl.load(v + (tok[:, None] * H + h) * V + dvv[None, :], mask=vm[None, :], other=0.0).to(ACC)
+        dot = tl.load(do + (tok[:, None] * H + h) * V + dvv[None, :], mask=vm[None, :], other=0.0).to(ACC)
+        dm += tl.dot(dot, tl.trans(vt), input_precision=PREC, out_dtype=ACC)
+        dvt = tl.dot(tl.trans(m), dot, input_precision=PREC, out_dtype=ACC)
+        for js in range(NJ):
+            is_top = js == NJ - 1
+            if is_top | (((ca >> js) & 1) == 1):
+                col = tl.where(is_top, L - 1, LOG_C + 1 + js)
+                src = states + (((row64 * NC + c) * NJ + js) * H + h) * K * V
+                hs = tl.load(src + hv, mask=hvm, other=0.0).to(ACC)
+                dqe += _column(lam_t, cols, col)[:, None] * tl.dot(dot, tl.trans(hs), input_precision=PREC, out_dtype=ACC)
+                read = tl.sum(tl.dot(qe, hs, input_precision=PREC, out_dtype=ACC) * dot, 1)
+                dlam_t += tl.where(cols[None, :] == col, read[:, None], 0.0)
+        dx = tl.load(dsrc + ((row64 * NC + c) * H + h) * K * V + hv, mask=hvm, other=0.0).to(ACC)
+        dkd += tl.dot(vt, tl.trans(dx), input_precision=PREC, out_dtype=ACC)
+        dvt += tl.dot(kd, dx, input_precision=PREC, out_dtype=ACC)
+        tl.store(dv + (tok[:, None] * H + h) * V + dvv[None, :], dvt.to(dv.dtype.element_ty), mask=vm[None, :])
+
+    pdm = p * dm
+    for lvl in tl.static_range(LOG_C + 1):
+        dlam_t += tl.where(cols[None, :] == lvl, tl.sum(tl.where(lev == lvl, pdm, 0.0), 1)[:, None], 0.0)
+    dp = tl.where(causal, dm * weights * gamma, 0.0)  # gradient of q k^T
+    dqt = tl.dot(dp, kt, input_precision=PREC, out_dtype=ACC) + e_q[:, None] * dqe
+    dkt = tl.dot(tl.trans(dp), qt, input_precision=PREC, out_dtype=ACC) + e_k[:, None] * dkd
+    qk_off = (tok[:, None] * H + h) * K + dkk[None, :]
+    tl.store(dq + qk_off, dqt.to(dq.dtype.element_ty), mask=km[None, :])
+    tl.store(dk + qk_off, dkt.to(dk.dtype.element_ty), mask=km[None, :])
+    tl.store(dlam + (tok[:, None] * H + h) * L + cols[None, :], dlam_t.to(dlam.dtype.element_ty), mask=cols[None, :] < L)
+    tl.store(dacc + tok * H + h, tl.sum(qt * dqt, 1) - tl.sum(kt * dkt, 1))
