@@ -137,6 +137,12 @@ class Mamba2Conversion(Conversion):
         return Mamba2ForCausalLM.from_pretrained(self.folder, dtype=torch.float32)
 
     def source_logits(self):
+        if self.c["n_groups"] > 1 and "group_size" not in inspect.signature(modeling_mamba2.MambaRMSNormGated).parameters:
+            # Older transformers normalise over all of d_inner; mamba_ssm (and we) normalise per group.
+            raise ValueError(
+                "this transformers version's Mamba-2 ignores n_groups in its gated RMSNorm, so it cannot verify an "
+                f"n_groups={self.c['n_groups']} conversion; upgrade transformers or pass --no-verify"
+            )
         model = self._source_model().eval()
 
         @torch.no_grad()

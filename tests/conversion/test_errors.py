@@ -119,7 +119,7 @@ def test_a_wrong_conversion_fails_verification_and_writes_nothing(transformers_m
 
     def corrupt(self, name, tensor):
         for out_name, out in original(self, name, tensor):
-            yield out_name, out * 1.01 if out_name.endswith("mixer.D") else out
+            yield out_name, out * 1.5 if out_name.endswith("mixer.D") else out
 
     monkeypatch.setattr(Mamba2Conversion, "convert_tensor", corrupt)
     dst = tmp_path / "out"
@@ -133,3 +133,9 @@ def test_sources_are_only_read(transformers_mamba2, tmp_path):
     before = {p.name: p.read_bytes() for p in src.iterdir()}
     convert(src, tmp_path / "out", progress=False, verify=False)
     assert {p.name: p.read_bytes() for p in src.iterdir()} == before
+
+
+def test_hub_ids_need_the_network(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert_refused("state-spaces/mamba2-130m", tmp_path / "out", "not a local folder and HF_HUB_OFFLINE is set")
+    assert_refused("not a repo id!", tmp_path / "out", "does not exist; pass a checkpoint folder or a hub repo id")
