@@ -65,6 +65,7 @@ class ConversionReport:
     total_bytes: int
     verification: dict | None
     changes: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
     hf_loglinear_version: str = __version__
 
@@ -87,6 +88,7 @@ class ConversionReport:
                 lines.append("  note: above typical float32 rounding; deep models amplify it, but compare generations")
         else:
             lines.append("  verification: skipped")
+        lines.extend(f"  note: {note}" for note in self.notes)
         return "\n".join(lines)
 
 
@@ -99,13 +101,16 @@ def resolve_source(src: str | os.PathLike) -> Path:
         raise ValueError(f"{src} is a file; pass the checkpoint folder that contains config.json")
     if not _REPO_ID.match(str(src)):
         raise ValueError(f"{src} does not exist; pass a checkpoint folder or a hub repo id like 'owner/name'")
-    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub import HfApi, constants, snapshot_download
 
     if constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}:
         raise ValueError(f"{src} is not a local folder and HF_HUB_OFFLINE is set; download it first or go online")
     try:
-        return Path(snapshot_download(str(src), allow_patterns=["*.json", "*.safetensors", "*.bin", "*.model", "*.txt",
-                                                                 "*.jinja", "LICENSE*", "NOTICE*", "README.md"]))
+        # One copy of the weights: safetensors when the repo has them, else pytorch_model*.bin.
+        has_safetensors = any(f.endswith(".safetensors") for f in HfApi().list_repo_files(str(src)))
+        weights = ["*.safetensors"] if has_safetensors else ["*.bin"]
+        patterns = ["*.json", *weights, "*.model", "*.txt", "*.jinja", "LICENSE*", "NOTICE*", "README.md"]
+        return Path(snapshot_download(str(src), allow_patterns=patterns))
     except Exception as exc:  # network and hub errors come in many types; all mean "could not fetch"
         raise ValueError(f"could not download {src} ({type(exc).__name__}: {exc})") from None
 
@@ -158,6 +163,7 @@ def _write_config_and_code(folder: Path, config):
 
 
 def _copy_side_files(src: Path, dst: Path) -> list[str]:
+    """Copy tokenizer, generation-config and license files; returns their names."""
     copied = []
     for path in sorted(src.iterdir()):
         if path.is_file() and COPIED.match(path.name):
@@ -233,7 +239,7 @@ def convert(
         writer.finish()
         _check_written(target, writer.shapes)
         _write_config_and_code(staging, target)
-        _copy_side_files(folder, staging)
+        copied = _copy_side_files(folder, staging)
         verification = None
         if verify:
             verification = verify_conversion(conversion, staging, target, lengths=verify_lengths, progress=progress)
@@ -250,6 +256,10 @@ def convert(
             files=sorted([p.name for p in staging.iterdir()] + ["conversion.json"]),
             num_tensors=len(writer.shapes), total_bytes=writer.total_bytes, verification=verification,
             changes=conversion.changes, seconds=round(time.monotonic() - start, 2),
+            notes=[] if any(name.startswith("tokenizer") for name in copied) else [
+                "the source folder has no tokenizer files: copy in the tokenizer the source model uses "
+                "(state-spaces Mamba-2 checkpoints use EleutherAI/gpt-neox-20b's)"
+            ],
         )
         (staging / "conversion.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n")
     return report

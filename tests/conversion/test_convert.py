@@ -92,6 +92,7 @@ def test_state_spaces_mamba2(mamba_ssm_checkpoint, tmp_path, tied, n_groups):
     check_exact(report, src, dst, "mamba_ssm", greedy=tied)
     config = json.loads((dst / "config.json").read_text())
     assert config["vocab_size"] == 104 and config["tie_word_embeddings"] == tied  # padded to a multiple of 8
+    assert "gpt-neox-20b" in report.notes[0]  # the family's tokenizer lives elsewhere: the report says so
 
 
 @pytest.mark.parametrize("tied, num_v_heads", [(False, None), (True, 4)], ids=["untied", "tied-gva"])
