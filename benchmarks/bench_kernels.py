@@ -4,13 +4,17 @@
 
 1. correctness at real shapes against a float64 reference (the torch chunked form run in
    float64 on the GPU): fp32 and bf16 inputs, forward, final state and every gradient,
-   max relative error per tensor (max |x - ref| / max |ref|);
+   max relative error per tensor (max |x - ref| / max |ref|). The "dense" checks (no initial
+   or final state) take the Triton backward of log-linear Mamba-2; the others its fallback;
 2. median times (triton.testing.do_bench) and peak extra memory: ours (log-linear and
    num_levels=1), fla 0.6 chunk_log_linear_attn / chunk_simple_gla / chunk_gated_delta_rule
    when importable, torch SDPA causal; B = 32768 / T;
 3. decode step time vs batch and position against the bytes-moved floor (state bytes over the
    copy bandwidth measured here).
 Prints a markdown table at the end; also writes it to DIR/bench_kernels.md when --out is given.
+
+--quick (well under 3 minutes): the dense Mamba-2 checks only (fp32 + bf16, T = 2048 and 1000),
+then Mamba-2 fwd and fwd+bwd at T = 2K, 16K, 64K for L = 15 and L = 1, and SDPA fwd / fwd+bwd.
 """
 from __future__ import annotations
 
@@ -89,6 +93,24 @@ def check(name, shape, length, delta, num_levels, varlen=False):
         ROWS.append(f"| {name} | {length} | {num_levels} | {str(dtype)[6:]}{' varlen+init' if varlen else ' +init'} | {text} |")
 
 
+def check_dense(name, shape, length, num_levels):
+    """Mamba-2 without initial or final state (the Triton backward's case) vs float64."""
+    for dtype in (torch.float32, torch.bfloat16):
+        x = inputs(1, length, **shape, num_levels=num_levels, delta=False, dtype=dtype, seed=length)
+        gen = torch.Generator(device="cuda").manual_seed(9)
+        do = torch.randn(1, length, shape["heads"], shape["value_dim"], generator=gen, device="cuda")
+        grads = []
+        for backend, cast in (("triton", lambda a: a), ("torch", lambda a: a.double())):
+            leaves = [cast(a).detach().clone().requires_grad_() for a in x[:5]]
+            o = loglinear_attention(*leaves, backend=backend)[0]
+            (o.double() * do.double()).sum().backward()
+            grads.append([o] + [a.grad for a in leaves])
+        errs = {nm: rel(a, b) for nm, a, b in zip(("o", "dq", "dk", "dv", "dg", "dlam"), *grads)}
+        text = ", ".join(f"{k} {v:.1e}" for k, v in errs.items())
+        log(f"check {name} dense T={length} L={num_levels} {str(dtype)[6:]}: {text}")
+        ROWS.append(f"| {name} | {length} | {num_levels} | {str(dtype)[6:]} dense (Triton bwd) | {text} |")
+
+
 def bench(fn, reps_ms=200):
     import triton
 
@@ -110,31 +132,47 @@ def fwd_bwd(fn, leaves):
     return run
 
 
+def time_ours(res, variant, shape, batch, length, num_levels, backward):
+    delta = variant == "gdn"
+    xs = inputs(batch, length, **shape, num_levels=num_levels, delta=delta, dtype=torch.bfloat16)
+    tag = f"ours L={num_levels}"
+    f = lambda: loglinear_attention(*xs[:5], beta=xs[5], backend="triton")[0]  # noqa: E731
+    res[(variant, tag, "fwd")] = bench(f)
+    if backward:
+        leaves = [a if a is None else a.detach().clone().requires_grad_() for a in xs]
+        g = lambda: loglinear_attention(*leaves[:5], beta=leaves[5], backend="triton")[0]  # noqa: E731
+        res[(variant, tag, "fwdbwd")] = bench(fwd_bwd(g, [a for a in leaves if a is not None]), 100)
+    return xs
+
+
+def time_sdpa(res, batch, length):
+    q = torch.randn(batch, 16, length, 96, device="cuda", dtype=torch.bfloat16)
+    k, v = torch.randn_like(q), torch.randn_like(q)
+    res[("attn", "sdpa", "fwd")] = bench(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True))
+    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+    res[("attn", "sdpa", "fwdbwd")] = bench(fwd_bwd(lambda: F.scaled_dot_product_attention(*leaves, is_causal=True), leaves))
+
+
 def time_ops(length, quick):
+    """Mamba-2 fwd and fwd+bwd at every T (its backward is Triton); GDN fwd+bwd only at 2K
+    (torch recomputation); fla and GDN skipped with --quick."""
     batch = max(1, 32768 // length)
     res = {}
+    if quick:
+        for num_levels in (15, 1):
+            time_ours(res, "mamba2", MAMBA2, batch, length, num_levels, backward=True)
+        time_sdpa(res, batch, length)
+        return res
     num_levels = levels_for_length(length)
     for variant, shape in (("mamba2", MAMBA2), ("gdn", GDN)):
-        delta = variant == "gdn"
-        x = inputs(batch, length, **shape, num_levels=num_levels, delta=delta, dtype=torch.bfloat16)
-        x1 = inputs(batch, length, **shape, num_levels=1, delta=delta, dtype=torch.bfloat16)
-        for tag, xs in (("ours", x), ("ours L=1", x1)):
-            f = lambda xs=xs: loglinear_attention(*xs[:5], beta=xs[5], backend="triton")[0]  # noqa: E731
-            res[(variant, tag, "fwd")] = bench(f)
-            if length <= 2048 and not quick:
-                leaves = [a if a is None else a.detach().clone().requires_grad_() for a in xs]
-                g = lambda leaves=leaves: loglinear_attention(*leaves[:5], beta=leaves[5], backend="triton")[0]  # noqa: E731
-                res[(variant, tag, "fwdbwd")] = bench(fwd_bwd(g, [a for a in leaves if a is not None]), 100)
+        backward = variant == "mamba2" or length <= 2048
+        x = time_ours(res, variant, shape, batch, length, num_levels, backward)
+        time_ours(res, variant, shape, batch, length, 1, backward)
         try:
             res.update(time_fla(variant, x, shape, length))
         except Exception as e:  # fla missing or refusing: say so in the table
             log(f"fla {variant} T={length}: {type(e).__name__}: {str(e)[:200]}")
-    q = torch.randn(batch, 16, length, 96, device="cuda", dtype=torch.bfloat16)
-    k, v = torch.randn_like(q), torch.randn_like(q)
-    sdpa = lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True)  # noqa: E731
-    res[("attn", "sdpa", "fwd")] = bench(sdpa)
-    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
-    res[("attn", "sdpa", "fwdbwd")] = bench(fwd_bwd(lambda: F.scaled_dot_product_attention(*leaves, is_causal=True), leaves))
+    time_sdpa(res, batch, length)
     return res
 
 
@@ -212,19 +250,23 @@ def main():
     except ImportError:
         log("fla not importable")
     t0 = time.time()
-    check("mamba2", MAMBA2, 1024, False, 12)
-    check("mamba2", MAMBA2, 700, False, 15, varlen=True)
-    check("gdn", GDN, 512, True, 12)
-    check("gdn", GDN, 400, True, 4, varlen=True)
+    check_dense("mamba2", MAMBA2, 2048, 12)
+    check_dense("mamba2", MAMBA2, 1000, 15)
+    if not args.quick:
+        check("mamba2", MAMBA2, 1024, False, 12)
+        check("mamba2", MAMBA2, 700, False, 15, varlen=True)
+        check("gdn", GDN, 512, True, 12)
+        check("gdn", GDN, 400, True, 4, varlen=True)
     log(f"checks done in {time.time() - t0:.0f} s")
     timings = {}
-    for length in map(int, args.lengths.split(",")):
+    lengths = (2048, 16384, 65536) if args.quick else map(int, args.lengths.split(","))
+    for length in lengths:
         t0 = time.time()
         timings[length] = time_ops(length, args.quick)
         log(f"T={length} timed in {time.time() - t0:.0f} s")
         for key, (t, peak) in timings[length].items():
             log(f"  {key}: {t:.3f} ms, peak {peak:.2f} GiB")
-    dec, bw = decode(args.quick)
+    dec = None if args.quick else decode(args.quick)
 
     lines = ["| check | T | L | dtype | max rel. error per tensor |", "|---|---|---|---|---|", *ROWS, ""]
     keys = sorted({k for r in timings.values() for k in r})
@@ -233,10 +275,12 @@ def main():
     for key in keys:
         cells = [f"{timings[t][key][0]:.2f} ms / {timings[t][key][1]:.2f} GiB" if key in timings[t] else "-" for t in timings]
         lines.append(f"| {' '.join(key)} | " + " | ".join(cells) + " |")
-    lines += ["", f"decode, 48 heads x 128 x 64, 15 levels, fp32 states; copy bandwidth {bw / 1e12:.2f} TB/s (read+write)",
-              "| batch | position | step | read-once floor | ratio | state MiB |", "|---|---|---|---|---|---|"]
-    for batch, position, t, floor, mib in dec:
-        lines.append(f"| {batch} | {position} | {t * 1e3:.1f} us | {floor * 1e6:.1f} us | {t * 1e-3 / floor:.2f} | {mib:.0f} |")
+    if dec is not None:
+        rows, bw = dec
+        lines += ["", f"decode, 48 heads x 128 x 64, 15 levels, fp32 states; copy bandwidth {bw / 1e12:.2f} TB/s (read+write)",
+                  "| batch | position | step | read-once floor | ratio | state MiB |", "|---|---|---|---|---|---|"]
+        for batch, position, t, floor, mib in rows:
+            lines.append(f"| {batch} | {position} | {t * 1e3:.1f} us | {floor * 1e6:.1f} us | {t * 1e-3 / floor:.2f} | {mib:.0f} |")
     table = "\n".join(lines)
     print(table, flush=True)
     if args.out:

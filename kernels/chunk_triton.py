@@ -266,7 +266,8 @@ def _backward_scalar(q, k, v, g, lam, do, chunk=CHUNK):
     dacc = torch.empty(n, slots, num_heads, dtype=acc_dtype, device=dev)
     chunk_grad_kernel[(n * nc, num_heads)](
         rows.q, rows.k, rows.v, g_cum, rows.lam, do, states, dsrc, dq, dk, dv, dlam, dacc,
-        slots, nc, num_js, num_levels, LOG_C=log_c, LP=_block(num_levels), BV=bv, **consts,
+        slots, nc, num_js, num_levels, LOG_C=log_c, LP=_block(num_levels), BV=bv,
+        **{**consts, "num_warps": 8},  # six [C, K] fp32 tiles live at once (untuned guess)
     )
     rep = num_heads // num_groups
 
