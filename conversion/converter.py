@@ -50,6 +50,8 @@ COPIED = re.compile(
     r"LICENSE.*|NOTICE.*|USE_POLICY.*)$"
 )
 _REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+NO_TOKENIZER = ("the source folder has no tokenizer files: copy in the tokenizer the source model uses "
+                "(state-spaces Mamba-2 checkpoints use EleutherAI/gpt-neox-20b's)")
 
 
 @dataclass
@@ -182,6 +184,21 @@ def _source_license(src: Path) -> str | None:
         return None
 
 
+def _plan(src, num_levels: int):
+    """Find the source, detect its format and check it, before anything is written."""
+    folder = resolve_source(src)
+    config = read_config(folder)
+    reader = CheckpointReader(folder)
+    fmt = detect_format(config, reader.names())
+    try:
+        conversion = CONVERSIONS[fmt](folder, config, reader, num_levels)
+        conversion.check_source()
+        target = conversion.target_config()
+    except StrictDataclassError as exc:  # transformers' config classes validate their fields
+        raise ValueError(f"{folder / 'config.json'} is not a valid {fmt} config: {exc.__cause__ or exc}") from None
+    return folder, reader, conversion, target
+
+
 def _convert_tensors(conversion, reader, writer, dtype, progress):
     with tqdm(total=len(reader.names()), desc="converting tensors", unit="tensor", disable=not progress) as bar:
         for names in reader.files.values():
@@ -218,17 +235,9 @@ def convert(
     start = time.monotonic()
     if isinstance(dtype, str) and dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
-    folder = resolve_source(src)
-    config = read_config(folder)
-    reader = CheckpointReader(folder)
-    fmt = detect_format(config, reader.names())
-    try:
-        conversion = CONVERSIONS[fmt](folder, config, reader, num_levels)
-        conversion.check_source()
-        target = conversion.target_config()
-    except StrictDataclassError as exc:  # transformers' config classes validate their fields
-        raise ValueError(f"{folder / 'config.json'} is not a valid {fmt} config: {exc.__cause__ or exc}") from None
-    out_dtype = DTYPES.get(dtype, dtype) if dtype is not None else reader.floating_dtype()
+    folder, reader, conversion, target = _plan(src, num_levels)
+    source_dtype = reader.floating_dtype()
+    out_dtype = DTYPES.get(dtype, dtype) if dtype is not None else source_dtype
     target.dtype = str(out_dtype).removeprefix("torch.")
     if base_model is None and not Path(src).exists() and _REPO_ID.match(str(src)):
         base_model = str(src)
@@ -243,23 +252,20 @@ def convert(
         verification = None
         if verify:
             verification = verify_conversion(conversion, staging, target, lengths=verify_lengths, progress=progress)
-            _check_verification(verification, lossy=out_dtype not in (reader.floating_dtype(), torch.float32))
+            _check_verification(verification, lossy=out_dtype not in (source_dtype, torch.float32))
         render_model_card(
             family=conversion.family, model_name=Path(dst).name, num_levels=num_levels,
-            source_format=FORMATS[fmt], changes=conversion.changes, repo_id=repo_id, base_model=base_model,
-            source_description=f"the checkpoint `{folder.name}`", license=_source_license(folder),
-            verification=verification,
+            source_format=FORMATS[conversion.format], changes=conversion.changes, repo_id=repo_id,
+            base_model=base_model, source_description=f"the checkpoint `{folder.name}`",
+            license=_source_license(folder), verification=verification,
         ).save(staging / "README.md")
         report = ConversionReport(
-            source=str(src), destination=str(Path(dst).resolve()), format=fmt, family=conversion.family,
-            num_levels=num_levels, dtype=target.dtype,
+            source=str(src), destination=str(Path(dst).resolve()), format=conversion.format,
+            family=conversion.family, num_levels=num_levels, dtype=target.dtype,
             files=sorted([p.name for p in staging.iterdir()] + ["conversion.json"]),
             num_tensors=len(writer.shapes), total_bytes=writer.total_bytes, verification=verification,
             changes=conversion.changes, seconds=round(time.monotonic() - start, 2),
-            notes=[] if any(name.startswith("tokenizer") for name in copied) else [
-                "the source folder has no tokenizer files: copy in the tokenizer the source model uses "
-                "(state-spaces Mamba-2 checkpoints use EleutherAI/gpt-neox-20b's)"
-            ],
+            notes=[] if any(name.startswith("tokenizer") for name in copied) else [NO_TOKENIZER],
         )
         (staging / "conversion.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n")
     return report
