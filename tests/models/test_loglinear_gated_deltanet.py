@@ -16,7 +16,6 @@ import textwrap
 import pytest
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 from transformers.models.qwen3_next import modeling_qwen3_next as qwen3_next
 
@@ -33,15 +32,6 @@ TORCH_CHUNK_GATED_DELTA_RULE = inspect.unwrap(qwen3_next.torch_chunk_gated_delta
 TORCH_RECURRENT_GATED_DELTA_RULE = inspect.unwrap(qwen3_next.torch_recurrent_gated_delta_rule)
 
 VOCAB = 64
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest (and steadiest on a shared 2-core CI box) on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def make_config(**overrides):
@@ -229,15 +219,12 @@ def test_generate_continues_from_returned_cache():
     assert torch.equal(continued, model.generate(prompt, max_new_tokens=5, **kw))
 
 
-def test_left_padded_batch_equals_rows_alone():
+def test_left_padded_batch_equals_rows_alone(pad_rows):
     model = make_model()
     lengths, new = (1, 7, 64, 65, 130), 6
-    width = max(lengths)
     rows = [tokens(1, n, seed=10 + n)[0] for n in lengths]
-    batch = torch.zeros(len(rows), width, dtype=torch.long)
-    mask = torch.zeros_like(batch)
-    for i, row in enumerate(rows):
-        batch[i, width - len(row) :], mask[i, width - len(row) :] = row, 1
+    batch, mask = pad_rows(rows)
+    width = batch.shape[1]
     kw = dict(max_new_tokens=new, do_sample=False, eos_token_id=None, pad_token_id=0,
               return_dict_in_generate=True, output_logits=True)
     together = model.generate(batch, attention_mask=mask, **kw)
@@ -283,15 +270,10 @@ def _row_losses_and_grads(model, rows):
 
 
 @pytest.mark.parametrize("checkpointing", [False, True], ids=["plain", "gradient_checkpointing"])
-def test_padded_training_step_equals_unpadded_rows(checkpointing):
+def test_padded_training_step_equals_unpadded_rows(checkpointing, pad_rows):
     model = make_model().train()
     rows = [tokens(1, n, seed=40 + n)[0] for n in (5, 17, 70)]
-    width = 72
-    batch = torch.full((len(rows), width), 0, dtype=torch.long)
-    mask = torch.zeros_like(batch)
-    for i, row in enumerate(rows):  # left, right and both-sided padding
-        start = (0, width - len(row), 1)[i]
-        batch[i, start : start + len(row)], mask[i, start : start + len(row)] = row, 1
+    batch, mask = pad_rows(rows, width=72, starts=(0, 72 - 17, 1))  # right, left and both-sided padding
     ref_loss, ref_grads = _row_losses_and_grads(model, rows)
 
     if checkpointing:
@@ -324,34 +306,17 @@ def test_fresh_model_is_plain_gated_deltanet_and_logits_to_keep():
     assert last.shape == (2, 1, VOCAB) and torch.allclose(last, full[:, -1:], atol=1e-6)
 
 
-def test_save_load_round_trip(tmp_path):
-    model = make_model(tie_word_embeddings=True)
-    model.save_pretrained(tmp_path)
-    loaded = LogLinearGatedDeltaNetForCausalLM.from_pretrained(tmp_path).eval()
-    assert loaded.lm_head.weight.data_ptr() == loaded.model.embeddings.weight.data_ptr()
-    ref = model.state_dict()
-    for name, value in loaded.state_dict().items():
-        assert torch.equal(value, ref[name]), name
-    ids = tokens(2, 40, seed=50)
-    with torch.no_grad():
-        assert torch.equal(model(ids, use_cache=False).logits, loaded(ids, use_cache=False).logits)
+def test_save_load_round_trip(tmp_path, round_trip):
+    round_trip(make_model(tie_word_embeddings=True), tmp_path, tokens(2, 40, seed=50))
     assert isinstance(AutoModelForCausalLM.from_pretrained(tmp_path), LogLinearGatedDeltaNetForCausalLM)
     assert isinstance(LogLinearGatedDeltaNetModel.from_pretrained(tmp_path), LogLinearGatedDeltaNetModel)
 
 
-def test_missing_level_weights_are_initialised_on_load(tmp_path):
-    """A checkpoint without level parameters (plain fla Gated DeltaNet weights) loads as plain
-    Gated DeltaNet: from_pretrained builds on the meta device, so values come from _init_weights."""
+def test_missing_level_weights_are_initialised_on_load(tmp_path, load_without_level_weights):
+    """A checkpoint without level parameters (plain fla Gated DeltaNet weights) loads as plain Gated DeltaNet."""
     model = make_model()
-    model.save_pretrained(tmp_path)
-    weights = load_file(tmp_path / "model.safetensors")
-    save_file({k: v for k, v in weights.items() if "level_" not in k}, tmp_path / "model.safetensors", metadata={"format": "pt"})
-    loaded = LogLinearGatedDeltaNetForCausalLM.from_pretrained(tmp_path).eval()
-    attn = loaded.model.layers[0].attn
-    assert torch.count_nonzero(attn.level_proj.weight) == 0
-    assert torch.equal(attn.level_weights.scale, torch.ones_like(attn.level_weights.scale))
-    assert torch.allclose(attn.level_weights.bias, torch.full_like(attn.level_weights.bias, math.log(math.e - 1)))
-    assert torch.equal(attn.A_log, model.model.layers[0].attn.A_log)
+    loaded = load_without_level_weights(model, tmp_path)
+    assert torch.equal(loaded.model.layers[0].attn.A_log, model.model.layers[0].attn.A_log)
     ids = tokens(1, 30, seed=52)
     with torch.no_grad():
         assert rel_err(loaded(ids).logits, plain_gated_deltanet_logits(loaded, ids)) < 1e-5
@@ -391,6 +356,7 @@ def test_remote_code_loads_without_the_package(tmp_path):
         "AutoModel": "modeling_loglinear_gated_deltanet.LogLinearGatedDeltaNetModel",
         "AutoModelForCausalLM": "modeling_loglinear_gated_deltanet.LogLinearGatedDeltaNetForCausalLM",
     }
+    assert (folder / "modeling_common.py").is_file()  # followed from the modeling file's imports
     ids = tokens(2, 25, seed=53)
     torch.save(ids, folder / "ids.pt")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}

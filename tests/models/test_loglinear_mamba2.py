@@ -7,7 +7,6 @@ import math
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
 from transformers import DynamicCache, Mamba2Config, Mamba2ForCausalLM
 from transformers.models.mamba2 import modeling_mamba2
 
@@ -19,15 +18,6 @@ VOCAB = 64
 # Mamba-2, and normalises over all of d_inner instead of per B/C group.
 REFERENCE_CACHE = "cache" if "cache" in inspect.signature(Mamba2ForCausalLM.forward).parameters else "cache_params"
 GROUPED_REFERENCE_NORM = "group_size" in inspect.signature(modeling_mamba2.MambaRMSNormGated).parameters
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest (and steadiest on a shared 2-core CI box) on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny_config(**overrides):
@@ -138,14 +128,11 @@ def test_generate_continues_from_returned_cache():
 
 
 @torch.no_grad()
-def test_left_padded_batch_equals_rows_alone():
+def test_left_padded_batch_equals_rows_alone(pad_rows):
     model = tiny_model()
     prompts = [tokens(n, seed=n) for n in (1, 7, 64, 65, 130)]
-    width = max(len(p) for p in prompts)
-    batch = torch.zeros(len(prompts), width, dtype=torch.long)
-    mask = torch.zeros_like(batch)
-    for i, p in enumerate(prompts):
-        batch[i, width - len(p) :], mask[i, width - len(p) :] = p, 1
+    batch, mask = pad_rows(prompts)
+    width = batch.shape[1]
     generated = model.generate(batch, attention_mask=mask, max_new_tokens=8, do_sample=False)
     prefill = model(batch, attention_mask=mask).logits
     for i, p in enumerate(prompts):
@@ -214,15 +201,11 @@ def _grads(model):
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-def test_padded_training_step_equals_unpadded_rows():
+def test_padded_training_step_equals_unpadded_rows(pad_rows):
     model = tiny_model(use_mlp=True, intermediate_size=48).train()
     rows = [tokens(n, seed=n) for n in (9, 40, 3)]
-    width = 44
-    batch = torch.full((3, width), 0, dtype=torch.long)
-    mask = torch.zeros_like(batch)
-    starts = (width - 9, 0, 20)  # left padding, right padding, pads on both sides
-    for i, (r, s) in enumerate(zip(rows, starts)):
-        batch[i, s : s + len(r)], mask[i, s : s + len(r)] = r, 1
+    # left padding, right padding, pads on both sides
+    batch, mask = pad_rows(rows, width=44, starts=(44 - 9, 0, 20))
     loss = model(batch, attention_mask=mask, labels=batch).loss
     loss.backward()
     padded = _grads(model)
@@ -299,33 +282,16 @@ def test_fresh_model_is_plain_mamba2_and_logits_to_keep():
         assert last.shape == (2, 1, VOCAB) and torch.allclose(last, model(ids).logits[:, -1:], atol=1e-6)
 
 
-def test_save_load_round_trip_is_bit_exact(tmp_path):
-    model = tiny_model(use_mlp=True, intermediate_size=48, tie_word_embeddings=True)
-    model.save_pretrained(tmp_path)
-    loaded = LogLinearMamba2ForCausalLM.from_pretrained(tmp_path).eval()
-    assert loaded.lm_head.weight.data_ptr() == loaded.backbone.embeddings.weight.data_ptr()
-    ref = model.state_dict()
-    for name, value in loaded.state_dict().items():
-        assert torch.equal(value, ref[name]), name
-    ids = tokens(2, 30)
-    with torch.no_grad():
-        assert torch.equal(loaded(ids).logits, model(ids).logits)
+def test_save_load_round_trip_is_bit_exact(tmp_path, round_trip):
+    round_trip(tiny_model(use_mlp=True, intermediate_size=48, tie_word_embeddings=True), tmp_path, tokens(2, 30))
     assert isinstance(LogLinearMamba2Model.from_pretrained(tmp_path), LogLinearMamba2Model)
 
 
-def test_missing_level_weights_are_initialised_on_load(tmp_path):
-    """A checkpoint without level parameters (e.g. plain Mamba-2 weights) loads as plain Mamba-2:
-    from_pretrained builds on the meta device, so the values must come from _init_weights."""
+def test_missing_level_weights_are_initialised_on_load(tmp_path, load_without_level_weights):
+    """A checkpoint without level parameters (plain Mamba-2 weights) loads as plain Mamba-2."""
     model = tiny_model()
-    model.save_pretrained(tmp_path)
-    weights = load_file(tmp_path / "model.safetensors")
-    save_file({k: v for k, v in weights.items() if "level_" not in k}, tmp_path / "model.safetensors", metadata={"format": "pt"})
-    loaded = LogLinearMamba2ForCausalLM.from_pretrained(tmp_path)
-    mixer = loaded.backbone.layers[0].mixer
-    assert torch.count_nonzero(mixer.level_proj.weight) == 0
-    assert torch.equal(mixer.level_weights.scale, torch.ones_like(mixer.level_weights.scale))
-    assert torch.allclose(mixer.level_weights.bias, torch.full_like(mixer.level_weights.bias, math.log(math.e - 1)))
-    assert torch.equal(mixer.A_log, model.backbone.layers[0].mixer.A_log)
+    loaded = load_without_level_weights(model, tmp_path)
+    assert torch.equal(loaded.backbone.layers[0].mixer.A_log, model.backbone.layers[0].mixer.A_log)
 
 
 # --------------------------------------------------------------------------- errors
