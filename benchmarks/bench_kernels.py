@@ -26,6 +26,9 @@ import time
 import torch
 import torch.nn.functional as F
 
+# the run exists to validate the Triton backward on the GPU, where it is otherwise opt-in
+os.environ.setdefault("HF_LOGLINEAR_TRITON_BACKWARD", "1")
+
 from hf_loglinear.levels import levels_for_length
 from hf_loglinear.ops import LevelState, loglinear_attention, loglinear_attention_step
 

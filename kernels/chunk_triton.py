@@ -22,6 +22,8 @@ it with autograd.
 """
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 
@@ -281,6 +283,14 @@ def _backward_scalar(q, k, v, g, lam, do, chunk=CHUNK):
     )
 
 
+def _triton_backward_enabled(device) -> bool:
+    """The Triton backward has been checked only under the interpreter: no GPU run has compiled
+    it yet. On CUDA it is opt-in (HF_LOGLINEAR_TRITON_BACKWARD=1) until one validates it; the
+    recomputation backward below is the GPU-checked default. ``=0`` turns it off everywhere."""
+    flag = os.environ.get("HF_LOGLINEAR_TRITON_BACKWARD")
+    return flag == "1" if flag is not None else device.type != "cuda"
+
+
 class _LogLinearAttention(torch.autograd.Function):
     """Triton forward; Triton backward for scalar decay on dense rows without initial or final
     state, otherwise by recomputation through the torch chunked form."""
@@ -303,7 +313,8 @@ class _LogLinearAttention(torch.autograd.Function):
         from ..ops import LevelState
 
         q, k, v, g, lam, beta, levels0, pos0, cu_seqlens = ctx.saved_tensors
-        if beta is None and levels0 is None and cu_seqlens is None and not ctx.output_final_state:
+        dense = beta is None and levels0 is None and cu_seqlens is None and not ctx.output_final_state
+        if dense and _triton_backward_enabled(q.device):
             grads = _backward_scalar(q, k, v, g, lam, do)
             return (*(d if need else None for d, need in zip(grads, ctx.needs_input_grad)), *[None] * 5)
         inputs = [q, k, v, g, lam, beta, levels0]

@@ -85,3 +85,20 @@ def test_other_cases_still_recompute():
         ((o * do).sum() + state.levels.square().sum()).backward()
         grads.append([a.grad for a in leaves])
     _check(grads[0], grads[1], 1e-12)
+
+
+def test_gate_switches_the_dense_case_to_recomputation(monkeypatch):
+    """HF_LOGLINEAR_TRITON_BACKWARD=0 (the CUDA default until a GPU run validates the kernels)
+    routes even the dense case through the recomputation, with the same gradients."""
+    monkeypatch.setenv("HF_LOGLINEAR_TRITON_BACKWARD", "0")
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the Triton backward ran although it is switched off")
+
+    monkeypatch.setattr(chunk_triton, "_backward_scalar", fail)
+    x, do = _inputs(70, 1, 2, 5, torch.float64, seed=3)
+    wanted = [True] * 5
+    _check(_grads(chunk_loglinear_attention_triton, x, do, wanted), _grads(chunk_loglinear_attention, x, do, wanted), 1e-12)
+    monkeypatch.delenv("HF_LOGLINEAR_TRITON_BACKWARD")
+    assert not chunk_triton._triton_backward_enabled(torch.device("cuda"))  # CUDA default when unset
+    assert chunk_triton._triton_backward_enabled(torch.device("cpu"))
