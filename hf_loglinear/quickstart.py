@@ -109,8 +109,8 @@ def lora_step(converted: Path, out: Path, steps: int, report) -> Path | None:
     summary = finetune(converted, data_folder(), out, rank=LORA_RANK, steps=steps, max_length=256, batch_size=4,
                        lr=2e-3, eval_fraction=0.05, merge=True)
     merged = Path(summary["merged"])
-    print(f"LoRA fine-tuning: rank {LORA_RANK}, {steps} steps, loss {summary['first_loss']:.3f} -> "
-          f"{summary['final_loss']:.3f}, eval loss {summary['eval_loss']:.3f} -> {out.name}/merged/")
+    print(f"LoRA fine-tuning: rank {LORA_RANK}, {steps} steps, held-out loss {summary['eval_loss']:.3f} "
+          f"-> {out.name}/merged/")
     render_model_card(
         family=report.family, model_name="loglinear-tiny-lora", num_levels=report.num_levels,
         source_format="transformers Mamba-2, trained by the quickstart", changes=report.changes,

@@ -34,7 +34,7 @@ def test_quickstart_command(tmp_path):
     for folder in (out / "loglinear-tiny", hub):
         card = (folder / "README.md").read_text()
         assert "license: apache-2.0" in card and "trust_remote_code=True" in card
-    assert "fine-tuned with LoRA (rank 8, 2 steps" in (hub / "README.md").read_text()
+    assert "- then fine-tuned with LoRA (rank 8, 2 steps" in (hub / "README.md").read_text()
     model = AutoModelForCausalLM.from_pretrained(hub)  # the folder loads as it would from the hub
     tokenizer = AutoTokenizer.from_pretrained(hub)
     assert model.config.vocab_size == len(tokenizer) and tokenizer.decode(tokenizer("the keeper").input_ids) == "the keeper"
