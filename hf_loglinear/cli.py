@@ -5,6 +5,7 @@
     hf-loglinear upload DIR REPO_ID [--private] [--revision BRANCH]
     hf-loglinear quickstart [--out DIR] [--steps N] [--lora-steps N]
     hf-loglinear finetune MODEL DATA OUT [--rank 16] [--steps N] [--max-length 2048] [--merge] [...]
+    hf-loglinear memory CONFIG_OR_MODEL [--seq-len 1024 131072] [--batch 1] | --compare
 
 A subcommand is two small functions, ``<name>_arguments(parser)`` and ``<name>(args) -> exit code``,
 listed in ``COMMANDS``. Bad input exits with status 2 and one line on stderr saying what to do;
@@ -109,11 +110,33 @@ def finetune(args) -> int:
     return run_finetune(args)
 
 
+# --------------------------------------------------------------------------- memory
+def memory_arguments(parser: argparse.ArgumentParser):
+    parser.add_argument("model", nargs="?", help="a model folder, a config.json, or a preset name")
+    parser.add_argument("--seq-len", type=int, nargs="+", default=[1024, 8192, 32768, 131072], help="context lengths")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--dtype", choices=("bfloat16", "float16", "float32"), default="bfloat16")
+    parser.add_argument("--compare", action="store_true", help="the ~800M comparison table of the presets")
+
+
+def memory(args) -> int:
+    from .memory import PRESETS, load_shape, table
+
+    if not args.compare and not args.model:
+        raise ValueError(f"name a model folder, a config.json or a preset ({', '.join(PRESETS)}), or pass --compare")
+    if min(args.seq_len) < 1 or args.batch < 1:
+        raise ValueError("--seq-len and --batch must be >= 1")
+    shapes = [load_shape(name) for name in (PRESETS if args.compare else [args.model])]
+    print(table(shapes, args.seq_len, args.batch, args.dtype))
+    return 0
+
+
 COMMANDS = {
     "convert": ("turn a Mamba-2 / Gated DeltaNet checkpoint into a log-linear model", convert_arguments, convert),
     "upload": ("upload a folder to the Hugging Face Hub", upload_arguments, upload),
     "quickstart": ("train, convert and sample a tiny model on CPU, nothing downloaded", quickstart_arguments, quickstart),
     "finetune": ("LoRA-fine-tune a log-linear model on text (runs under torchrun / accelerate launch)", finetune_arguments, finetune),
+    "memory": ("state, cache and prefill-buffer sizes of a model at given context lengths", memory_arguments, memory),
 }
 
 

@@ -1,0 +1,59 @@
+"""Memory sizes are counted exactly as the code allocates them."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from hf_loglinear import LogLinearGatedDeltaNetConfig, LogLinearGatedDeltaNetForCausalLM
+from hf_loglinear import LogLinearMamba2Config, LogLinearMamba2ForCausalLM
+from hf_loglinear.cli import main
+from hf_loglinear.memory import decode_state_bytes, live_levels, prefill_buffer_bytes, shape_from_config
+
+
+@pytest.mark.parametrize("family", ["mamba2", "gdn"])
+def test_decode_state_bytes_equal_the_cache(family):
+    if family == "mamba2":
+        config = LogLinearMamba2Config(vocab_size=64, hidden_size=32, num_heads=4, head_dim=16, state_size=8,
+                                       n_groups=2, num_hidden_layers=2, num_levels=5)
+        model = LogLinearMamba2ForCausalLM(config).eval()
+    else:
+        config = LogLinearGatedDeltaNetConfig(vocab_size=64, hidden_size=32, num_heads=2, num_v_heads=4, head_dim=8,
+                                              expand_v=2, num_hidden_layers=2, num_levels=5)
+        model = LogLinearGatedDeltaNetForCausalLM(config).eval()
+    with torch.no_grad():
+        cache = model(torch.randint(0, 64, (3, 37)), use_cache=True).cache
+    shape = shape_from_config(config.to_dict())
+    assert decode_state_bytes(shape, 37, batch=3, dtype="float32") == cache.nbytes
+
+
+def test_live_levels_count_the_non_empty_levels():
+    from hf_loglinear.ops import LevelState
+    from hf_loglinear.kernels.recurrent import step_loglinear_attention
+
+    state = LevelState.zeros(1, 1, 6, 1, 1)
+    ones = torch.ones(1, 1, 1)
+    for position in range(1, 200):
+        step_loglinear_attention(state, ones, ones, ones, torch.zeros(1, 1), torch.ones(1, 1, 6))
+        assert live_levels(position, 6) == int((state.levels[0, 0, :, 0, 0] != 0).sum())
+
+
+def test_prefill_buffer_grows_as_chunks_times_levels():
+    shape = shape_from_config(dict(model_type="loglinear_mamba2", hidden_size=64, num_heads=2, head_dim=16,
+                                   state_size=8, num_hidden_layers=1, num_levels=15))
+    per_chunk_level = 2 * 8 * 16 * 2  # heads x K x V x bf16
+    assert prefill_buffer_bytes(shape, 64) == per_chunk_level  # one chunk, one (empty) scan
+    assert prefill_buffer_bytes(shape, 1024) == 16 * 5 * per_chunk_level  # 16 chunks: levels 0..4 of chunks
+    assert prefill_buffer_bytes(shape, 1 << 20) == (1 << 14) * 8 * per_chunk_level  # capped at L - 2 - 6 + 1
+
+
+def test_memory_cli(tmp_path, capsys):
+    assert main(["memory", "transformer", "--seq-len", "1000"]) == 0
+    # 2 (K, V) x 21 layers x 16 heads x 96 x 1000 tokens x 2 bytes = 123.0 MiB
+    assert "| transformer | 1000 | 123.0 MiB |" in capsys.readouterr().out
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "mamba2", "hidden_size": 64, "num_heads": 4,
+                                                      "head_dim": 32, "state_size": 16, "num_hidden_layers": 2}))
+    assert main(["memory", str(tmp_path), "--seq-len", "10"]) == 0
+    assert main(["memory", str(tmp_path / "missing")]) == 2
+    assert "neither a preset" in capsys.readouterr().err
