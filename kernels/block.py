@@ -46,13 +46,16 @@ class BlockTerms:
 def block_terms(q, k, g, beta=None) -> BlockTerms:
     """q, k ``[..., C, K]``, g ``[..., C]``, beta ``[..., C]`` or None, all one float dtype."""
     size = q.shape[-2]
-    G = g.cumsum(-1)
+    # Decay exponents are differences of cumulative sums that reach -100 and beyond within a
+    # block (Mamba-2's dt * A); in float32 that difference would lose ~1e-5 absolute, so the
+    # cumulative sums and their differences are taken in float64 and only the exps rounded.
+    G = g.to(torch.float64).cumsum(-1)
     causal = torch.ones(size, size, dtype=torch.bool, device=q.device).tril()
     diff = (G[..., :, None] - G[..., None, :]).masked_fill(~causal, float("-inf"))
-    gamma = diff.exp()
+    gamma = diff.exp().to(q.dtype)
     qk = (q @ k.transpose(-1, -2)) * gamma
-    eG = G.exp()
-    Kd = k * (G[..., -1:] - G).exp()[..., None]
+    eG = G.exp().to(q.dtype)
+    Kd = k * (G[..., -1:] - G).exp().to(q.dtype)[..., None]
     decay = eG[..., -1]
     if beta is None:
         return BlockTerms(P=qk, Qt=q * eG[..., None], R=Kd.transpose(-1, -2), Kd=Kd, W=None, decay=decay)

@@ -178,3 +178,18 @@ def test_gradients_match_reference(inputs, state_from_prefix, delta):
     for other in ("naive", "recurrent"):
         for key, ref in grads[other].items():
             assert rel_err(grads["chunk"][key], ref) < 1e-9, (other, key)
+
+
+def test_float32_with_mamba2_decays():
+    """Mamba-2's dt * A reaches -1.6 per token, so cumulative decays pass -50 within a chunk;
+    their differences must not be taken in float32 (that alone cost 8e-7 here, 3x the 2.4e-7
+    float32 rounding of everything else)."""
+    gen = torch.Generator().manual_seed(0)
+    q, k = (torch.randn(1, 512, 1, 64, generator=gen, dtype=torch.float64) for _ in range(2))
+    v = torch.randn(1, 512, 8, 32, generator=gen, dtype=torch.float64)
+    dt = torch.rand(1, 512, 8, generator=gen, dtype=torch.float64) * 0.099 + 0.001
+    g = -dt * (torch.rand(8, generator=gen, dtype=torch.float64) * 15 + 1)
+    lam = torch.rand(1, 512, 8, 15, generator=gen, dtype=torch.float64) + 0.5
+    ref, _ = chunk_loglinear_attention(q, k, v, g, lam)
+    o32, _ = chunk_loglinear_attention(*(x.float() for x in (q, k, v, g, lam)))
+    assert rel_err(o32.double(), ref) < 5e-7
