@@ -80,6 +80,9 @@ class LogLinearPreTrainedModel(RemoteCodeMixin, PreTrainedModel):
 
     supports_gradient_checkpointing = True
     _is_stateful = True
+    # lambda = softplus(scale * raw + bias) must be exactly 1 in a fresh conversion; in bf16 the
+    # tables round to 1.001, so they stay float32 whatever dtype the model loads in.
+    _keep_in_fp32_modules_strict = ["level_weights"]
 
     @classmethod
     def _supports_default_dynamic_cache(cls) -> bool:

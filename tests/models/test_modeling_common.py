@@ -82,3 +82,19 @@ def test_tuple_outputs_hold_the_fields_in_order(model):
     backbone = model.base_model(tokens, output_hidden_states=True)
     assert torch.equal(backbone.hidden_states[-1], backbone.last_hidden_state)  # the last entry is normed
     assert len(model(tokens, use_cache=False, return_dict=False)) == 1
+
+
+def test_level_tables_stay_float32_in_a_bfloat16_model(tmp_path):
+    """softplus(bias) with the neutral bias is 1 only in float32 (bf16 rounds it to 1.001)."""
+    from hf_loglinear import LogLinearMamba2Config, LogLinearMamba2ForCausalLM
+
+    config = LogLinearMamba2Config(vocab_size=64, hidden_size=32, num_heads=4, head_dim=16, state_size=8, n_groups=1,
+                                   num_hidden_layers=1, num_levels=4)
+    model = LogLinearMamba2ForCausalLM(config).to(torch.bfloat16)
+    model.backbone.layers[0].mixer.level_weights.float().reset_parameters()  # as the converter writes them
+    model.save_pretrained(tmp_path)
+    loaded = LogLinearMamba2ForCausalLM.from_pretrained(tmp_path, dtype=torch.bfloat16)
+    mixer = loaded.backbone.layers[0].mixer
+    assert mixer.in_proj.weight.dtype == torch.bfloat16 and mixer.level_weights.bias.dtype == torch.float32
+    lam = mixer.level_weights(torch.zeros(1, 16, dtype=torch.bfloat16))
+    assert torch.equal(lam, torch.ones_like(lam))
