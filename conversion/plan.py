@@ -13,6 +13,7 @@ A ``Conversion`` turns one source checkpoint into our model's checkpoint, tensor
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 
 import torch
@@ -36,7 +37,9 @@ __all__ = [
 Tensors = Iterator[tuple[str, torch.Tensor]]
 
 
-class Conversion:
+class Conversion(ABC):
+    """One source format: its target config, the source layout it expects, and the tensor mapping."""
+
     format: str
     family: str  # "mamba2" or "gated_deltanet": which of our models and which card
     reference: str
@@ -47,11 +50,13 @@ class Conversion:
         self.folder, self.config, self.reader, self.num_levels = folder, config, reader, num_levels
         self.changes: list[str] = []
 
+    @abstractmethod
     def target_config(self):
-        raise NotImplementedError
+        """The config of our model that the conversion produces."""
 
+    @abstractmethod
     def source_shapes(self) -> dict[str, tuple[int, ...]]:
-        raise NotImplementedError
+        """Expected tensor name -> shape of the source checkpoint."""
 
     def convert_tensor(self, name: str, tensor: torch.Tensor) -> Tensors:
         yield name, tensor
@@ -59,8 +64,9 @@ class Conversion:
     def new_tensors(self) -> Tensors:
         return iter(())
 
+    @abstractmethod
     def source_logits(self) -> Callable[[torch.Tensor], torch.Tensor]:
-        raise NotImplementedError
+        """A function running the source model (token ids -> logits) for verification."""
 
     @property
     def vocab_size(self) -> int:

@@ -1,8 +1,18 @@
-"""Shared fixtures: random operator inputs in the API's layout."""
+"""Shared fixtures: random operator inputs in the API's layout.
+
+The suite runs the Triton kernels on CPU tensors through Triton's interpreter. TRITON_INTERPRET
+must be set before any ``@triton.jit`` function is decorated, i.e. before anything imports
+``hf_loglinear.levels`` or a kernel module, so it is set here, in the first file pytest loads.
+Nothing else in the suite runs Triton, so the setting changes no other test.
+"""
 from __future__ import annotations
 
-import pytest
-import torch
+import os
+
+os.environ["TRITON_INTERPRET"] = "1"
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 
 def make_inputs(batch, length, groups, heads, key_dim, value_dim, num_levels, *, delta, dtype=torch.float64, seed=0):
