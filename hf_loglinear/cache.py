@@ -86,6 +86,8 @@ class HierarchicalCacheLayer(LinearAttentionLayer):
             return new.detach().clone()
         if old.shape != new.shape:
             raise ValueError(f"cannot store a {what} of shape {tuple(new.shape)} in a cache holding {tuple(old.shape)}")
+        if old.dtype != new.dtype:
+            raise ValueError(f"cannot store a {what} of dtype {new.dtype} in a cache holding {old.dtype}")
         if old.data_ptr() != new.data_ptr():  # an in-place decode step already wrote the cache's memory
             old.copy_(new.detach())
         return old
@@ -100,8 +102,8 @@ class HierarchicalCacheLayer(LinearAttentionLayer):
         return self.conv_states[state_idx]
 
     def update_level_state(self, state: LevelState) -> LevelState:
-        if state.levels.dtype != torch.float32:
-            raise ValueError(f"level states are cached in float32, got {state.levels.dtype}")
+        if state.levels.dtype not in (torch.float32, torch.float64):  # float64 only for float64 models
+            raise ValueError(f"level states are cached in float32 (float64 for float64 models), got {state.levels.dtype}")
         self.recurrent_states[0] = self._store(self.recurrent_states[0], state.levels, "level state")
         self.position = self._store(self.position, state.position, "position")
         self.is_recurrent_states_initialized[0] = True

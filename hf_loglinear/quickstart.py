@@ -1,7 +1,7 @@
 """``hf-loglinear quickstart``: the whole path on a laptop CPU, nothing downloaded.
 
 1. trains a byte-level BPE tokenizer and a tiny transformers ``Mamba2ForCausalLM`` (about a
-   minute on 2 cores) on the text shipped in ``hf_loglinear/data``;
+   minute on 2 cores) on the text shipped in ``hf_loglinear/corpus``;
 2. converts it to log-linear Mamba-2 and prints the verification figures, and checks that greedy
    decoding matches the source token for token;
 3. fine-tunes the log-linear model briefly with LoRA (``hf_loglinear.finetune``) and merges it;
@@ -35,7 +35,7 @@ SPECIAL = "<|endoftext|>"
 
 def load_corpus() -> list[str]:
     """The shipped texts, one string per file, in name order."""
-    files = sorted(f for f in resources.files("hf_loglinear").joinpath("data").iterdir() if f.name.endswith(".txt"))
+    files = sorted(f for f in resources.files("hf_loglinear").joinpath("corpus").iterdir() if f.name.endswith(".txt"))
     return [f.read_text(encoding="utf-8") for f in files]
 
 
@@ -94,7 +94,7 @@ def train(model, tokens, steps: int, seed: int = 0):
 
 
 def data_folder() -> Path:
-    return Path(str(resources.files("hf_loglinear").joinpath("data")))
+    return Path(str(resources.files("hf_loglinear").joinpath("corpus")))
 
 
 def lora_step(converted: Path, out: Path, steps: int, report) -> Path | None:

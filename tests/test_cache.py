@@ -92,7 +92,9 @@ def test_errors():
     cache.check("some_model", 3)
     with pytest.raises(ValueError, match="cannot store a level state of shape"):
         cache.update_level_state(0, LevelState(torch.zeros(3, 2, 5, 3, 5), torch.zeros(3, dtype=torch.int64)))
-    with pytest.raises(ValueError, match="float32"):
+    with pytest.raises(ValueError, match="cached in float32"):
+        cache.update_level_state(0, LevelState(torch.zeros(3, 2, 4, 3, 5, dtype=torch.bfloat16), torch.zeros(3, dtype=torch.int64)))
+    with pytest.raises(ValueError, match="of dtype torch.float64 in a cache holding torch.float32"):
         cache.update_level_state(0, LevelState(torch.zeros(3, 2, 4, 3, 5, dtype=torch.float64), torch.zeros(3, dtype=torch.int64)))
     with pytest.raises(ValueError, match="conv state index 1 out of range"):
         cache.update_conv_state(torch.zeros(3, 6, 3), 0, state_idx=1)
@@ -100,3 +102,23 @@ def test_errors():
         cache.level_state(5)
     with pytest.raises(ValueError, match="num_hidden_layers >= 1"):
         HierarchicalCache(SimpleNamespace(model_type="x"))
+
+
+def test_float64_model_caches_and_decodes():
+    """A float64 model (e.g. for a numerical check) keeps its level states in float64."""
+    from hf_loglinear import LogLinearMamba2Config, LogLinearMamba2ForCausalLM
+
+    config = LogLinearMamba2Config(vocab_size=64, hidden_size=32, num_heads=4, head_dim=16, state_size=8, n_groups=1,
+                                   num_hidden_layers=1, num_levels=4)
+    model = LogLinearMamba2ForCausalLM(config).double().eval()
+    ids = torch.randint(0, 64, (1, 20))
+    with torch.no_grad():
+        full = model(ids, use_cache=False).logits
+        prefill = model(ids[:, :12], use_cache=True)
+        cache, steps = prefill.cache, []
+        for t in range(12, 20):
+            out = model(ids[:, t : t + 1], cache=cache, use_cache=True)
+            cache = out.cache
+            steps.append(out.logits)
+    assert cache.level_state(0).levels.dtype == torch.float64
+    assert torch.allclose(torch.cat(steps, 1), full[:, 12:], rtol=0, atol=1e-12)

@@ -45,7 +45,7 @@ def one_thread():
 
 def small_text(size: int = 10_000) -> str:
     """The first ``size`` characters of the prose the package ships for its quickstart."""
-    return "".join(p.read_text() for p in sorted((Path(hf_loglinear.__file__).parent / "data").glob("*.txt")))[:size]
+    return "".join(p.read_text() for p in sorted((Path(hf_loglinear.__file__).parent / "corpus").glob("*.txt")))[:size]
 
 
 @pytest.fixture(scope="module")
