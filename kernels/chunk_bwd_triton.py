@@ -19,8 +19,11 @@ kernel stores that per-token value; the caller does the cumsum.
 """
 from __future__ import annotations
 
-import triton
-import triton.language as tl
+try:  # guarded: transformers checks every remote-code file's imports; this one loads only with triton
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover
+    triton = tl = None
 
 from ..levels import tl_bit_length
 from .output_triton import _column
