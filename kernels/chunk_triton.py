@@ -27,6 +27,12 @@ import os
 import torch
 import torch.nn.functional as F
 
+try:  # guarded: transformers checks every remote-code file's imports; this one loads only with triton
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover
+    triton = tl = None
+
 from ..levels import bit_length, level_tensor, relevel
 from .block import block_terms, level_split
 from .chunk import chunk_loglinear_attention
@@ -39,8 +45,6 @@ CHUNK = 64
 
 
 def _acc(dtype):
-    import triton.language as tl
-
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 
@@ -163,7 +167,6 @@ def _consts(dtype, num_heads, num_groups, key_dim, value_dim, chunk):
 
 def _scan(rows, dtype, consts, num_levels, initial_state, chunk):
     """Stages 1-3: chunk-local G, UT factors (delta rule), the recorded level states."""
-    import triton
 
     n, nc, slots = rows.num_rows, rows.num_chunks, rows.q.shape[1]
     num_heads, key_dim, value_dim, bk = consts["H"], consts["K"], consts["V"], consts["BK"]
@@ -204,8 +207,6 @@ def _scan(rows, dtype, consts, num_levels, initial_state, chunk):
 
 
 def _forward(q, k, v, g, lam, beta, cu_seqlens, initial_state, output_final_state, chunk=CHUNK):
-    import triton
-
     batch, length, num_groups, key_dim = q.shape
     num_heads, value_dim = v.shape[2:]
     num_levels = lam.shape[-1]
@@ -237,7 +238,6 @@ def _backward_scalar(q, k, v, g, lam, do, chunk=CHUNK):
     chunk-parallel gradient kernel of ``chunk_bwd_triton``; dg is the reverse cumulative sum of
     q.dq - k.dk per head (see that module).
     """
-    import triton
 
     from .chunk_bwd_triton import chunk_grad_kernel, level_scan_bwd_kernel
 

@@ -34,6 +34,19 @@ def test_flat_sources_are_a_closed_flat_set():
     assert "from .kernels_block import" in sources["kernels_chunk.py"]
 
 
+def test_hub_import_check_needs_only_torch_and_transformers(tmp_path):
+    """transformers refuses a hub folder whose files import a package the machine lacks (it
+    reads every file's imports outside try blocks): triton must only ever be imported guarded."""
+    from transformers.dynamic_module_utils import get_imports
+
+    allowed = {"torch", "transformers", "safetensors", "huggingface_hub"}
+    for name, text in flat_sources(MAMBA2_MODULES).items():
+        path = tmp_path / name
+        path.write_text(text)
+        third_party = {m for m in get_imports(path) if m not in sys.stdlib_module_names and m != "__future__"}
+        assert third_party <= allowed, (name, third_party)
+
+
 def _package(root, files):
     for path, text in files.items():
         os.makedirs(os.path.dirname(root / path), exist_ok=True)
