@@ -47,6 +47,15 @@ def random_state(batch, heads, num_levels, key_dim, value_dim, position, *, dtyp
     return LevelState(state.levels.to(dtype), state.position)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run fastest (and steadiest on a shared 2-core CI box) on one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def inputs():
     return make_inputs

@@ -34,13 +34,7 @@ EOS_ID = 256
 TRAIN = dict(rank=8, alpha=16, lr=1e-2, max_length=128, batch_size=2, eval_fraction=0.1, seed=0, progress=False)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest (and steadiest on a shared 2-core CI box) on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def small_text(size: int = 10_000) -> str:

@@ -11,13 +11,9 @@ from safetensors.torch import load_file, save_file
 from hf_loglinear.modules import LevelProjection, LevelWeights
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest (and steadiest on a shared 2-core CI box) on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+@pytest.fixture(autouse=True)
+def _one_thread_for_models(one_thread):
+    """Every model test runs on one thread (the root conftest's ``one_thread``)."""
 
 
 def _pad_rows(rows, width=None, starts=None):
