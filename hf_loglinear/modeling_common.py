@@ -172,7 +172,7 @@ class LogLinearModelMixin:
         r"""
         attention_mask (`[batch, >= seq_len]`, *optional*): 1 for real tokens, 0 for pads. Pads take no
             position: padded rows run packed from their own first real token. Only the last ``seq_len``
-            columns apply (generate() passes the whole mask).
+            columns apply (generate() passes the whole mask); a one-token step on a filled cache ignores it.
         cu_seqlens (`[num_docs + 1]`, *optional*): documents packed along the sequence of a batch-1 input;
             convolutions and levels restart at every document start.
         cache (`HierarchicalCache`, *optional*): continue every row from its cached state.
@@ -188,6 +188,10 @@ class LogLinearModelMixin:
         inputs_embeds = self._embed(input_ids, inputs_embeds)
         batch, length = inputs_embeds.shape[:2]
 
+        if length == 1 and isinstance(cache, HierarchicalCache) and cache.get_seq_length() > 0:
+            # A decode step carries no pad (generate() extends the mask with ones; pads only precede
+            # a row's prompt): not reading the mask keeps every decode step free of host syncs.
+            attention_mask = None
         layout, unpadded = plan_sequences(batch, length, attention_mask, cu_seqlens, inputs_embeds.device)
         cache = self._resolve_cache(cache, use_cache, layout.num_sequences)
         restore = (lambda h: repad(h, unpadded)) if unpadded is not None else (lambda h: h)

@@ -53,6 +53,25 @@ def test_cache_under_every_name_continues_the_rows(model, name):
 
 
 @torch.no_grad()
+def test_decode_steps_never_read_the_mask(model, monkeypatch):
+    """A left-padded prefill reads its mask; the one-token steps after it must not (reading it
+    costs a host sync per step), and still equal the rows run alone."""
+    import hf_loglinear.modeling_common as common
+
+    tokens = ids(2, 12)
+    mask = torch.ones_like(tokens)
+    mask[0, :5] = 0  # row 0 is left-padded: its real tokens start at column 5
+    cache = model(tokens[:, :8], attention_mask=mask[:, :8], use_cache=True).cache
+    seen = []
+    plan = common.plan_sequences
+    monkeypatch.setattr(common, "plan_sequences", lambda b, n, m, *a: seen.append(m) or plan(b, n, m, *a))
+    steps = [model(tokens[:, t : t + 1], attention_mask=mask[:, : t + 1], cache=cache).logits for t in range(8, 12)]
+    assert seen == [None] * 4
+    alone = model(tokens[:1, 5:]).logits
+    assert ((torch.cat(steps, 1)[0] - alone[0, 3:]).abs().max() / alone.abs().max()).item() < 1e-5
+
+
+@torch.no_grad()
 def test_two_different_caches_are_refused(model):
     first, second = (model(ids(), use_cache=True).cache for _ in range(2))
     with pytest.raises(ValueError, match="two different caches"):
