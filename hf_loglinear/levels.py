@@ -131,3 +131,29 @@ if triton is not None:
             n = n + tl.where(high, s, 0)
             x = tl.where(high, x >> s, x)
         return n + tl.where(x > 0, 1, 0)
+
+    @triton.jit
+    def tl_capped_level(t, s, num_levels):
+        """min(level(t, s), L - 1) of integer positions (s <= t), as int64."""
+        return tl.minimum(tl_bit_length(t ^ s), num_levels - 1)
+
+    # The chunked kernels run one scan per inter-chunk level (SPEC §4): scan js carries level
+    # log2(C) + 1 + js, and the last of the NJ scans is the capped top level L - 1.
+
+    @triton.jit
+    def tl_scan_level(js, num_scans, num_levels, LOG_C: tl.constexpr):
+        """The level (lambda column) that inter-chunk scan ``js`` holds."""
+        return tl.where(js == num_scans - 1, num_levels - 1, LOG_C + 1 + js)
+
+    @triton.jit
+    def tl_chunk_reads_scan(chunk, js, num_scans):
+        """Whether chunk ``chunk`` (absolute index) reads scan ``js``: bit js of its index is set,
+        or js is the top (which also holds every higher bucket)."""
+        return (js == num_scans - 1) | (((chunk >> js) & 1) == 1)
+
+    @triton.jit
+    def tl_scan_window(js, num_scans, top_exp):
+        """Low chunk-index bits that span one bucket of scan ``js``: a chunk whose index has them
+        all set closes the bucket (2^(js+1) - 1; the top's buckets span 2^top_exp chunks)."""
+        one = tl.full((), 1, tl.int64)
+        return tl.where(js == num_scans - 1, (one << top_exp) - 1, (one << (js.to(tl.int64) + 1)) - 1)

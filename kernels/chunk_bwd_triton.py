@@ -25,7 +25,7 @@ try:  # guarded: transformers checks every remote-code file's imports; this one 
 except ImportError:  # pragma: no cover
     triton = tl = None
 
-from ..levels import tl_bit_length
+from ..levels import tl_capped_level, tl_chunk_reads_scan, tl_scan_level, tl_scan_window
 from .output_triton import _column
 
 
@@ -47,11 +47,10 @@ def level_scan_bwd_kernel(
     hv = dk[:, None] * V + dv[None, :]
     hvm = km[:, None] & vm[None, :]
     is_top = js == NJ - 1
-    col = tl.where(is_top, L - 1, LOG_C + 1 + js)
+    col = tl_scan_level(js, NJ, L, LOG_C)
     row64 = row.to(tl.int64)
-    one = tl.full((), 1, tl.int64)
     js64 = js.to(tl.int64)
-    win = tl.where(is_top, (one << top_exp) - 1, (one << (js64 + 1)) - 1)
+    win = tl_scan_window(js, NJ, top_exp)
 
     dh = tl.zeros([BK, BV], dtype=ACC)  # gradient of the level state (top: of its closed part)
     dp = tl.zeros([BK, BV], dtype=ACC)  # top only: gradient of the pending window sum
@@ -74,7 +73,7 @@ def level_scan_bwd_kernel(
             if bit == 0:
                 tl.atomic_add(dst, dh, mask=hvm)
             dh = decay * dh
-        if is_top | (bit == 1):  # chunk c read this state: dS = (w Qt)^T dO
+        if tl_chunk_reads_scan(ca, js64, NJ):  # chunk c read this state: dS = (w Qt)^T dO
             tok = row64 * S + c * C + i
             gc = tl.load(g_cum + tok * H + h).to(ACC)
             qt = tl.load(q + (tok[:, None] * G + grp) * K + dk[None, :], mask=km[None, :], other=0.0).to(ACC)
@@ -111,7 +110,7 @@ def chunk_grad_kernel(
     causal = i[:, None] >= i[None, :]
     gamma = tl.exp(tl.where(causal, gc[:, None] - gc[None, :], 0.0))
     p = tl.where(causal, tl.dot(qt, tl.trans(kt), input_precision=PREC, out_dtype=ACC) * gamma, 0.0)
-    lev = tl.minimum(tl_bit_length((i[:, None] ^ i[None, :]).to(tl.int64)), L - 1)
+    lev = tl_capped_level(i[:, None], i[None, :], L)
     weights = tl.zeros([C, C], dtype=ACC)
     for lvl in tl.static_range(LOG_C + 1):
         weights = tl.where(lev == lvl, _column(lam_t, cols, lvl)[:, None], weights)
@@ -135,9 +134,8 @@ def chunk_grad_kernel(
         dm += tl.dot(dot, tl.trans(vt), input_precision=PREC, out_dtype=ACC)
         dvt = tl.dot(tl.trans(m), dot, input_precision=PREC, out_dtype=ACC)
         for js in range(NJ):
-            is_top = js == NJ - 1
-            if is_top | (((ca >> js) & 1) == 1):
-                col = tl.where(is_top, L - 1, LOG_C + 1 + js)
+            if tl_chunk_reads_scan(ca, js, NJ):
+                col = tl_scan_level(js, NJ, L, LOG_C)
                 src = states + (((row64 * NC + c) * NJ + js) * H + h) * K * V
                 hs = tl.load(src + hv, mask=hvm, other=0.0).to(ACC)
                 dqe += _column(lam_t, cols, col)[:, None] * tl.dot(dot, tl.trans(hs), input_precision=PREC, out_dtype=ACC)

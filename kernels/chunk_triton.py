@@ -33,7 +33,7 @@ try:  # guarded: transformers checks every remote-code file's imports; this one 
 except ImportError:  # pragma: no cover
     triton = tl = None
 
-from ..levels import bit_length, level_tensor, relevel
+from ..levels import level_tensor, relevel
 from .block import block_terms, level_split
 from .chunk import chunk_loglinear_attention
 from .intra_triton import ut_factors_kernel

@@ -19,7 +19,7 @@ try:  # guarded: transformers checks every remote-code file's imports; this one 
 except ImportError:  # pragma: no cover
     triton = tl = None
 
-from ..levels import tl_bit_length
+from ..levels import tl_bit_length, tl_capped_level, tl_chunk_reads_scan, tl_scan_level
 
 
 @triton.jit
@@ -65,8 +65,7 @@ def chunk_output_kernel(
         wt = tl.load(w + (tok[:, None] * H + h) * K + dk[None, :], mask=km[None, :], other=0.0).to(ACC)
         qt = qt - tl.dot(qk, wt, input_precision=PREC, out_dtype=ACC)
 
-    # int64: tl_bit_length shifts by 32, which is undefined on 32-bit integers once compiled
-    lev = tl.minimum(tl_bit_length((i[:, None] ^ i[None, :]).to(tl.int64)), L - 1)
+    lev = tl_capped_level(i[:, None], i[None, :], L)
     weights = tl.zeros([C, C], dtype=ACC)
     for lvl in tl.static_range(LOG_C + 1):
         weights = tl.where(lev == lvl, _column(lam_t, cols, lvl)[:, None], weights)
@@ -76,9 +75,8 @@ def chunk_output_kernel(
     hv = dk[:, None] * V + dv[None, :]
     hvm = km[:, None] & vm[None, :]
     for js in range(NJ):
-        is_top = js == NJ - 1
-        if is_top | (((ca >> js) & 1) == 1):
-            col = tl.where(is_top, L - 1, LOG_C + 1 + js)
+        if tl_chunk_reads_scan(ca, js, NJ):
+            col = tl_scan_level(js, NJ, L, LOG_C)
             src = states + (((row64 * NC + c) * NJ + js) * H + h) * K * V
             hs = tl.load(src + hv, mask=hvm, other=0.0).to(ACC)
             acc += _column(lam_t, cols, col)[:, None] * tl.dot(qt, hs, input_precision=PREC, out_dtype=ACC)

@@ -25,6 +25,8 @@ try:  # guarded: transformers checks every remote-code file's imports; this one 
 except ImportError:  # pragma: no cover
     triton = tl = None
 
+from ..levels import tl_chunk_reads_scan, tl_scan_window
+
 
 @triton.jit
 def _push(hs, kd, wt, ut, decay, add, DELTA: tl.constexpr, PREC: tl.constexpr, ACC: tl.constexpr):
@@ -63,14 +65,13 @@ def level_scan_kernel(
         hs += tl.load(h0 + ((row64 * NJ + js) * H + h) * K * V + hv, mask=hvm, other=0.0).to(ACC)
         if is_top:
             ps += tl.load(p0 + (row64 * H + h) * K * V + hv, mask=hvm, other=0.0).to(ACC)
-    one = tl.full((), 1, tl.int64)
     js64 = js.to(tl.int64)
-    win = tl.where(is_top, (one << top_exp) - 1, (one << (js64 + 1)) - 1)
+    win = tl_scan_window(js, NJ, top_exp)
 
     for c in range(NC):
         ca = cb + c
         bit = (ca >> js64) & 1
-        if is_top | (bit == 1):
+        if tl_chunk_reads_scan(ca, js64, NJ):
             dst = states + (((row64 * NC + c) * NJ + js) * H + h) * K * V
             tl.store(dst + hv, hs.to(states.dtype.element_ty), mask=hvm)
         tok = row64 * S + c * C + i
@@ -86,7 +87,7 @@ def level_scan_kernel(
         if HAS_INIT:
             if c == 0:  # initial levels inside the first chunk enter with its contribution
                 lo = tl.load(low + (row64 * H + h) * K * V + hv, mask=hvm, other=0.0).to(ACC)
-                hs += tl.where(is_top | (bit == 1), 0.0, 1.0) * lo
+                hs += tl.where(tl_chunk_reads_scan(ca, js64, NJ), 0.0, 1.0) * lo
                 ps += lo
         if is_top:
             hs = _push(hs, kd, wt, ut, decay, 0.0, DELTA, PREC, ACC)

@@ -21,7 +21,7 @@ try:  # guarded: transformers checks every remote-code file's imports; this one 
 except ImportError:  # pragma: no cover
     triton = tl = None
 
-from ..levels import tl_bit_length
+from ..levels import tl_capped_level
 
 
 @triton.jit
@@ -41,7 +41,7 @@ def decode_step_kernel(
     hvm = km[:, None] & vm[None, :]
 
     t = tl.load(position + row)
-    merge = tl.where(t > 0, tl.minimum(tl_bit_length(t ^ (t - 1)), L - 1), 0)
+    merge = tl.where(t > 0, tl_capped_level(t, t - 1, L), 0)
     qt = tl.load(q + (row64 * G + grp) * K + dk, mask=km, other=0.0).to(tl.float32)
     kt = tl.load(k + (row64 * G + grp) * K + dk, mask=km, other=0.0).to(tl.float32)
     vt = tl.load(v + (row64 * H + h) * V + dv, mask=vm, other=0.0).to(tl.float32)
