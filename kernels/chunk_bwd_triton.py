@@ -27,6 +27,7 @@ except ImportError:  # pragma: no cover
 
 from ..levels import tl_capped_level, tl_chunk_reads_scan, tl_scan_level, tl_scan_window
 from .output_triton import _column
+from .scan_triton import scan_program
 
 
 @triton.jit
@@ -37,15 +38,8 @@ def level_scan_bwd_kernel(
     C: tl.constexpr, LOG_C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     ACC: tl.constexpr, PREC: tl.constexpr,
 ):
-    pid_nh, js, pid_v = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    row, h = pid_nh // H, pid_nh % H
-    grp = h // (H // G)
+    row, h, grp, js, dk, dv, km, vm, hv, hvm = scan_program(H, G, K, V, BK, BV)
     i = tl.arange(0, C)
-    dk = tl.arange(0, BK)
-    dv = pid_v * BV + tl.arange(0, BV)
-    km, vm = dk < K, dv < V
-    hv = dk[:, None] * V + dv[None, :]
-    hvm = km[:, None] & vm[None, :]
     is_top = js == NJ - 1
     col = tl_scan_level(js, NJ, L, LOG_C)
     row64 = row.to(tl.int64)

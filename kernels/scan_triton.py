@@ -29,6 +29,19 @@ from ..levels import tl_chunk_reads_scan, tl_scan_window
 
 
 @triton.jit
+def scan_program(H: tl.constexpr, G: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
+    """What a program of the grid (sequences x heads, scans, value tiles) works on: its row, head,
+    q/k group, scan index, and the key / value-tile offsets and masks of its [BK, BV] state tile.
+    Shared by the forward scan and its backward so both walk the same tiles."""
+    pid_nh, js, pid_v = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    row, h = pid_nh // H, pid_nh % H
+    dk = tl.arange(0, BK)
+    dv = pid_v * BV + tl.arange(0, BV)
+    km, vm = dk < K, dv < V
+    return row, h, h // (H // G), js, dk, dv, km, vm, dk[:, None] * V + dv[None, :], km[:, None] & vm[None, :]
+
+
+@triton.jit
 def _push(hs, kd, wt, ut, decay, add, DELTA: tl.constexpr, PREC: tl.constexpr, ACC: tl.constexpr):
     """State [BK, BV] through one chunk, plus ``add`` times the chunk's contribution."""
     if DELTA:
@@ -46,15 +59,8 @@ def level_scan_kernel(
     C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     DELTA: tl.constexpr, HAS_INIT: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
 ):
-    pid_nh, js, pid_v = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    row, h = pid_nh // H, pid_nh % H
-    grp = h // (H // G)
+    row, h, grp, js, dk, dv, km, vm, hv, hvm = scan_program(H, G, K, V, BK, BV)
     i = tl.arange(0, C)
-    dk = tl.arange(0, BK)
-    dv = pid_v * BV + tl.arange(0, BV)
-    km, vm = dk < K, dv < V
-    hv = dk[:, None] * V + dv[None, :]
-    hvm = km[:, None] & vm[None, :]
     is_top = js == NJ - 1
     cb = tl.load(base_chunk + row)
     row64 = row.to(tl.int64)
