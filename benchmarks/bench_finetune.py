@@ -5,6 +5,9 @@ kernels, 15 levels and 1 level) next to transformers' Mamba2ForCausalLM (its tor
     python benchmarks/bench_finetune.py --work /tmp/bench-ft            # one GPU: the table
     python benchmarks/bench_finetune.py --smoke                         # CPU: tiny shape, checks the script
 
+    # Where a step's time goes (torch.profiler over the L=15 model at 2K rows, after a warm-up run):
+    python benchmarks/bench_finetune.py --work /tmp/bench-ft --profile
+
     # Data parallel: 2 GPUs x grad_accum 1 must trace the loss curve of 1 GPU x grad_accum 2.
     python benchmarks/bench_finetune.py --work /tmp/bench-ft --ddp-reference
     torchrun --nproc_per_node 2 benchmarks/bench_finetune.py --work /tmp/bench-ft --ddp
@@ -130,6 +133,28 @@ def print_table(results: list[dict], header: str):
               f"{r['step_ms']:.1f} | {peak} | {r['final_loss']:.4f} |")
 
 
+def profile_steps(args, work: Path, shape: dict):
+    """Profile one short run of the L=15 model (its kernels compiled by a run before it): GPU busy
+    time against wall time, host synchronisations, and the ops that take the time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    build_models(work, shape)
+    spec = dict(model=str(work / "loglinear-L15"), targets=None, row_tokens=2048, tokens_per_step=args.tokens_per_step,
+                steps=4, warmup=1, vocab=shape["vocab_size"], bf16=True, out=str(work / "runs" / "profile"),
+                gradient_checkpointing=args.gradient_checkpointing)
+    run_one(spec)
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        result = run_one(spec)
+    events = prof.key_averages()
+    device_us = sum(e.self_device_time_total for e in events)
+    syncs = {e.key: e.count for e in events if e.key in ("aten::_local_scalar_dense", "cudaStreamSynchronize",
+                                                          "cudaDeviceSynchronize", "cudaMemcpyAsync")}
+    print(events.table(sort_by="self_device_time_total", row_limit=25), flush=True)
+    print(events.table(sort_by="self_cpu_time_total", row_limit=15), flush=True)
+    print(f"{spec['steps']} steps of {args.tokens_per_step} tokens: {result['step_ms']:.1f} ms/step after warm-up; "
+          f"GPU busy {device_us / 1e3:.0f} ms in the whole profiled run (model load included); host syncs {syncs}")
+
+
 def ddp_run(args, work: Path, shape: dict, reference: bool):
     """The L=15 model on 2K rows: 1 process x grad_accum 2 (reference) or N processes x grad_accum 1."""
     from accelerate import PartialState
@@ -176,6 +201,7 @@ def main():
     parser.add_argument("--warmup", type=int, default=5, help="steps left out of the throughput")
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--smoke", action="store_true", help="CPU, tiny shape, a few steps")
+    parser.add_argument("--profile", action="store_true", help="where a step's time goes (torch.profiler)")
     parser.add_argument("--ddp", action="store_true", help="the 2-process run (under torchrun)")
     parser.add_argument("--ddp-reference", action="store_true", help="the 1-process run it is compared with")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: one table entry, as JSON
@@ -191,6 +217,9 @@ def main():
     args.work.mkdir(parents=True, exist_ok=True)
     if args.ddp or args.ddp_reference:
         ddp_run(args, args.work, shape, reference=args.ddp_reference)
+        return
+    if args.profile:
+        profile_steps(args, args.work, shape)
         return
     build_models(args.work, shape)
     lengths = args.lengths or ([64, 256] if args.smoke else [2048, 16384])

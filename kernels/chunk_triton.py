@@ -58,28 +58,29 @@ class _Rows:
     def __init__(self, q, k, v, g, lam, beta, cu_seqlens, initial_state, chunk):
         batch, length = q.shape[:2]
         self.layout = None
+        self.chunk = chunk
         if cu_seqlens is None and initial_state is None:
-            pad = -length % chunk
-            fit = (lambda x: x) if pad == 0 else (lambda x: F.pad(x, (0, 0) * (x.dim() - 2) + (0, pad)))
-            self.q, self.k, self.v, self.lam = (fit(x).contiguous() for x in (q, k, v, lam))
-            self.g = fit(g)
-            self.beta = None if beta is None else fit(beta).contiguous()
             self.base = torch.zeros(batch, dtype=torch.int64, device=q.device)
-            self.num_chunks = (length + pad) // chunk
+            self.num_chunks = -(-length // chunk)
             self.max_chunk = self.num_chunks - 1
         else:
             starts = None if initial_state is None else initial_state.position
-            lay = make_layout(batch, length, cu_seqlens, starts, chunk, q.device)
-            rows = lambda x: lay.gather(x).flatten(1, 2).contiguous()  # noqa: E731
-            self.q, self.k, self.v, self.lam = (rows(x) for x in (q, k, v, lam))
-            self.g = rows(g)
-            self.beta = None if beta is None else rows(beta)
-            self.base = lay.base
-            self.num_chunks = lay.num_chunks
-            self.max_chunk = int(lay.base.max()) // chunk + self.num_chunks - 1
-            self.layout = lay
+            self.layout = make_layout(batch, length, cu_seqlens, starts, chunk, q.device)
+            self.base = self.layout.base
+            self.num_chunks = self.layout.num_chunks
+            self.max_chunk = self.layout.max_base // chunk + self.num_chunks - 1
+        self.q, self.k, self.v, self.lam = (self.slots(x) for x in (q, k, v, lam))
+        self.g = self.slots(g)
+        self.beta = None if beta is None else self.slots(beta)
         self.start = initial_state.position if initial_state is not None else torch.zeros_like(self.base)
         self.num_rows = self.q.shape[0]
+
+    def slots(self, x):
+        """[B, T, ...] tokens -> [N, S, ...] contiguous slots (null slots zero)."""
+        if self.layout is not None:
+            return self.layout.gather(x).flatten(1, 2).contiguous()
+        pad = -x.shape[1] % self.chunk
+        return (x if pad == 0 else F.pad(x, (0, 0) * (x.dim() - 2) + (0, pad))).contiguous()
 
     def output(self, o, batch, length):
         if self.layout is None:
@@ -231,12 +232,13 @@ def _forward(q, k, v, g, lam, beta, cu_seqlens, initial_state, output_final_stat
     return out, _final_state(rows, states, acc_dtype, initial_state, num_heads, num_levels, chunk)
 
 
-def _backward_scalar(q, k, v, g, lam, do, chunk=CHUNK):
-    """Gradients of (q, k, v, g, lam) for scalar decay, dense rows, no initial or final state.
+def _backward_scalar(q, k, v, g, lam, do, cu_seqlens, chunk=CHUNK):
+    """Gradients of (q, k, v, g, lam) for scalar decay without initial or final state, dense
+    rows or documents packed with ``cu_seqlens`` (each its own row of slots, as in the forward).
 
     Recomputes the level states (one scan launch), then runs the reverse level scans and the
     chunk-parallel gradient kernel of ``chunk_bwd_triton``; dg is the reverse cumulative sum of
-    q.dq - k.dk per head (see that module).
+    q.dq - k.dk per head (see that module), taken per row: null slots add zero to it.
     """
 
     from .chunk_bwd_triton import chunk_grad_kernel, level_scan_bwd_kernel
@@ -245,15 +247,14 @@ def _backward_scalar(q, k, v, g, lam, do, chunk=CHUNK):
     num_heads, value_dim = v.shape[2:]
     num_levels = lam.shape[-1]
     log_c = chunk.bit_length() - 1
-    rows = _Rows(q, k, v, g, lam, None, None, None, chunk)
+    rows = _Rows(q, k, v, g, lam, None, cu_seqlens, None, chunk)
     n, nc, slots = rows.num_rows, rows.num_chunks, rows.q.shape[1]
     consts = _consts(q.dtype, num_heads, num_groups, key_dim, value_dim, chunk)
     g_cum, _, _, states, _ = _scan(rows, q.dtype, consts, num_levels, None, chunk)
     num_js = states.shape[2]
     acc_dtype = g_cum.dtype
     dev = q.device
-    pad = slots - length
-    do = (do if pad == 0 else F.pad(do, (0, 0, 0, 0, 0, pad))).contiguous()
+    do = rows.slots(do)
 
     bv = min(_block(value_dim), 64)
     dsrc = torch.zeros(n, nc, num_heads, key_dim, value_dim, dtype=acc_dtype, device=dev)
@@ -269,31 +270,31 @@ def _backward_scalar(q, k, v, g, lam, do, chunk=CHUNK):
     chunk_grad_kernel[(n * nc, num_heads)](
         rows.q, rows.k, rows.v, g_cum, rows.lam, do, states, dsrc, dq, dk, dv, dlam, dacc,
         slots, nc, num_js, num_levels, LOG_C=log_c, LP=_block(num_levels), BV=bv,
-        **{**consts, "num_warps": 8},  # six [C, K] fp32 tiles live at once (untuned guess)
+        **{**consts, "num_warps": 8},  # six [C, K] fp32 tiles live at once
     )
     rep = num_heads // num_groups
 
-    def per_group(x):  # per-head gradients of grouped q / k summed over the heads of a group
-        return x[:, :length].view(batch, length, num_groups, rep, key_dim).sum(3)
+    def tokens(x, like):  # [N, S, ...] slots -> [B, T, ...] in the input's dtype
+        return rows.output(x, batch, length).to(like.dtype)
 
-    dg = dacc[:, :length].flip(1).cumsum(1).flip(1)
+    def per_group(x):  # per-head gradients of grouped q / k summed over the heads of a group
+        return x.view(n, slots, num_groups, rep, key_dim).sum(3)
+
+    dg = dacc.flip(1).cumsum(1).flip(1)
     return (
-        per_group(dq).to(q.dtype), per_group(dk).to(k.dtype), dv[:, :length].to(v.dtype),
-        dg.to(g.dtype), dlam[:, :length].to(lam.dtype),
+        tokens(per_group(dq), q), tokens(per_group(dk), k), tokens(dv, v), tokens(dg, g), tokens(dlam, lam),
     )
 
 
-def _triton_backward_enabled(device) -> bool:
-    """The Triton backward has been checked only under the interpreter: no GPU run has compiled
-    it yet. On CUDA it is opt-in (HF_LOGLINEAR_TRITON_BACKWARD=1) until one validates it; the
-    recomputation backward below is the GPU-checked default. ``=0`` turns it off everywhere."""
-    flag = os.environ.get("HF_LOGLINEAR_TRITON_BACKWARD")
-    return flag == "1" if flag is not None else device.type != "cuda"
+def _triton_backward_enabled() -> bool:
+    """HF_LOGLINEAR_TRITON_BACKWARD=0 routes every backward through the torch recomputation (to
+    rule the Triton backward out when chasing a numerical question); on by default."""
+    return os.environ.get("HF_LOGLINEAR_TRITON_BACKWARD", "1") != "0"
 
 
 class _LogLinearAttention(torch.autograd.Function):
-    """Triton forward; Triton backward for scalar decay on dense rows without initial or final
-    state, otherwise by recomputation through the torch chunked form."""
+    """Triton forward; Triton backward for scalar decay without initial or final state (dense or
+    packed rows: the training case), otherwise by recomputation through the torch chunked form."""
 
     @staticmethod
     def forward(ctx, q, k, v, g, lam, beta, levels0, pos0, cu_seqlens, output_final_state):
@@ -313,9 +314,9 @@ class _LogLinearAttention(torch.autograd.Function):
         from ..ops import LevelState
 
         q, k, v, g, lam, beta, levels0, pos0, cu_seqlens = ctx.saved_tensors
-        dense = beta is None and levels0 is None and cu_seqlens is None and not ctx.output_final_state
-        if dense and _triton_backward_enabled(q.device):
-            grads = _backward_scalar(q, k, v, g, lam, do)
+        fresh = beta is None and levels0 is None and not ctx.output_final_state
+        if fresh and _triton_backward_enabled():
+            grads = _backward_scalar(q, k, v, g, lam, do, cu_seqlens)
             return (*(d if need else None for d, need in zip(grads, ctx.needs_input_grad)), *[None] * 5)
         inputs = [q, k, v, g, lam, beta, levels0]
         with torch.enable_grad():

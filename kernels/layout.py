@@ -9,6 +9,9 @@ nothing and adds nothing, so the chunked algebra needs no masks for them.
 
 ``chunk_size=None`` puts each whole sequence into one unaligned block (the quadratic form).
 This module reads lengths and start positions on the host: it is the torch path's planner.
+Every layer of a model (and each backward) plans the same ``cu_seqlens`` again, so the last
+plan without start positions is kept and reused while the same, unmodified tensor comes back:
+one host read per batch instead of one per layer and pass.
 """
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ class Layout:
     block: int  # slots per chunk
     num_chunks: int
     num_tokens: int
+    max_base: int  # base.max() known on the host (no device read to size the scans)
 
     @property
     def positions(self) -> torch.Tensor:
@@ -64,7 +68,24 @@ def sequence_bounds(batch: int, length: int, cu_seqlens) -> list[tuple[int, int]
     return [(a, b - a) for a, b in zip(cu, cu[1:])]
 
 
+_last_plan: tuple | None = None  # (key, cu_seqlens kept alive so its address stays its own, layout)
+
+
 def make_layout(batch, length, cu_seqlens, start_positions, chunk_size, device) -> Layout:
+    global _last_plan
+    key = None
+    if cu_seqlens is not None and start_positions is None:
+        key = (cu_seqlens.data_ptr(), cu_seqlens._version, cu_seqlens.numel(), cu_seqlens.device,
+               batch, length, chunk_size, torch.device(device))
+        if _last_plan is not None and _last_plan[0] == key:
+            return _last_plan[2]
+    layout = _plan(batch, length, cu_seqlens, start_positions, chunk_size, device)
+    if key is not None:
+        _last_plan = (key, cu_seqlens, layout)
+    return layout
+
+
+def _plan(batch, length, cu_seqlens, start_positions, chunk_size, device) -> Layout:
     bounds = sequence_bounds(batch, length, cu_seqlens)
     starts = start_positions.tolist() if start_positions is not None else [0] * len(bounds)
     if any(p < 0 for p in starts):
@@ -94,4 +115,5 @@ def make_layout(batch, length, cu_seqlens, start_positions, chunk_size, device) 
         block=block,
         num_chunks=num_chunks,
         num_tokens=num_tokens,
+        max_base=max(p - o for p, o in zip(starts, offsets)),
     )
