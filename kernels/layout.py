@@ -23,6 +23,7 @@ import torch
 @dataclass
 class Layout:
     index: torch.Tensor  # [N, S] int64 flat token index, or the null row (= number of tokens)
+    slot_of_token: torch.Tensor  # [B * T] int64 flat slot holding each token (the inverse of index)
     base: torch.Tensor  # [N] int64 absolute position of slot 0
     start: torch.Tensor  # [N] int64 absolute position of the first real token
     end: torch.Tensor  # [N] int64 one past the absolute position of the last real token
@@ -50,12 +51,10 @@ class Layout:
         return out.view(self.index.shape[0], self.num_chunks, self.block, *x.shape[2:])
 
     def scatter(self, slots: torch.Tensor, batch: int, length: int) -> torch.Tensor:
-        """[N, num_chunks, block, ...] slots -> [B, T, ...] tokens (inverse of gather)."""
+        """[N, num_chunks, block, ...] slots -> [B, T, ...] tokens (inverse of gather; a gather
+        itself, since every token has one slot: no boolean mask, no host sync)."""
         flat = slots.reshape(-1, *slots.shape[3:])
-        real = self.index.view(-1) < self.num_tokens
-        out = flat.new_zeros(self.num_tokens, *flat.shape[1:])
-        out = out.index_copy(0, self.index.view(-1)[real], flat[real])
-        return out.view(batch, length, *slots.shape[3:])
+        return flat.index_select(0, self.slot_of_token).view(batch, length, *slots.shape[3:])
 
 
 def sequence_bounds(batch: int, length: int, cu_seqlens) -> list[tuple[int, int]]:
@@ -106,8 +105,12 @@ def _plan(batch, length, cu_seqlens, start_positions, chunk_size, device) -> Lay
         last.append(max(0, (off + n - 1) // block))
     start = torch.tensor(starts, dtype=torch.int64)
     lengths = torch.tensor([n for _, n in bounds], dtype=torch.int64)
+    slot_of_token = torch.empty(num_tokens, dtype=torch.int64)
+    real = index.view(-1) < num_tokens
+    slot_of_token[index.view(-1)[real]] = torch.arange(index.numel())[real]
     return Layout(
         index=index.to(device),
+        slot_of_token=slot_of_token.to(device),
         base=(start - torch.tensor(offsets)).to(device),
         start=start.to(device),
         end=(start + lengths).to(device),
