@@ -170,25 +170,28 @@ def ddp_run(args, work: Path, shape: dict, reference: bool):
         raise SystemExit("--ddp compares 2 processes with the reference: run it under torchrun --nproc_per_node 2")
     row_tokens = 256 if args.smoke else 2048
     out = work / "runs" / ("ddp-reference" if reference else "ddp")
+    reference_file = work / f"ddp_reference{'_fp32' if args.fp32 else ''}.json"
     if state.is_main_process:
         shutil.rmtree(out, ignore_errors=True)
     state.wait_for_everyone()
     summary = finetune(
         work / "loglinear-L15", random_rows(shape["vocab_size"], row_tokens, 4 * args.steps, seed=1, distinct=8), out,
         steps=args.steps, max_length=row_tokens, batch_size=2, grad_accum=grad_accum, eval_fraction=0.0,
-        dropout=0.0, lr=1e-3, bf16=not args.smoke, progress=state.is_main_process,
+        dropout=0.0, lr=1e-3, bf16=not (args.smoke or args.fp32), progress=state.is_main_process,
     )
     if not state.is_main_process:
         return
     losses = [h["loss"] for h in summary["history"]]
     if reference:
-        (work / "ddp_reference.json").write_text(json.dumps(losses))
+        reference_file.write_text(json.dumps(losses))
         print(f"reference (1 process x grad_accum 2): losses {losses[0]:.4f} -> {losses[-1]:.4f}")
         return
-    expected = json.loads((work / "ddp_reference.json").read_text())
+    expected = json.loads(reference_file.read_text())
     diff = max(abs(a - b) for a, b in zip(losses, expected))
     print(f"2 processes x grad_accum 1: losses {losses[0]:.4f} -> {losses[-1]:.4f}; "
           f"max |loss - reference| over {len(losses)} steps = {diff:.2e}")
+    print("step losses, reference:", " ".join(f"{x:.4f}" for x in expected))
+    print("step losses, 2 processes:", " ".join(f"{x:.4f}" for x in losses))
     print(f"tokens/s (all processes): {statistics.mean(h['tokens_per_s'] for h in summary['history'][args.warmup:]):,.0f}")
 
 
@@ -201,6 +204,7 @@ def main():
     parser.add_argument("--warmup", type=int, default=5, help="steps left out of the throughput")
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--smoke", action="store_true", help="CPU, tiny shape, a few steps")
+    parser.add_argument("--fp32", action="store_true", help="DDP runs without bf16 autocast")
     parser.add_argument("--profile", action="store_true", help="where a step's time goes (torch.profiler)")
     parser.add_argument("--ddp", action="store_true", help="the 2-process run (under torchrun)")
     parser.add_argument("--ddp-reference", action="store_true", help="the 1-process run it is compared with")

@@ -283,11 +283,23 @@ def graphed_time(step, steps=20):
         return float("nan")
 
 
+def run_checks(quick):
+    check_dense("mamba2", MAMBA2, 2048, 12)
+    check_dense("mamba2", MAMBA2, 1000, 15)
+    check_dense("mamba2", MAMBA2, 3000, 13, cu_seqlens=[0, 1, 700, 2049, 3000])
+    if not quick:
+        check("mamba2", MAMBA2, 1024, False, 12)
+        check("mamba2", MAMBA2, 700, False, 15, varlen=True)
+        check("gdn", GDN, 512, True, 12)
+        check("gdn", GDN, 400, True, 4, varlen=True)
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", default=None)
     parser.add_argument("--lengths", default="2048,8192,16384,32768,65536")
+    parser.add_argument("--skip-checks", action="store_true", help="timings only (the checks were run before)")
     args = parser.parse_args()
     import triton
 
@@ -299,14 +311,8 @@ def main():
     except ImportError:
         log("fla not importable")
     t0 = time.time()
-    check_dense("mamba2", MAMBA2, 2048, 12)
-    check_dense("mamba2", MAMBA2, 1000, 15)
-    check_dense("mamba2", MAMBA2, 3000, 13, cu_seqlens=[0, 1, 700, 2049, 3000])
-    if not args.quick:
-        check("mamba2", MAMBA2, 1024, False, 12)
-        check("mamba2", MAMBA2, 700, False, 15, varlen=True)
-        check("gdn", GDN, 512, True, 12)
-        check("gdn", GDN, 400, True, 4, varlen=True)
+    if not args.skip_checks:
+        run_checks(args.quick)
     log(f"checks done in {time.time() - t0:.0f} s")
     if FAILED:
         print("\n".join(["CHECKS FAILED:", *FAILED]), flush=True)
