@@ -15,10 +15,10 @@ tokens to a multiple of the chunk when T is not one): no copies, no host synchro
 reads lengths and start positions on the host (one synchronisation per call) and gathers the
 tokens into position-aligned rows.
 
-Gradients: for scalar decay on dense rows without initial state or final-state output,
-``chunk_bwd_triton`` (recomputed level states, reverse level scans, a chunk-parallel gradient
-kernel). Every other case recomputes the forward with the torch chunked form and differentiates
-it with autograd.
+Gradients: for scalar decay without initial state or final-state output (dense rows or
+documents packed with ``cu_seqlens``: the training case), ``chunk_bwd_triton`` (recomputed level
+states, reverse level scans, a chunk-parallel gradient kernel). Every other case recomputes the
+forward with the torch chunked form and differentiates it with autograd.
 """
 from __future__ import annotations
 
