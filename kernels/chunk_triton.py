@@ -15,9 +15,11 @@ tokens to a multiple of the chunk when T is not one): no copies, no host synchro
 reads lengths and start positions on the host (one synchronisation per call) and gathers the
 tokens into position-aligned rows.
 
-Gradients: for scalar decay without initial state or final-state output (dense rows or
-documents packed with ``cu_seqlens``: the training case), ``chunk_bwd_triton`` (recomputed level
-states, reverse level scans, a chunk-parallel gradient kernel). Every other case recomputes the
+Gradients: without initial state or final-state output (dense rows or documents packed with
+``cu_seqlens``: the training case), ``chunk_bwd_triton`` for scalar decay and
+``chunk_bwd_delta_triton`` for the delta rule (recomputed level states, reverse level scans, a
+chunk-parallel gradient kernel; the delta rule's runs on CUDA only with
+HF_LOGLINEAR_TRITON_BACKWARD_DELTA=1 until validated on a GPU). Every other case recomputes the
 forward with the torch chunked form and differentiates it with autograd.
 """
 from __future__ import annotations
@@ -232,6 +234,39 @@ def _forward(q, k, v, g, lam, beta, cu_seqlens, initial_state, output_final_stat
     return out, _final_state(rows, states, acc_dtype, initial_state, num_heads, num_levels, chunk)
 
 
+class _Backward:
+    """What both Triton backwards start from (the rows, launch constants, the recomputed forward
+    stages of ``_scan`` and the output gradient in slots) and how their gradients leave."""
+
+    def __init__(self, q, k, v, g, lam, beta, do, cu_seqlens, chunk):
+        self.rows = rows = _Rows(q, k, v, g, lam, beta, cu_seqlens, None, chunk)
+        self.inputs = (q, k, v, g, lam) + (() if beta is None else (beta,))
+        self.num_heads, self.key_dim, self.value_dim = v.shape[2], q.shape[3], v.shape[3]
+        self.num_levels = lam.shape[-1]
+        self.log_c = chunk.bit_length() - 1
+        self.top_exp = max(0, self.num_levels - 2 - self.log_c)
+        self.consts = _consts(q.dtype, self.num_heads, q.shape[2], self.key_dim, self.value_dim, chunk)
+        self.g_cum, self.a_inv, self.w, self.states, _ = _scan(rows, q.dtype, self.consts, self.num_levels, None, chunk)
+        self.do = rows.slots(do)
+        self.n, self.nc, self.slots, self.num_js = rows.num_rows, rows.num_chunks, rows.q.shape[1], self.states.shape[2]
+        self.bv = min(_block(self.value_dim), 64)
+
+    def new(self, *shape):
+        """An uninitialised [N, *shape] buffer in the accumulation dtype."""
+        return torch.empty(self.n, *shape, dtype=self.g_cum.dtype, device=self.g_cum.device)
+
+    def tokens(self, grads):
+        """Per-slot gradients [N, S, ...] -> per token in each input's dtype; the first two (q, k)
+        are per head and summed over the heads of their group."""
+        batch, length, num_groups = self.inputs[0].shape[:3]
+
+        def per_group(x):
+            return x.view(self.n, self.slots, num_groups, -1, self.key_dim).sum(3)
+
+        grads = [per_group(x) for x in grads[:2]] + list(grads[2:])
+        return tuple(self.rows.output(x, batch, length).to(like.dtype) for x, like in zip(grads, self.inputs))
+
+
 def _backward_scalar(q, k, v, g, lam, do, cu_seqlens, chunk=CHUNK):
     """Gradients of (q, k, v, g, lam) for scalar decay without initial or final state, dense
     rows or documents packed with ``cu_seqlens`` (each its own row of slots, as in the forward).
@@ -243,47 +278,52 @@ def _backward_scalar(q, k, v, g, lam, do, cu_seqlens, chunk=CHUNK):
 
     from .chunk_bwd_triton import chunk_grad_kernel, level_scan_bwd_kernel
 
-    batch, length, num_groups, key_dim = q.shape
-    num_heads, value_dim = v.shape[2:]
-    num_levels = lam.shape[-1]
-    log_c = chunk.bit_length() - 1
-    rows = _Rows(q, k, v, g, lam, None, cu_seqlens, None, chunk)
-    n, nc, slots = rows.num_rows, rows.num_chunks, rows.q.shape[1]
-    consts = _consts(q.dtype, num_heads, num_groups, key_dim, value_dim, chunk)
-    g_cum, _, _, states, _ = _scan(rows, q.dtype, consts, num_levels, None, chunk)
-    num_js = states.shape[2]
-    acc_dtype = g_cum.dtype
-    dev = q.device
-    do = rows.slots(do)
-
-    bv = min(_block(value_dim), 64)
-    dsrc = torch.zeros(n, nc, num_heads, key_dim, value_dim, dtype=acc_dtype, device=dev)
-    top_exp = max(0, num_levels - 2 - log_c)
-    level_scan_bwd_kernel[(n * num_heads, num_js, triton.cdiv(value_dim, bv))](
-        rows.q, g_cum, rows.lam, do, dsrc, slots, nc, num_js, num_levels, top_exp, LOG_C=log_c, BV=bv, **consts
+    b = _Backward(q, k, v, g, lam, None, do, cu_seqlens, chunk)
+    rows, nh, nk, nv = b.rows, b.num_heads, b.key_dim, b.value_dim
+    dsrc = b.new(b.nc, nh, nk, nv).zero_()
+    level_scan_bwd_kernel[(b.n * nh, b.num_js, triton.cdiv(nv, b.bv))](
+        rows.q, b.g_cum, rows.lam, b.do, dsrc, b.slots, b.nc, b.num_js, b.num_levels, b.top_exp,
+        LOG_C=b.log_c, BV=b.bv, **b.consts,
     )
-    dq = torch.empty(n, slots, num_heads, key_dim, dtype=acc_dtype, device=dev)
-    dk = torch.empty_like(dq)
-    dv = torch.empty(n, slots, num_heads, value_dim, dtype=acc_dtype, device=dev)
-    dlam = torch.empty(n, slots, num_heads, num_levels, dtype=acc_dtype, device=dev)
-    dacc = torch.empty(n, slots, num_heads, dtype=acc_dtype, device=dev)
-    chunk_grad_kernel[(n * nc, num_heads)](
-        rows.q, rows.k, rows.v, g_cum, rows.lam, do, states, dsrc, dq, dk, dv, dlam, dacc,
-        slots, nc, num_js, num_levels, LOG_C=log_c, LP=_block(num_levels), BV=bv,
-        **{**consts, "num_warps": 8},  # six [C, K] fp32 tiles live at once
+    dq, dk, dv = b.new(b.slots, nh, nk), b.new(b.slots, nh, nk), b.new(b.slots, nh, nv)
+    dlam, dacc = b.new(b.slots, nh, b.num_levels), b.new(b.slots, nh)
+    chunk_grad_kernel[(b.n * b.nc, nh)](
+        rows.q, rows.k, rows.v, b.g_cum, rows.lam, b.do, b.states, dsrc, dq, dk, dv, dlam, dacc,
+        b.slots, b.nc, b.num_js, b.num_levels, LOG_C=b.log_c, LP=_block(b.num_levels), BV=b.bv,
+        **{**b.consts, "num_warps": 8},  # six [C, K] fp32 tiles live at once
     )
-    rep = num_heads // num_groups
-
-    def tokens(x, like):  # [N, S, ...] slots -> [B, T, ...] in the input's dtype
-        return rows.output(x, batch, length).to(like.dtype)
-
-    def per_group(x):  # per-head gradients of grouped q / k summed over the heads of a group
-        return x.view(n, slots, num_groups, rep, key_dim).sum(3)
-
     dg = dacc.flip(1).cumsum(1).flip(1)
-    return (
-        tokens(per_group(dq), q), tokens(per_group(dk), k), tokens(dv, v), tokens(dg, g), tokens(dlam, lam),
+    return b.tokens((dq, dk, dv, dg, dlam))
+
+
+def _backward_delta(q, k, v, g, lam, beta, do, cu_seqlens, chunk=CHUNK):
+    """Gradients of (q, k, v, g, lam, beta) for the delta rule, in the cases ``_backward_scalar``
+    covers: the recomputed forward stages (UT factors, level states), the readout queries, the
+    reverse level scans and the chunk-parallel gradient kernel of ``chunk_bwd_delta_triton``.
+    The decay reaches other chunks only through each chunk's total decay, so dg is the reverse
+    cumulative sum of the kernel's dG within each chunk (see that module)."""
+
+    from .chunk_bwd_delta_triton import chunk_grad_delta_kernel, level_scan_bwd_delta_kernel, readout_query_kernel
+
+    b = _Backward(q, k, v, g, lam, beta, do, cu_seqlens, chunk)
+    rows, nh, nk, nv = b.rows, b.num_heads, b.key_dim, b.value_dim
+    qt = b.new(b.slots, nh, nk)
+    readout_query_kernel[(b.n * b.nc, nh)](rows.q, rows.k, b.g_cum, b.w, qt, b.slots, b.nc, **b.consts)
+    bv_scan = 32 if b.consts["BK"] > 128 else b.bv  # as the forward scan: W, Kd and two state tiles live
+    dstates = b.new(b.nc, b.num_js + 1, nh, nk, nv)
+    level_scan_bwd_delta_kernel[(b.n * nh, b.num_js, triton.cdiv(nv, bv_scan))](
+        rows.k, b.w, qt, b.g_cum, rows.lam, b.do, dstates, b.slots, b.nc, b.num_js, b.num_levels, b.top_exp,
+        LOG_C=b.log_c, BV=bv_scan, **b.consts,
     )
+    dq, dk, dv = b.new(b.slots, nh, nk), b.new(b.slots, nh, nk), b.new(b.slots, nh, nv)
+    dlam, dbeta, dgc = b.new(b.slots, nh, b.num_levels), b.new(b.slots, nh), b.new(b.slots, nh)
+    chunk_grad_delta_kernel[(b.n * b.nc, nh)](
+        rows.q, rows.k, rows.v, b.g_cum, rows.beta, rows.lam, b.a_inv, b.w, qt, b.do, b.states, dstates,
+        dq, dk, dv, dlam, dbeta, dgc, b.slots, b.nc, b.num_js, b.num_levels,
+        LOG_C=b.log_c, LP=_block(b.num_levels), BV=b.bv, **{**b.consts, "num_warps": 8},
+    )
+    dg = dgc.view(b.n, b.nc, chunk, nh).flip(2).cumsum(2).flip(2).view(b.n, b.slots, nh)
+    return b.tokens((dq, dk, dv, dg, dlam, dbeta))
 
 
 def _triton_backward_enabled() -> bool:
@@ -292,9 +332,16 @@ def _triton_backward_enabled() -> bool:
     return os.environ.get("HF_LOGLINEAR_TRITON_BACKWARD", "1") != "0"
 
 
+def _delta_backward_enabled(x) -> bool:
+    """The delta-rule Triton backward has only run under Triton's interpreter so far: the default
+    on CPU tensors, on CUDA only with HF_LOGLINEAR_TRITON_BACKWARD_DELTA=1 until a GPU validates it."""
+    return x.device.type != "cuda" or os.environ.get("HF_LOGLINEAR_TRITON_BACKWARD_DELTA") == "1"
+
+
 class _LogLinearAttention(torch.autograd.Function):
-    """Triton forward; Triton backward for scalar decay without initial or final state (dense or
-    packed rows: the training case), otherwise by recomputation through the torch chunked form."""
+    """Triton forward; Triton backward without initial or final state (dense or packed rows: the
+    training case; delta rule gated, see ``_delta_backward_enabled``), otherwise by recomputation
+    through the torch chunked form."""
 
     @staticmethod
     def forward(ctx, q, k, v, g, lam, beta, levels0, pos0, cu_seqlens, output_final_state):
@@ -314,10 +361,14 @@ class _LogLinearAttention(torch.autograd.Function):
         from ..ops import LevelState
 
         q, k, v, g, lam, beta, levels0, pos0, cu_seqlens = ctx.saved_tensors
-        fresh = beta is None and levels0 is None and not ctx.output_final_state
-        if fresh and _triton_backward_enabled():
-            grads = _backward_scalar(q, k, v, g, lam, do, cu_seqlens)
-            return (*(d if need else None for d, need in zip(grads, ctx.needs_input_grad)), *[None] * 5)
+        fresh = levels0 is None and not ctx.output_final_state and _triton_backward_enabled()
+        if fresh and (beta is None or _delta_backward_enabled(q)):
+            if beta is None:
+                grads = _backward_scalar(q, k, v, g, lam, do, cu_seqlens)
+            else:
+                grads = _backward_delta(q, k, v, g, lam, beta, do, cu_seqlens)
+            grads += (None,) * (len(ctx.needs_input_grad) - len(grads))
+            return tuple(d if need else None for d, need in zip(grads, ctx.needs_input_grad))
         inputs = [q, k, v, g, lam, beta, levels0]
         with torch.enable_grad():
             leaves = [None if x is None else x.detach().requires_grad_(need) for x, need in zip(inputs, ctx.needs_input_grad)]

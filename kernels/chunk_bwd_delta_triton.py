@@ -1,0 +1,265 @@
+"""Triton backward of the delta-rule (log-linear Gated DeltaNet) chunked form, no initial state.
+
+Forward per chunk and head (``block.py``, ``intra_triton``, ``output_triton``), G the chunk-local
+cumulative log decay, Gamma[t, s] = exp(G_t - G_s) for s <= t::
+
+    QK = (q k^T) * Gamma (causal)     KKs = strict_lower((k k^T) * Gamma)
+    A  = I + diag(beta) KKs           Ab = A^-1 diag(beta)
+    W  = Ab (k e^G)      U = Ab v     Kd = k e^(G_end - G)     Qt = e^G q - QK W
+    o  = ((QK Ab) * Lambda) v  +  sum_js lambda[:, level(js)] * (Qt S[c, js])
+
+and every inter-chunk level state h goes through chunk c as h -> M h (+ X if chunk c adds to that
+level), M = e^(G_end) I - Kd^T W, X = Kd^T U.
+
+Three launches:
+1. ``readout_query_kernel``: Qt per token (the reverse scans need it at every level).
+2. ``level_scan_bwd_delta_kernel`` (grid rows x heads x levels x V tiles): the forward scan in
+   reverse, dh -> M^T dh = e^(G_end) dh - W^T (Kd dh), plus (lambda Qt)^T dO where the chunk reads
+   the level. It stores dh' (the gradient of the state just after chunk c's transition) for every
+   chunk and level, and the top scan also that of its pending window sum (slot NJ).
+3. ``chunk_grad_delta_kernel`` (grid chunks x heads): everything else, chunk-local.
+
+The transition's gradient needs sum over every state h passing chunk c of h dh'^T, and the
+forward records h only where chunk c reads it. The others are sums of recorded ones: a level
+chunk c does not read holds the buckets of the lower levels it reads (they are the part of its
+window before c), and the top's pending sum all of the non-top levels it reads. So, walking the
+levels downwards with ``run`` = dp' + the dh' of the non-read levels above, a read level js pairs
+its recorded state with E_js = dh'_js + run (the top with its own dh' only), and the chunk's own
+contribution X, which lands exactly in the non-read levels and the pending sum, gets dX = run at
+the bottom. With D = sum_js S_js E_js^T: dKd -= W D, dW -= Kd D^T, d e^(G_end) = tr D, taken per
+level without forming the K x K matrix D.
+
+Chunk-local chain (checked against autograd on one chunk before writing the kernel):
+dQt = sum_js lambda_js dO S_js^T; dP = (dO v^T) * Lambda; dQK = dP Ab^T - dQt W^T;
+dW -= QK^T dQt; dU = Kd dX; dAb = QK^T dP + dU v^T + dW (k e^G)^T. A^-1 = I - Ab KKs (from
+A^-1 A = I, so no second inversion and no division by beta); dbeta_s gets sum_t A^-1[t, s] dAb[t, s];
+dL = strict_lower(-A^-T (dAb diag(beta)) A^-T) gives dbeta_t += sum_s dL KKs and the k k^T and
+Gamma terms. The decay enters only through G (chunk-local: the chunk's states see it through
+e^(G_end)), so the kernel stores dG per token and the caller takes the reverse cumulative sum
+within each chunk. Every Gamma-weighted product Z = X * dX adds rowsum(Z) - colsum(Z) to dG.
+"""
+from __future__ import annotations
+
+try:  # guarded: transformers checks every remote-code file's imports; this one loads only with triton
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover
+    triton = tl = None
+
+from ..levels import tl_capped_level, tl_chunk_reads_scan, tl_scan_level, tl_scan_window
+from .output_triton import _column
+from .scan_triton import scan_program
+
+
+@triton.jit
+def _dot(a, b, PREC: tl.constexpr, ACC: tl.constexpr):
+    return tl.dot(a, b, input_precision=PREC, out_dtype=ACC)
+
+
+@triton.jit
+def _rows(ptr, tok, heads, head, width, offs, mask):
+    """[C, B] tile of a [slots, heads, width] tensor for one head (masked columns zero)."""
+    return tl.load(ptr + (tok[:, None] * heads + head) * width + offs[None, :], mask=mask[None, :], other=0.0)
+
+
+@triton.jit
+def _level_grad(dstates, row64, c, slot, NC, NJ, h, H, K, V):
+    """Start of the [K, V] gradient tile ``dstates[row, c, slot, h]`` (NJ + 1 slots a chunk)."""
+    return dstates + (((row64 * NC + c) * (NJ + 1) + slot) * H + h) * K * V
+
+
+@triton.jit
+def _decayed_qk(qt, kt, gc, i, PREC: tl.constexpr, ACC: tl.constexpr):
+    """Gamma (causal, 0 above the diagonal) and QK = (q k^T) * Gamma."""
+    causal = i[:, None] >= i[None, :]
+    gamma = tl.where(causal, tl.exp(tl.where(causal, gc[:, None] - gc[None, :], 0.0)), 0.0)
+    return gamma, _dot(qt, tl.trans(kt), PREC, ACC) * gamma
+
+
+@triton.jit
+def _pull(dh, kd, wt, decay, PREC: tl.constexpr, ACC: tl.constexpr):
+    """A state gradient [BK, BV] back through one chunk: M^T dh = decay dh - W^T (Kd dh)."""
+    return decay * dh - _dot(tl.trans(wt), _dot(kd, dh, PREC, ACC), PREC, ACC)
+
+
+@triton.jit
+def _dg_pairs(z):
+    """What a product weighted by Gamma[t, s] = exp(G_t - G_s) adds to dG: rowsum - colsum."""
+    return tl.sum(z, 1) - tl.sum(z, 0)
+
+
+@triton.jit
+def readout_query_kernel(
+    q, k, g_cum, w, qt, S, NC,
+    H: tl.constexpr, G: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    C: tl.constexpr, BK: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
+):
+    pid_nc, h = tl.program_id(0), tl.program_id(1)
+    row, c = pid_nc // NC, pid_nc % NC
+    grp = h // (H // G)
+    i = tl.arange(0, C)
+    dk = tl.arange(0, BK)
+    km = dk < K
+    tok = row.to(tl.int64) * S + c * C + i
+    qq = _rows(q, tok, G, grp, K, dk, km).to(ACC)
+    gc = tl.load(g_cum + tok * H + h).to(ACC)
+    _, qk = _decayed_qk(qq, _rows(k, tok, G, grp, K, dk, km).to(ACC), gc, i, PREC, ACC)
+    out = qq * tl.exp(gc)[:, None] - _dot(qk, _rows(w, tok, H, h, K, dk, km).to(ACC), PREC, ACC)
+    tl.store(qt + (tok[:, None] * H + h) * K + dk[None, :], out, mask=km[None, :])
+
+
+@triton.jit
+def level_scan_bwd_delta_kernel(
+    k, w, qt, g_cum, lam, do, dstates,
+    S, NC, NJ, L, top_exp,
+    H: tl.constexpr, G: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    C: tl.constexpr, LOG_C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    ACC: tl.constexpr, PREC: tl.constexpr,
+):
+    row, h, grp, js, dk, dv, km, vm, hv, hvm = scan_program(H, G, K, V, BK, BV)
+    i = tl.arange(0, C)
+    is_top = js == NJ - 1
+    col = tl_scan_level(js, NJ, L, LOG_C)
+    row64 = row.to(tl.int64)
+    js64 = js.to(tl.int64)
+    win = tl_scan_window(js, NJ, top_exp)
+
+    dh = tl.zeros([BK, BV], dtype=ACC)  # gradient of the level state (top: of its closed part)
+    dp = tl.zeros([BK, BV], dtype=ACC)  # top only: gradient of the pending window sum
+    for r in range(NC):
+        c = NC - 1 - r
+        ca = c.to(tl.int64)
+        if (ca & win) == win:  # the window closed after this chunk: pending joined the top, or reset
+            if is_top:
+                dp = dh
+            else:
+                dh = tl.zeros([BK, BV], dtype=ACC)
+        tl.store(_level_grad(dstates, row64, c, js, NC, NJ, h, H, K, V) + hv, dh, mask=hvm)
+        tok = row64 * S + c * C + i
+        gc = tl.load(g_cum + tok * H + h).to(ACC)
+        g_end = tl.load(g_cum + (row64 * S + c * C + C - 1) * H + h).to(ACC)
+        kd = _rows(k, tok, G, grp, K, dk, km).to(ACC) * tl.exp(g_end - gc)[:, None]
+        wt = _rows(w, tok, H, h, K, dk, km).to(ACC)
+        decay = tl.exp(g_end)
+        if is_top:
+            tl.store(_level_grad(dstates, row64, c, NJ, NC, NJ, h, H, K, V) + hv, dp, mask=hvm)
+            dp = _pull(dp, kd, wt, decay, PREC, ACC)
+        dh = _pull(dh, kd, wt, decay, PREC, ACC)
+        if tl_chunk_reads_scan(ca, js64, NJ):  # chunk c read this state: dS = (lambda Qt)^T dO
+            wq = _rows(qt, tok, H, h, K, dk, km).to(ACC) * tl.load(lam + (tok * H + h) * L + col).to(ACC)[:, None]
+            dh += _dot(tl.trans(wq), _rows(do, tok, H, h, V, dv, vm).to(ACC), PREC, ACC)
+
+
+@triton.jit
+def chunk_grad_delta_kernel(
+    q, k, v, g_cum, beta, lam, a_inv, w, qt, do, states, dstates,
+    dq, dk, dv, dlam, dbeta, dg,
+    S, NC, NJ, L,
+    H: tl.constexpr, G: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    C: tl.constexpr, LOG_C: tl.constexpr, LP: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    ACC: tl.constexpr, PREC: tl.constexpr,
+):
+    pid_nc, h = tl.program_id(0), tl.program_id(1)
+    row, c = pid_nc // NC, pid_nc % NC
+    row64 = row.to(tl.int64)
+    grp = h // (H // G)
+    i = tl.arange(0, C)
+    dkk = tl.arange(0, BK)
+    cols = tl.arange(0, LP)
+    km = dkk < K
+    lm = cols < L
+    tok = row64 * S + c * C + i
+    ca = c.to(tl.int64)
+
+    qq = _rows(q, tok, G, grp, K, dkk, km).to(ACC)
+    kt = _rows(k, tok, G, grp, K, dkk, km).to(ACC)
+    wt = _rows(w, tok, H, h, K, dkk, km).to(ACC)
+    qtl = _rows(qt, tok, H, h, K, dkk, km).to(ACC)
+    lam_t = _rows(lam, tok, H, h, L, cols, lm).to(ACC)
+    gc = tl.load(g_cum + tok * H + h).to(ACC)
+    bt = tl.load(beta + tok * H + h).to(ACC)
+    g_end = tl.load(g_cum + (row64 * S + c * C + C - 1) * H + h).to(ACC)
+    ab = tl.load(a_inv + ((row64 * NC + c) * H + h) * C * C + i[:, None] * C + i[None, :]).to(ACC)
+
+    gamma, qk = _decayed_qk(qq, kt, gc, i, PREC, ACC)
+    kks = tl.where(i[:, None] > i[None, :], _dot(kt, tl.trans(kt), PREC, ACC) * gamma, 0.0)
+    p = _dot(qk, ab, PREC, ACC)
+    lev = tl_capped_level(i[:, None], i[None, :], L)
+    weights = tl.zeros([C, C], dtype=ACC)
+    for lvl in tl.static_range(LOG_C + 1):
+        weights = tl.where(lev == lvl, _column(lam_t, cols, lvl)[:, None], weights)
+    pl = p * weights
+    e_g = tl.exp(gc)
+    ke = kt * e_g[:, None]
+    e_k = tl.exp(g_end - gc)
+    kd = kt * e_k[:, None]
+
+    dm = tl.zeros([C, C], dtype=ACC)  # dO v^T over all value tiles
+    dab = tl.zeros([C, C], dtype=ACC)  # gradient of Ab (the dU v^T part)
+    dqt = tl.zeros([C, BK], dtype=ACC)  # gradient of Qt
+    dkd = tl.zeros([C, BK], dtype=ACC)  # gradient of Kd
+    dw = tl.zeros([C, BK], dtype=ACC)  # gradient of W (the transition part)
+    dlam_t = tl.zeros([C, LP], dtype=ACC)
+    d_decay = tl.zeros([], dtype=ACC)
+    for v0 in range(0, V, BV):
+        dvv = v0 + tl.arange(0, BV)
+        vm = dvv < V
+        hv = dkk[:, None] * V + dvv[None, :]
+        hvm = km[:, None] & vm[None, :]
+        vt = _rows(v, tok, H, h, V, dvv, vm).to(ACC)
+        dot = _rows(do, tok, H, h, V, dvv, vm).to(ACC)
+        dm += _dot(dot, tl.trans(vt), PREC, ACC)
+        dvt = _dot(tl.trans(pl), dot, PREC, ACC)
+        run = tl.load(_level_grad(dstates, row64, c, NJ, NC, NJ, h, H, K, V) + hv, mask=hvm, other=0.0)
+        for r in range(NJ):
+            js = NJ - 1 - r
+            dh = tl.load(_level_grad(dstates, row64, c, js, NC, NJ, h, H, K, V) + hv, mask=hvm, other=0.0)
+            if tl_chunk_reads_scan(ca, js, NJ):
+                hs = tl.load(states + (((row64 * NC + c) * NJ + js) * H + h) * K * V + hv, mask=hvm, other=0.0).to(ACC)
+                col = tl_scan_level(js, NJ, L, LOG_C)
+                dqt += _column(lam_t, cols, col)[:, None] * _dot(dot, tl.trans(hs), PREC, ACC)
+                read = tl.sum(_dot(qtl, hs, PREC, ACC) * dot, 1)
+                dlam_t += tl.where(cols[None, :] == col, read[:, None], 0.0)
+                e = dh + tl.where(js == NJ - 1, 0.0, 1.0) * run
+                dkd -= _dot(_dot(wt, hs, PREC, ACC), tl.trans(e), PREC, ACC)
+                dw -= _dot(_dot(kd, e, PREC, ACC), tl.trans(hs), PREC, ACC)
+                d_decay += tl.sum(tl.sum(hs * e, 1), 0)
+            else:
+                run += dh
+        # run is now dX: the chunk's own contribution lands in the levels it does not read
+        dkd += _dot(_dot(ab, vt, PREC, ACC), tl.trans(run), PREC, ACC)
+        du = _dot(kd, run, PREC, ACC)
+        dvt += _dot(tl.trans(ab), du, PREC, ACC)
+        dab += _dot(du, tl.trans(vt), PREC, ACC)
+        tl.store(dv + (tok[:, None] * H + h) * V + dvv[None, :], dvt, mask=vm[None, :])
+
+    pdm = p * dm
+    for lvl in tl.static_range(LOG_C + 1):
+        dlam_t += tl.where(cols[None, :] == lvl, tl.sum(tl.where(lev == lvl, pdm, 0.0), 1)[:, None], 0.0)
+    dp = dm * weights
+    dqk = _dot(dp, tl.trans(ab), PREC, ACC) - _dot(dqt, tl.trans(wt), PREC, ACC)
+    dw -= _dot(tl.trans(qk), dqt, PREC, ACC)
+    dab += _dot(tl.trans(qk), dp, PREC, ACC) + _dot(dw, tl.trans(ke), PREC, ACC)
+
+    eye = tl.where(i[:, None] == i[None, :], 1.0, 0.0).to(ACC)
+    ai = eye - _dot(ab, kks, PREC, ACC)  # A^-1
+    d_a = _dot(_dot(tl.trans(ai), dab * bt[None, :], PREC, ACC), tl.trans(ai), PREC, ACC)
+    dl = tl.where(i[:, None] > i[None, :], -d_a, 0.0)
+    db = tl.sum(ai * dab, 0) + tl.sum(dl * kks, 1)
+    dkkg = dl * bt[:, None] * gamma  # gradient of k k^T
+    dqkg = dqk * gamma
+    dke = _dot(tl.trans(ab), dw, PREC, ACC)
+    dqq = _dot(dqkg, kt, PREC, ACC) + e_g[:, None] * dqt
+    dkt = _dot(dkkg + tl.trans(dkkg), kt, PREC, ACC) + _dot(tl.trans(dqkg), qq, PREC, ACC)
+    dkt += e_g[:, None] * dke + e_k[:, None] * dkd
+    z_kd = tl.sum(kd * dkd, 1)
+    dgt = _dg_pairs(dl * bt[:, None] * kks) + _dg_pairs(dqk * qk) - z_kd
+    dgt += tl.sum(ke * dke, 1) + e_g * tl.sum(qq * dqt, 1)
+    dgt += tl.where(i == C - 1, tl.sum(z_kd, 0) + tl.exp(g_end) * d_decay, 0.0)
+
+    qk_off = (tok[:, None] * H + h) * K + dkk[None, :]
+    tl.store(dq + qk_off, dqq, mask=km[None, :])
+    tl.store(dk + qk_off, dkt, mask=km[None, :])
+    tl.store(dlam + (tok[:, None] * H + h) * L + cols[None, :], dlam_t, mask=lm[None, :])
+    tl.store(dbeta + tok * H + h, db)
+    tl.store(dg + tok * H + h, dgt)
