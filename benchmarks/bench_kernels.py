@@ -14,8 +14,9 @@
    copy bandwidth measured here).
 Prints a markdown table at the end; also writes it to DIR/bench_kernels.md when --out is given.
 
---quick (well under 3 minutes): the Mamba-2 checks of the Triton backward only (fp32 + bf16; dense
-T = 2048 and 1000, four packed documents in 3000 tokens), exits 1 if any is over tolerance,
+--quick (about 3 minutes): the Mamba-2 checks only (fp32 + bf16; the Triton backward on dense
+T = 2048 and 1000 and four packed documents in 3000 tokens; continuing from an initial state with
+the final state, dense and packed), exits 1 if any is over tolerance,
 then Mamba-2 fwd and fwd+bwd at T = 2K, 16K, 64K for L = 15 and L = 1, and SDPA fwd / fwd+bwd.
 """
 from __future__ import annotations
@@ -225,6 +226,23 @@ def time_fla(variant, x, shape, length):
     return res
 
 
+def time_long(lengths):
+    """Log-linear Mamba-2 alone at B = 1 for long T: fwd and fwd+bwd time and peak memory (the
+    recorded states are linear in T under scalar decay; the target asks for 1M tokens)."""
+    res = {}
+    for length in lengths:
+        num_levels = levels_for_length(length)
+        try:
+            time_ours(res, "mamba2", MAMBA2, 1, length, num_levels, backward=True)
+        except torch.OutOfMemoryError as e:
+            log(f"long T={length}: out of memory: {str(e)[:160]}")
+        for key, (t, peak) in res.items():
+            if key[1] == f"ours L={num_levels}":
+                log(f"long T={length} {key[2]}: {t:.1f} ms, peak {peak:.2f} GiB")
+        torch.cuda.empty_cache()
+    return res
+
+
 def decode(quick):
     """Step time vs batch and position against two floors, with bw = bytes read + written per
     second by a 1 GiB clone: reading the whole state once (ANCHORS.md's floor, state bytes / bw)
@@ -291,9 +309,9 @@ def run_checks(quick):
     check_dense("mamba2", MAMBA2, 2048, 12)
     check_dense("mamba2", MAMBA2, 1000, 15)
     check_dense("mamba2", MAMBA2, 3000, 13, cu_seqlens=[0, 1, 700, 2049, 3000])
+    check("mamba2", MAMBA2, 1024, False, 12)
+    check("mamba2", MAMBA2, 700, False, 15, varlen=True)
     if not quick:
-        check("mamba2", MAMBA2, 1024, False, 12)
-        check("mamba2", MAMBA2, 700, False, 15, varlen=True)
         check("gdn", GDN, 512, True, 12)
         check("gdn", GDN, 400, True, 4, varlen=True)
 
@@ -304,6 +322,7 @@ def main():
     parser.add_argument("--out", default=None)
     parser.add_argument("--lengths", default="2048,8192,16384,32768,65536")
     parser.add_argument("--skip-checks", action="store_true", help="timings only (the checks were run before)")
+    parser.add_argument("--long", default="", help="comma-separated T for log-linear Mamba-2 alone at B = 1 (e.g. 1048576)")
     args = parser.parse_args()
     import triton
 
@@ -329,6 +348,8 @@ def main():
         log(f"T={length} timed in {time.time() - t0:.0f} s")
         for key, (t, peak) in timings[length].items():
             log(f"  {key}: {t:.3f} ms, peak {peak:.2f} GiB")
+    if args.long:
+        time_long([int(t) for t in args.long.split(",")])
     dec = decode(args.quick)
 
     lines = ["| check | T | L | dtype | max rel. error per tensor |", "|---|---|---|---|---|", *ROWS, ""]

@@ -63,6 +63,20 @@ def merge_level(t: int, num_levels: int) -> int:
     return min((t ^ (t - 1)).bit_length(), num_levels - 1)
 
 
+def scan_slot_sizes(num_chunks: int, num_scans: int, top_exp: int) -> list[int]:
+    """Slots one row of the chunked kernels keeps per inter-chunk scan (scalar decay).
+
+    The chunks that read one state of scan ``js`` form a run: for js below the top, the chunks of
+    a bucket of 2^(js+1) whose bit js is set (one run per bucket); for the top, every chunk of a
+    bucket of 2^top_exp. Under scalar decay a run reads one state, decayed by a scalar to each
+    of its chunks, so one slot per run is enough: about ``num_chunks`` slots in all instead of
+    ``num_chunks * num_scans`` (memory linear in T, not T log T). A row starting mid-bucket can
+    touch one run more than ``num_chunks`` / bucket rounds to, hence the + 2.
+    """
+    exps = [js + 1 for js in range(num_scans - 1)] + [min(top_exp, 62)]  # chunk indices < 2^62
+    return [((num_chunks - 1) >> e) + 2 for e in exps]
+
+
 # --------------------------------------------------------------------------- torch tensors
 def bit_length(x: torch.Tensor) -> torch.Tensor:
     """Elementwise bit_length of a non-negative int64 tensor, branch-free binary search."""
@@ -101,6 +115,17 @@ def relevel(states: torch.Tensor, old: torch.Tensor, new: torch.Tensor) -> torch
         2, e.view(-1, 1, 1, 1, 1).expand(-1, states.shape[1], 1, states.shape[3], states.shape[4])
     )
     return torch.where(below, torch.zeros_like(states), torch.where(at, merged, states))
+
+
+def scan_run(chunk: torch.Tensor, base: torch.Tensor, js: int, num_scans: int, num_chunks: int, top_exp: int):
+    """(slot, first chunk) of the run through which absolute chunk ``chunk`` reads scan ``js``, for
+    rows starting at absolute chunk ``base`` (int64 tensors); the first chunk is row-local, the
+    slot counts from the row's first slot (``scan_slot_sizes`` gives the layout)."""
+    offset = sum(scan_slot_sizes(num_chunks, num_scans, top_exp)[:js])
+    top = js == num_scans - 1
+    run_exp, slot_exp = (min(top_exp, 62),) * 2 if top else (js, js + 1)
+    first = torch.maximum((chunk >> run_exp) << run_exp, base) - base
+    return offset + (chunk >> slot_exp) - (base >> slot_exp), first
 
 
 def read_levels(old: torch.Tensor, query: torch.Tensor, num_levels: int) -> torch.Tensor:
@@ -150,6 +175,23 @@ if triton is not None:
         """Whether chunk ``chunk`` (absolute index) reads scan ``js``: bit js of its index is set,
         or js is the top (which also holds every higher bucket)."""
         return (js == num_scans - 1) | (((chunk >> js) & 1) == 1)
+
+    @triton.jit
+    def tl_scan_run(chunk, base, js, num_scans, num_chunks, top_exp):
+        """``scan_run`` on the device: (slot, row-local first chunk) of the run through which
+        absolute chunk ``chunk`` reads scan ``js`` (see ``scan_slot_sizes``)."""
+        zero = tl.zeros((), dtype=tl.int64)  # widens tensors and Python ints (interpreter) alike
+        chunk = chunk + zero
+        base = base + zero
+        offset = zero
+        for i in range(js):
+            offset += ((num_chunks - 1) >> (i + 1)) + 2
+        js64 = js + zero
+        top = js64 == num_scans - 1
+        run_exp = tl.where(top, tl.minimum(top_exp, 62), js64)
+        slot_exp = tl.where(top, tl.minimum(top_exp, 62), js64 + 1)
+        first = tl.maximum((chunk >> run_exp) << run_exp, base) - base
+        return offset + (chunk >> slot_exp) - (base >> slot_exp), first
 
     @triton.jit
     def tl_scan_window(js, num_scans, top_exp):

@@ -7,8 +7,10 @@ Everything is counted from the config, exactly as the code allocates it:
 - log-linear decode state: ``HierarchicalCache`` holds L fp32 level states of K x V per head and
   layer, whatever the context; "live" counts the levels that can be non-empty at that position
   (level 0, one per set bit of the position above the cap, the top), the traffic floor of a step;
-- log-linear prefill buffer: the Triton forward records, per chunk of 64 and inter-chunk level,
-  the level state that chunk reads (in the input dtype), the largest working buffer of prefill;
+- log-linear prefill buffer: the Triton forward records the inter-chunk level states the chunks
+  of 64 read (in the input dtype), the largest working buffer of prefill: under the delta rule
+  one per chunk and level (T log T), under scalar decay one per run of chunks reading the same
+  state (``levels.scan_slot_sizes``: about one per chunk, linear in T);
 - Mamba-2 / Gated DeltaNet: one K x V state per head and layer (fp32) plus conv states;
 - Transformer: keys and values of every position, layer and KV head (the input dtype).
 Activations of training depend on the framework's checkpointing policy and are not modelled.
@@ -19,7 +21,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .levels import levels_for_length
+from .levels import levels_for_length, scan_slot_sizes
 
 CHUNK = 64
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -41,6 +43,7 @@ class Shape:
     conv_kernel: int = 4
     kv_heads: int = 0
     head_dim: int = 0
+    delta_rule: bool = False
 
 
 def shape_from_config(config: dict, name: str = "model") -> Shape:
@@ -61,7 +64,7 @@ def shape_from_config(config: dict, name: str = "model") -> Shape:
         value_dim = int(key_dim * config.get("expand_v", 2))
         return Shape(name, "loglinear" if kind.startswith("loglinear") else "linear", layers, v_heads, key_dim,
                      value_dim, config.get("num_levels", 1), 2 * heads * key_dim + v_heads * value_dim,
-                     config.get("conv_size", 4))
+                     config.get("conv_size", 4), delta_rule=True)
     if "num_attention_heads" in config:
         heads = config["num_attention_heads"]
         head_dim = config.get("head_dim") or config["hidden_size"] // heads
@@ -100,8 +103,10 @@ def prefill_buffer_bytes(shape: Shape, seq_len: int, batch: int = 1, dtype: str 
         return 0
     chunks = -(-seq_len // CHUNK)
     log_c = CHUNK.bit_length() - 1
-    scans = min(max(0, shape.num_levels - 2 - log_c), max(0, chunks - 1).bit_length()) + 1
-    return batch * chunks * scans * shape.heads * shape.key_dim * shape.value_dim * DTYPE_BYTES[dtype]
+    top_exp = max(0, shape.num_levels - 2 - log_c)
+    scans = min(top_exp, max(0, chunks - 1).bit_length()) + 1
+    slots = chunks * scans if shape.delta_rule else sum(scan_slot_sizes(chunks, scans, top_exp))
+    return batch * slots * shape.heads * shape.key_dim * shape.value_dim * DTYPE_BYTES[dtype]
 
 
 # Paper-size layers of ANCHORS.md in 21-layer ~800M models (hidden 1536).

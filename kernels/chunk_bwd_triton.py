@@ -10,7 +10,8 @@ Two launches:
    forward scan run in reverse on dS[c, js] = (w[:, js] Qt)^T dO, which is formed on the fly.
    What reaches X_c is added atomically into ``dsrc[c]`` (summed over the levels c feeds).
 2. ``chunk_grad_kernel`` (grid chunks x heads): the intra-chunk product's four matmuls, the
-   readout's dQt and dlambda from the recomputed states, and dKd, dv from ``dsrc``.
+   readout's dQt and dlambda from the recomputed states (one per run of reading chunks, decayed
+   to the reader as in the forward), and dKd, dv from ``dsrc``.
 
 The decay needs no reverse pass of its own: o and every state depend on the cumulative log
 decay A_t only through q_t exp(A_t) and k_t exp(-A_t), so dL/dA_t = q_t . dq_t - k_t . dk_t
@@ -25,9 +26,9 @@ try:  # guarded: transformers checks every remote-code file's imports; this one 
 except ImportError:  # pragma: no cover
     triton = tl = None
 
-from ..levels import tl_capped_level, tl_chunk_reads_scan, tl_scan_level, tl_scan_window
+from ..levels import tl_capped_level, tl_chunk_reads_scan, tl_scan_level, tl_scan_run, tl_scan_window
 from .output_triton import _column
-from .scan_triton import scan_program
+from .scan_triton import recorded_decay, scan_program
 
 
 @triton.jit
@@ -78,8 +79,8 @@ def level_scan_bwd_kernel(
 
 @triton.jit
 def chunk_grad_kernel(
-    q, k, v, g_cum, lam, do, states, dsrc, dq, dk, dv, dlam, dacc,
-    S, NC, NJ, L,
+    q, k, v, g_cum, lam, do, states, chunk_g, dsrc, dq, dk, dv, dlam, dacc,
+    S, NC, NJ, NSLOT, top_exp, L,
     H: tl.constexpr, G: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     C: tl.constexpr, LOG_C: tl.constexpr, LP: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     ACC: tl.constexpr, PREC: tl.constexpr,
@@ -130,10 +131,11 @@ def chunk_grad_kernel(
         for js in range(NJ):
             if tl_chunk_reads_scan(ca, js, NJ):
                 col = tl_scan_level(js, NJ, L, LOG_C)
-                src = states + (((row64 * NC + c) * NJ + js) * H + h) * K * V
-                hs = tl.load(src + hv, mask=hvm, other=0.0).to(ACC)
-                dqe += _column(lam_t, cols, col)[:, None] * tl.dot(dot, tl.trans(hs), input_precision=PREC, out_dtype=ACC)
-                read = tl.sum(tl.dot(qe, hs, input_precision=PREC, out_dtype=ACC) * dot, 1)
+                slot, first = tl_scan_run(ca, 0, js, NJ, NC, top_exp)
+                hs = tl.load(states + ((row64 * NSLOT + slot) * H + h) * K * V + hv, mask=hvm, other=0.0).to(ACC)
+                decay = recorded_decay(chunk_g, row64, NC, H, h, c, first, ACC)
+                dqe += (decay * _column(lam_t, cols, col))[:, None] * tl.dot(dot, tl.trans(hs), input_precision=PREC, out_dtype=ACC)
+                read = decay * tl.sum(tl.dot(qe, hs, input_precision=PREC, out_dtype=ACC) * dot, 1)
                 dlam_t += tl.where(cols[None, :] == col, read[:, None], 0.0)
         dx = tl.load(dsrc + ((row64 * NC + c) * H + h) * K * V + hv, mask=hvm, other=0.0).to(ACC)
         dkd += tl.dot(vt, tl.trans(dx), input_precision=PREC, out_dtype=ACC)

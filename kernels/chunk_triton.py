@@ -7,7 +7,8 @@ Stages (one launch each, all chunk- or level-parallel; SPEC §4):
    (grid: sequences x heads x levels x value tiles), recording the state each chunk reads;
 4. ``output_triton.chunk_output_kernel``: intra-chunk (P * Lambda) V plus the level readout.
 The final LevelState is assembled in torch from the recorded states of each sequence's last
-chunk and ``block.block_terms`` of that one chunk (small: one chunk per sequence).
+chunk (``_Recorded``: under scalar decay one state per run of chunks reading it, so the buffer is
+linear in T) and ``block.block_terms`` of that one chunk (small: one chunk per sequence).
 
 Layout: dense batches without an initial state run on the inputs in place (padded with null
 tokens to a multiple of the chunk when T is not one): no copies, no host synchronisation.
@@ -25,6 +26,7 @@ forward with the torch chunked form and differentiates it with autograd.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -35,7 +37,7 @@ try:  # guarded: transformers checks every remote-code file's imports; this one 
 except ImportError:  # pragma: no cover
     triton = tl = None
 
-from ..levels import level_tensor, relevel
+from ..levels import level_tensor, relevel, scan_run, scan_slot_sizes
 from .block import block_terms, level_split
 from .chunk import chunk_loglinear_attention
 from .intra_triton import ut_factors_kernel
@@ -90,6 +92,46 @@ class _Rows:
         return self.layout.scatter(o.view(self.num_rows, self.num_chunks, -1, *o.shape[2:]), batch, length)
 
 
+@dataclass
+class _Recorded:
+    """The inter-chunk level states the scans recorded for the chunks that read them.
+
+    ``states`` is ``[N, slots, H, K, V]``: under the delta rule slot ``c * NJ + js`` for every
+    chunk c and scan js; under scalar decay one slot per run of chunks reading the same state
+    (``levels.scan_slot_sizes``), which a reader decays from the chunk that recorded it with
+    ``chunk_g`` ([N, NC, H] float64 cumulative log decay at chunk starts).
+    """
+
+    states: torch.Tensor
+    chunk_g: torch.Tensor | None
+    num_scans: int
+    top_exp: int
+
+    @property
+    def num_slots(self) -> int:
+        return self.states.shape[1]
+
+    def kernel_args(self):
+        """(states, chunk_g, NJ, NSLOT, top_exp) as the kernels take them."""
+        chunk_g = self.states if self.chunk_g is None else self.chunk_g  # never read under DELTA
+        return self.states, chunk_g, self.num_scans, self.num_slots, self.top_exp
+
+    def read(self, chunk: torch.Tensor, base_chunk: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """The states row-local chunk ``chunk`` [N] reads, ``[N, NJ, H, K, V]`` in ``dtype``
+        (garbage for scans it does not read: the caller masks them)."""
+        n = self.states.shape[0]
+        idx = torch.arange(n, device=chunk.device)
+        if self.chunk_g is None:
+            per_chunk = self.states.view(n, -1, self.num_scans, *self.states.shape[2:])
+            return per_chunk[idx, chunk].to(dtype)
+        out = []
+        for js in range(self.num_scans):
+            slot, first = scan_run(base_chunk + chunk, base_chunk, js, self.num_scans, self.chunk_g.shape[1], self.top_exp)
+            decay = torch.exp(self.chunk_g[idx, chunk] - self.chunk_g[idx, first]).to(dtype)  # [N, H]
+            out.append(self.states[idx, slot].to(dtype) * decay[:, :, None, None])
+        return torch.stack(out, 1)
+
+
 def _initial_terms(levels, start, base_chunk, num_js, chunk):
     """Split the initial levels (seen from p0 - 1) into what the scans and the first chunk need.
 
@@ -114,7 +156,7 @@ def _initial_terms(levels, start, base_chunk, num_js, chunk):
     return low, torch.stack(h0, 1).contiguous(), pending.contiguous()
 
 
-def _final_state(rows, states, o_dtype, initial_state, num_heads, num_levels, chunk):
+def _final_state(rows, recorded, o_dtype, initial_state, num_heads, num_levels, chunk):
     """Level states seen from each sequence's last token (SPEC §3 handoff to decode)."""
     from ..ops import LevelState
 
@@ -128,9 +170,9 @@ def _final_state(rows, states, o_dtype, initial_state, num_heads, num_levels, ch
     else:
         last, end = lay.last_chunk, lay.end
     idx = torch.arange(n, device=dev)
-    num_js = states.shape[2]
+    num_js = recorded.num_scans
     ca = rows.base // chunk + last
-    rec = states[idx, last].to(o_dtype)  # [N, NJ, H, K, V]
+    rec = recorded.read(last, rows.base // chunk, o_dtype)  # [N, NJ, H, K, V]
     start_states = torch.zeros(n, num_heads, num_levels, *rec.shape[-2:], dtype=o_dtype, device=dev)
     for js in range(num_js - 1):
         bit = ((ca >> js) & 1).bool().view(-1, 1, 1, 1)
@@ -192,7 +234,13 @@ def _scan(rows, dtype, consts, num_levels, initial_state, chunk):
     top_exp = max(0, num_levels - 2 - log_c)  # inter-chunk levels below the capped top
     num_js = min(top_exp, rows.max_chunk.bit_length()) + 1
     state_dtype = acc_dtype if dtype in (torch.float32, torch.float64) else dtype
-    states = torch.empty(n, nc, num_js, num_heads, key_dim, value_dim, dtype=state_dtype, device=dev)
+    num_slots = nc * num_js if delta else sum(scan_slot_sizes(nc, num_js, top_exp))
+    states = torch.empty(n, num_slots, num_heads, key_dim, value_dim, dtype=state_dtype, device=dev)
+    chunk_g = None
+    if not delta:  # cumulative log decay at chunk starts, in float64: a long row's sum is large
+        totals = g_cum.view(n, nc, chunk, num_heads)[:, :, -1].double()
+        chunk_g = (totals.cumsum(1) - totals).contiguous()
+    recorded = _Recorded(states, chunk_g, num_js, top_exp)
     has_init = initial_state is not None
     base_chunk = rows.base // chunk
     if has_init:
@@ -204,9 +252,9 @@ def _scan(rows, dtype, consts, num_levels, initial_state, chunk):
     bv_scan = 32 if bk > 128 else bv  # keeps the fp32 W / state tiles within shared memory
     level_scan_kernel[(n * num_heads, num_js, triton.cdiv(value_dim, bv_scan))](
         rows.k, vu, w if delta else rows.k, g_cum, states, h0, p0, low_sum, base_chunk,
-        slots, nc, num_js, top_exp, BV=bv_scan, DELTA=delta, HAS_INIT=has_init, **consts,
+        slots, nc, num_js, num_slots, top_exp, BV=bv_scan, DELTA=delta, HAS_INIT=has_init, **consts,
     )
-    return g_cum, a_inv, w, states, low
+    return g_cum, a_inv, w, recorded, low
 
 
 def _forward(q, k, v, g, lam, beta, cu_seqlens, initial_state, output_final_state, chunk=CHUNK):
@@ -218,20 +266,21 @@ def _forward(q, k, v, g, lam, beta, cu_seqlens, initial_state, output_final_stat
     rows.length = length
     n, nc, slots = rows.num_rows, rows.num_chunks, rows.q.shape[1]
     consts = _consts(q.dtype, num_heads, num_groups, key_dim, value_dim, chunk)
-    g_cum, a_inv, w, states, low = _scan(rows, q.dtype, consts, num_levels, initial_state, chunk)
+    g_cum, a_inv, w, recorded, low = _scan(rows, q.dtype, consts, num_levels, initial_state, chunk)
     delta = rows.beta is not None
     bv = min(_block(value_dim), 64)
     o = torch.empty(n, slots, num_heads, value_dim, dtype=v.dtype, device=q.device)
+    states, chunk_g, num_js, num_slots, top_exp = recorded.kernel_args()
     chunk_output_kernel[(n * nc, num_heads, triton.cdiv(value_dim, bv))](
-        rows.q, rows.k, rows.v, g_cum, rows.lam, a_inv if delta else g_cum, w if delta else g_cum, states, low,
-        rows.base // chunk, rows.start, o, slots, nc, states.shape[2], num_levels,
+        rows.q, rows.k, rows.v, g_cum, rows.lam, a_inv if delta else g_cum, w if delta else g_cum, states, chunk_g,
+        low, rows.base // chunk, rows.start, o, slots, nc, num_js, num_slots, top_exp, num_levels,
         LOG_C=log_c, LP=_block(num_levels), BV=bv, DELTA=delta, HAS_INIT=initial_state is not None, **consts,
     )
     out = rows.output(o, batch, length)
     if not output_final_state:
         return out, None
     acc_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
-    return out, _final_state(rows, states, acc_dtype, initial_state, num_heads, num_levels, chunk)
+    return out, _final_state(rows, recorded, acc_dtype, initial_state, num_heads, num_levels, chunk)
 
 
 class _Backward:
@@ -246,9 +295,10 @@ class _Backward:
         self.log_c = chunk.bit_length() - 1
         self.top_exp = max(0, self.num_levels - 2 - self.log_c)
         self.consts = _consts(q.dtype, self.num_heads, q.shape[2], self.key_dim, self.value_dim, chunk)
-        self.g_cum, self.a_inv, self.w, self.states, _ = _scan(rows, q.dtype, self.consts, self.num_levels, None, chunk)
+        self.g_cum, self.a_inv, self.w, self.recorded, _ = _scan(rows, q.dtype, self.consts, self.num_levels, None, chunk)
+        self.states = self.recorded.states  # the delta rule's layout: [N, NC * NJ, H, K, V]
         self.do = rows.slots(do)
-        self.n, self.nc, self.slots, self.num_js = rows.num_rows, rows.num_chunks, rows.q.shape[1], self.states.shape[2]
+        self.n, self.nc, self.slots, self.num_js = rows.num_rows, rows.num_chunks, rows.q.shape[1], self.recorded.num_scans
         self.bv = min(_block(self.value_dim), 64)
 
     def new(self, *shape):
@@ -287,9 +337,10 @@ def _backward_scalar(q, k, v, g, lam, do, cu_seqlens, chunk=CHUNK):
     )
     dq, dk, dv = b.new(b.slots, nh, nk), b.new(b.slots, nh, nk), b.new(b.slots, nh, nv)
     dlam, dacc = b.new(b.slots, nh, b.num_levels), b.new(b.slots, nh)
+    states, chunk_g, num_js, num_slots, top_exp = b.recorded.kernel_args()
     chunk_grad_kernel[(b.n * b.nc, nh)](
-        rows.q, rows.k, rows.v, b.g_cum, rows.lam, b.do, b.states, dsrc, dq, dk, dv, dlam, dacc,
-        b.slots, b.nc, b.num_js, b.num_levels, LOG_C=b.log_c, LP=_block(b.num_levels), BV=b.bv,
+        rows.q, rows.k, rows.v, b.g_cum, rows.lam, b.do, states, chunk_g, dsrc, dq, dk, dv, dlam, dacc,
+        b.slots, b.nc, num_js, num_slots, top_exp, b.num_levels, LOG_C=b.log_c, LP=_block(b.num_levels), BV=b.bv,
         **{**b.consts, "num_warps": 8},  # six [C, K] fp32 tiles live at once
     )
     dg = dacc.flip(1).cumsum(1).flip(1)

@@ -8,7 +8,8 @@ P = (q k^T) * exp(G_t - G_s) (causal), for the delta rule times Ab = A^-1 diag(b
 Qt = exp(G) q, for the delta rule minus (q k^T * Gamma) W. Lambda[t, s] = lambda_t at level
 min(bit_length(t XOR s), L-1): the chunk is aligned, so slot indices give the intra levels.
 Inter-chunk level js is read when bit js of the absolute chunk index is set; the top state
-(last js) always. With an initial state, the first chunk also reads the initial levels that lie
+(last js) always; ``scan_triton.state_slot`` says where it was recorded (under scalar decay the
+reader applies the decay from the recording chunk, ``recorded_decay``). With an initial state, the first chunk also reads the initial levels that lie
 inside it (``low``), each at min(max(l, bit_length(t XOR (p0 - 1))), L-1) for query t.
 """
 from __future__ import annotations
@@ -20,6 +21,7 @@ except ImportError:  # pragma: no cover
     triton = tl = None
 
 from ..levels import tl_bit_length, tl_capped_level, tl_chunk_reads_scan, tl_scan_level
+from .scan_triton import recorded_decay, state_slot
 
 
 @triton.jit
@@ -30,8 +32,8 @@ def _column(tile, cols, col):
 
 @triton.jit
 def chunk_output_kernel(
-    q, k, v, g_cum, lam, a_inv, w, states, low, base_chunk, first_pos, o,
-    S, NC, NJ, L,
+    q, k, v, g_cum, lam, a_inv, w, states, chunk_g, low, base_chunk, first_pos, o,
+    S, NC, NJ, NSLOT, top_exp, L,
     H: tl.constexpr, G: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     C: tl.constexpr, LOG_C: tl.constexpr, LP: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     DELTA: tl.constexpr, HAS_INIT: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
@@ -71,15 +73,18 @@ def chunk_output_kernel(
         weights = tl.where(lev == lvl, _column(lam_t, cols, lvl)[:, None], weights)
     acc = tl.dot(p * weights, vt, input_precision=PREC, out_dtype=ACC)
 
-    ca = tl.load(base_chunk + row) + c
+    cb = tl.load(base_chunk + row)
+    ca = cb + c
     hv = dk[:, None] * V + dv[None, :]
     hvm = km[:, None] & vm[None, :]
     for js in range(NJ):
         if tl_chunk_reads_scan(ca, js, NJ):
-            col = tl_scan_level(js, NJ, L, LOG_C)
-            src = states + (((row64 * NC + c) * NJ + js) * H + h) * K * V
-            hs = tl.load(src + hv, mask=hvm, other=0.0).to(ACC)
-            acc += _column(lam_t, cols, col)[:, None] * tl.dot(qt, hs, input_precision=PREC, out_dtype=ACC)
+            slot, first = state_slot(ca, cb, js, NJ, NC, top_exp, DELTA)
+            hs = tl.load(states + ((row64 * NSLOT + slot) * H + h) * K * V + hv, mask=hvm, other=0.0).to(ACC)
+            weight = _column(lam_t, cols, tl_scan_level(js, NJ, L, LOG_C))
+            if not DELTA:
+                weight = weight * recorded_decay(chunk_g, row64, NC, H, h, c, first, ACC)
+            acc += weight[:, None] * tl.dot(qt, hs, input_precision=PREC, out_dtype=ACC)
     if HAS_INIT:
         if c == 0:
             pos = ca * C + i

@@ -3,7 +3,10 @@
 Grid ``(N * H, NJ, V / BV)``. Program ``js < NJ - 1`` owns inter-chunk level ``js`` (global level
 log2(C) + 1 + js): walking the chunks c of its sequence (absolute chunk index ``ca``) it
 
-1. records its state h into ``states[n, c, js]`` when bit js of ca is set (that chunk reads it);
+1. records its state h when bit js of ca is set (that chunk reads it), into the slot
+   ``state_slot`` gives: under the delta rule one per reading chunk; under scalar decay one per
+   run of reading chunks (they read the same state, decayed by a scalar: the reader applies
+   exp(G_c - G_first) from the chunk-start cumulative decay), so memory is linear in T;
 2. pushes h through chunk c (decay; for the delta rule also the WY correction);
 3. adds chunk c's own contribution when bit js of ca is 0;
 4. resets h after the last chunk of every window of 2^(js+1) chunks.
@@ -25,7 +28,7 @@ try:  # guarded: transformers checks every remote-code file's imports; this one 
 except ImportError:  # pragma: no cover
     triton = tl = None
 
-from ..levels import tl_chunk_reads_scan, tl_scan_window
+from ..levels import tl_chunk_reads_scan, tl_scan_run, tl_scan_window
 
 
 @triton.jit
@@ -42,6 +45,27 @@ def scan_program(H: tl.constexpr, G: tl.constexpr, K: tl.constexpr, V: tl.conste
 
 
 @triton.jit
+def state_slot(ca, cb, js, NJ, NC, top_exp, DELTA: tl.constexpr):
+    """(slot, row-local chunk it was recorded at) of the state absolute chunk ``ca`` reads from
+    scan ``js`` in a row starting at absolute chunk ``cb``. The delta rule's chunk transitions
+    are matrices, so each reading chunk records its own state; scalar decay shares one per run."""
+    if DELTA:
+        c = (ca - cb).to(tl.int64)
+        return c * NJ + js, c
+    else:
+        return tl_scan_run(ca, cb, js, NJ, NC, top_exp)
+
+
+@triton.jit
+def recorded_decay(chunk_g, row64, NC, H: tl.constexpr, h, c, first, ACC: tl.constexpr):
+    """exp(G_c - G_first): the scalar decay from the chunk that recorded a shared state to the
+    chunk reading it (``chunk_g`` [N, NC, H] float64, cumulative log decay at chunk starts)."""
+    g_c = tl.load(chunk_g + (row64 * NC + c) * H + h)
+    g_first = tl.load(chunk_g + (row64 * NC + first) * H + h)
+    return tl.exp((g_c - g_first).to(ACC))
+
+
+@triton.jit
 def _push(hs, kd, wt, ut, decay, add, DELTA: tl.constexpr, PREC: tl.constexpr, ACC: tl.constexpr):
     """State [BK, BV] through one chunk, plus ``add`` times the chunk's contribution."""
     if DELTA:
@@ -54,7 +78,7 @@ def _push(hs, kd, wt, ut, decay, add, DELTA: tl.constexpr, PREC: tl.constexpr, A
 @triton.jit
 def level_scan_kernel(
     k, vu, w, g_cum, states, h0, p0, low, base_chunk,
-    S, NC, NJ, top_exp,
+    S, NC, NJ, NSLOT, top_exp,
     H: tl.constexpr, G: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     DELTA: tl.constexpr, HAS_INIT: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
@@ -77,31 +101,46 @@ def level_scan_kernel(
     for c in range(NC):
         ca = cb + c
         bit = (ca >> js64) & 1
-        if tl_chunk_reads_scan(ca, js64, NJ):
-            dst = states + (((row64 * NC + c) * NJ + js) * H + h) * K * V
-            tl.store(dst + hv, hs.to(states.dtype.element_ty), mask=hvm)
-        tok = row64 * S + c * C + i
-        gc = tl.load(g_cum + tok * H + h).to(ACC)
-        g_end = tl.load(g_cum + (row64 * S + c * C + C - 1) * H + h).to(ACC)
-        kt = tl.load(k + (tok[:, None] * G + grp) * K + dk[None, :], mask=km[None, :], other=0.0).to(ACC)
-        kd = kt * tl.exp(g_end - gc)[:, None]
-        ut = tl.load(vu + (tok[:, None] * H + h) * V + dv[None, :], mask=vm[None, :], other=0.0).to(ACC)
-        wt = kt
-        if DELTA:
-            wt = tl.load(w + (tok[:, None] * H + h) * K + dk[None, :], mask=km[None, :], other=0.0).to(ACC)
-        decay = tl.exp(g_end)
+        reads = tl_chunk_reads_scan(ca, js64, NJ)
+        if reads:
+            slot, first = state_slot(ca, cb, js, NJ, NC, top_exp, DELTA)
+            if first == c:
+                dst = states + ((row64 * NSLOT + slot) * H + h) * K * V
+                tl.store(dst + hv, hs.to(states.dtype.element_ty), mask=hvm)
         if HAS_INIT:
             if c == 0:  # initial levels inside the first chunk enter with its contribution
                 lo = tl.load(low + (row64 * H + h) * K * V + hv, mask=hvm, other=0.0).to(ACC)
-                hs += tl.where(tl_chunk_reads_scan(ca, js64, NJ), 0.0, 1.0) * lo
+                hs += tl.where(reads, 0.0, 1.0) * lo
                 ps += lo
-        if is_top:
-            hs = _push(hs, kd, wt, ut, decay, 0.0, DELTA, PREC, ACC)
-            ps = _push(ps, kd, wt, ut, decay, 1.0, DELTA, PREC, ACC)
-            if (ca & win) == win:
+        g_end = tl.load(g_cum + (row64 * S + c * C + C - 1) * H + h).to(ACC)
+        decay = tl.exp(g_end)
+        # Under scalar decay a state that adds nothing here only decays: skip the chunk's loads
+        # and product (the readers of a level, half the chunks, and the top outside its pending sum).
+        adds = tl.where(is_top | (bit == 0), 1, 0)
+        if DELTA:
+            adds = tl.full((), 1, tl.int32)
+        if adds == 1:
+            tok = row64 * S + c * C + i
+            gc = tl.load(g_cum + tok * H + h).to(ACC)
+            kt = tl.load(k + (tok[:, None] * G + grp) * K + dk[None, :], mask=km[None, :], other=0.0).to(ACC)
+            kd = kt * tl.exp(g_end - gc)[:, None]
+            ut = tl.load(vu + (tok[:, None] * H + h) * V + dv[None, :], mask=vm[None, :], other=0.0).to(ACC)
+            wt = kt
+            if DELTA:
+                wt = tl.load(w + (tok[:, None] * H + h) * K + dk[None, :], mask=km[None, :], other=0.0).to(ACC)
+            if is_top:
+                if DELTA:
+                    hs = _push(hs, kd, wt, ut, decay, 0.0, DELTA, PREC, ACC)
+                else:
+                    hs = decay * hs
+                ps = _push(ps, kd, wt, ut, decay, 1.0, DELTA, PREC, ACC)
+            else:
+                hs = _push(hs, kd, wt, ut, decay, tl.where(bit == 1, 0.0, 1.0), DELTA, PREC, ACC)
+        else:
+            hs = decay * hs
+        if (ca & win) == win:
+            if is_top:
                 hs += ps
                 ps = tl.zeros([BK, BV], dtype=ACC)
-        else:
-            hs = _push(hs, kd, wt, ut, decay, tl.where(bit == 1, 0.0, 1.0), DELTA, PREC, ACC)
-            if (ca & win) == win:
+            else:
                 hs = tl.zeros([BK, BV], dtype=ACC)

@@ -99,3 +99,32 @@ def test_read_levels():
 def test_bad_level_arguments():
     with pytest.raises(ValueError, match="s <= t"):
         levels.level(3, 4)
+
+
+@pytest.mark.parametrize("top_exp", [0, 1, 3, 9])
+def test_scan_runs_share_a_slot_exactly_when_they_read_the_same_chunks(top_exp):
+    """``scan_run`` against the buckets of SPEC §4: scan js < top is read by chunks with bit js
+    set and holds the 2^js chunks that share their bits above js with bit js = 0 (identified by
+    ca >> (js + 1)); the top holds every chunk before the reader's 2^top_exp-aligned bucket
+    (identified by ca >> top_exp). Readers share a slot iff they read the same chunks, the
+    recorded chunk is the first of them in the row, and the slots of all scans fit
+    ``scan_slot_sizes`` without overlapping."""
+    for base, num_chunks in [(0, 1), (0, 37), (5, 20), (77, 64), ((1 << 40) + 3, 9)]:
+        num_scans = min(top_exp, (base + num_chunks - 1).bit_length()) + 1
+        sizes = levels.scan_slot_sizes(num_chunks, num_scans, top_exp)
+        seen = {}  # slot -> (scan, what it holds)
+        for js in range(num_scans):
+            top = js == num_scans - 1
+            readers = {}  # what a chunk reads -> row-local chunks reading it
+            for c in range(num_chunks):
+                ca = base + c
+                if top or (ca >> js) & 1:
+                    readers.setdefault(ca >> top_exp if top else ca >> (js + 1), []).append(c)
+            for held, chunks in readers.items():
+                runs = {tuple(int(x) for x in levels.scan_run(torch.tensor([base + c]), torch.tensor([base]), js,
+                                                              num_scans, num_chunks, top_exp)) for c in chunks}
+                assert len(runs) == 1
+                (slot, first), = runs
+                assert first == chunks[0]
+                assert sum(sizes[:js]) <= slot < sum(sizes[: js + 1])
+                assert seen.setdefault(slot, (js, held)) == (js, held)

@@ -39,13 +39,20 @@ def test_live_levels_count_the_non_empty_levels():
         assert live_levels(position, 6) == int((state.levels[0, 0, :, 0, 0] != 0).sum())
 
 
-def test_prefill_buffer_grows_as_chunks_times_levels():
-    shape = shape_from_config(dict(model_type="loglinear_mamba2", hidden_size=64, num_heads=2, head_dim=16,
-                                   state_size=8, num_hidden_layers=1, num_levels=15))
-    per_chunk_level = 2 * 8 * 16 * 2  # heads x K x V x bf16
-    assert prefill_buffer_bytes(shape, 64) == per_chunk_level  # one chunk, one (empty) scan
-    assert prefill_buffer_bytes(shape, 1024) == 16 * 5 * per_chunk_level  # 16 chunks: levels 0..4 of chunks
-    assert prefill_buffer_bytes(shape, 1 << 20) == (1 << 14) * 8 * per_chunk_level  # capped at L - 2 - 6 + 1
+def test_prefill_buffer_is_linear_under_scalar_decay_and_t_log_t_under_the_delta_rule():
+    mamba2 = shape_from_config(dict(model_type="loglinear_mamba2", hidden_size=64, num_heads=2, head_dim=16,
+                                    state_size=8, num_hidden_layers=1, num_levels=15))
+    slot = 2 * 8 * 16 * 2  # heads x K x V x bf16
+    # one slot per run of chunks reading one state, + 2 per scan for rows starting mid-bucket:
+    assert prefill_buffer_bytes(mamba2, 64) == 2 * slot  # one chunk: the top scan alone
+    assert prefill_buffer_bytes(mamba2, 1024) == (9 + 5 + 3 + 2 + 2) * slot  # 16 chunks, scans 0..3 + top
+    million = sum(((1 << 14) - 1 >> e) + 2 for e in range(1, 8)) + ((1 << 14) - 1 >> 7) + 2  # 16384 chunks
+    assert prefill_buffer_bytes(mamba2, 1 << 20) == million * slot and million < 1.001 * (1 << 14)
+    gdn = shape_from_config(dict(model_type="loglinear_gated_deltanet", num_heads=2, head_dim=16, expand_v=1,
+                                 num_hidden_layers=1, num_levels=15))
+    slot = 2 * 16 * 16 * 2
+    assert prefill_buffer_bytes(gdn, 1024) == 16 * 5 * slot  # every chunk records every scan it reads
+    assert prefill_buffer_bytes(gdn, 1 << 20) == (1 << 14) * 8 * slot  # capped at L - 2 - 6 + 1 scans
 
 
 def test_memory_cli(tmp_path, capsys):

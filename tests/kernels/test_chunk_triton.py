@@ -85,3 +85,27 @@ def test_ops_backend_triton(delta):
     o, _ = loglinear_attention(*x[:5], beta=x[5], backend="triton")
     o_ref, _ = loglinear_attention(*[a if a is None else a.double() for a in x[:5]], beta=None if x[5] is None else x[5].double(), backend="reference")
     assert _rel(o.double(), o_ref) < 1e-5
+
+
+@pytest.mark.parametrize("num_levels", [9, 14])
+def test_long_rows_share_recorded_states(num_levels):
+    """Scalar decay over 38 chunks, where one recorded state serves a whole run of reading chunks
+    (decayed to each): continuing from a prefix that ends mid-run at position 5000 with the
+    final state, and the Triton backward of a fresh dense run. L = 9 caps the top at 2-chunk
+    buckets; L = 14 leaves 7 inter-chunk scans."""
+    length = 64 * 37 + 5
+    x = _inputs(1, length, 1, 2, 8, 8, num_levels, False, torch.float64, seed=num_levels)
+    prefix = _inputs(1, 300, 1, 2, 8, 8, num_levels, False, torch.float64, seed=1)
+    init = LevelState(torch.zeros(1, 2, num_levels, 8, 8, dtype=torch.float64), torch.tensor([4700]))
+    _, init = chunk_loglinear_attention(*prefix, initial_state=init, output_final_state=True)
+    o, state = chunk_loglinear_attention_triton(*x, initial_state=init, output_final_state=True)
+    o_ref, state_ref = chunk_loglinear_attention(*x, initial_state=init, output_final_state=True)
+    assert _rel(o, o_ref) < 1e-10 and _rel(state.levels, state_ref.levels) < 1e-10
+
+    grads = []
+    for fn in (chunk_loglinear_attention_triton, chunk_loglinear_attention):
+        leaves = [a.clone().requires_grad_() for a in x[:5]]
+        fn(*leaves)[0].square().sum().backward()
+        grads.append([a.grad for a in leaves])
+    for got, want in zip(*grads):
+        assert _rel(got, want) < 1e-10
