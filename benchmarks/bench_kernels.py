@@ -4,8 +4,9 @@
 
 1. correctness at real shapes against a float64 reference (the torch chunked form run in
    float64 on the GPU): fp32 and bf16 inputs, forward, final state and every gradient,
-   max relative error per tensor (max |x - ref| / max |ref|). The "dense" checks (no initial
-   or final state) take the Triton backward of log-linear Mamba-2; the others its fallback;
+   max relative error per tensor (max |x - ref| / max |ref|). The "dense" / "packed" checks
+   (no initial or final state) take the Triton backwards of both variants (this script opts into
+   the Gated DeltaNet one); the others the recomputation;
 2. median times (triton.testing.do_bench) and peak extra memory: ours (log-linear and
    num_levels=1), fla 0.6 chunk_log_linear_attn / chunk_simple_gla / chunk_gated_delta_rule
    when importable, torch SDPA causal; B = 32768 / T;
@@ -29,8 +30,11 @@ import time
 import torch
 import torch.nn.functional as F
 
-from hf_loglinear.levels import levels_for_length
-from hf_loglinear.ops import LevelState, loglinear_attention, loglinear_attention_step
+# the run validates the Gated DeltaNet Triton backward on the GPU, where it is otherwise opt-in
+os.environ.setdefault("HF_LOGLINEAR_TRITON_BACKWARD_DELTA", "1")
+
+from hf_loglinear.levels import levels_for_length  # noqa: E402
+from hf_loglinear.ops import LevelState, loglinear_attention, loglinear_attention_step  # noqa: E402
 
 MAMBA2 = dict(heads=48, groups=1, key_dim=128, value_dim=64)
 GDN = dict(heads=6, groups=6, key_dim=192, value_dim=384)
@@ -110,22 +114,23 @@ def check(name, shape, length, delta, num_levels, varlen=False):
         ROWS.append(f"| {name} | {length} | {num_levels} | {str(dtype)[6:]}{' varlen+init' if varlen else ' +init'} | {text} |")
 
 
-def check_dense(name, shape, length, num_levels, cu_seqlens=None):
-    """Mamba-2 without initial or final state (the Triton backward's case, dense rows or documents
-    packed with ``cu_seqlens``) vs float64."""
+def check_dense(name, shape, length, num_levels, cu_seqlens=None, delta=False):
+    """No initial or final state (the Triton backward's case, dense rows or documents packed with
+    ``cu_seqlens``) vs float64, every gradient."""
     kw = {} if cu_seqlens is None else {"cu_seqlens": torch.tensor(cu_seqlens, device="cuda")}
     kind = "dense" if cu_seqlens is None else f"packed {len(cu_seqlens) - 1} docs"
+    names = ("o", "dq", "dk", "dv", "dg", "dlam") + (("dbeta",) if delta else ())
     for dtype in (torch.float32, torch.bfloat16):
-        x = inputs(1, length, **shape, num_levels=num_levels, delta=False, dtype=dtype, seed=length)
+        x = inputs(1, length, **shape, num_levels=num_levels, delta=delta, dtype=dtype, seed=length)
         gen = torch.Generator(device="cuda").manual_seed(9)
         do = torch.randn(1, length, shape["heads"], shape["value_dim"], generator=gen, device="cuda")
         grads = []
         for backend, cast in (("triton", lambda a: a), ("torch", lambda a: a.double())):
-            leaves = [cast(a).detach().clone().requires_grad_() for a in x[:5]]
-            o = loglinear_attention(*leaves, backend=backend, **kw)[0]
+            leaves = [a if a is None else cast(a).detach().clone().requires_grad_() for a in x]
+            o = loglinear_attention(*leaves[:5], beta=leaves[5], backend=backend, **kw)[0]
             (o.double() * do.double()).sum().backward()
-            grads.append([o] + [a.grad for a in leaves])
-        errs = {nm: rel(a, b) for nm, a, b in zip(("o", "dq", "dk", "dv", "dg", "dlam"), *grads)}
+            grads.append([o] + [a.grad for a in leaves if a is not None])
+        errs = {nm: rel(a, b) for nm, a, b in zip(names, *grads)}
         text = record(f"{name} {kind} T={length} L={num_levels}", dtype, errs)
         ROWS.append(f"| {name} | {length} | {num_levels} | {str(dtype)[6:]} {kind} (Triton bwd) | {text} |")
 
@@ -151,16 +156,15 @@ def fwd_bwd(fn, leaves):
     return run
 
 
-def time_ours(res, variant, shape, batch, length, num_levels, backward):
+def time_ours(res, variant, shape, batch, length, num_levels):
     delta = variant == "gdn"
     xs = inputs(batch, length, **shape, num_levels=num_levels, delta=delta, dtype=torch.bfloat16)
     tag = f"ours L={num_levels}"
     f = lambda: loglinear_attention(*xs[:5], beta=xs[5], backend="triton")[0]  # noqa: E731
     res[(variant, tag, "fwd")] = bench(f)
-    if backward:
-        leaves = [a if a is None else a.detach().clone().requires_grad_() for a in xs]
-        g = lambda: loglinear_attention(*leaves[:5], beta=leaves[5], backend="triton")[0]  # noqa: E731
-        res[(variant, tag, "fwdbwd")] = bench(fwd_bwd(g, [a for a in leaves if a is not None]), 100)
+    leaves = [a if a is None else a.detach().clone().requires_grad_() for a in xs]
+    g = lambda: loglinear_attention(*leaves[:5], beta=leaves[5], backend="triton")[0]  # noqa: E731
+    res[(variant, tag, "fwdbwd")] = bench(fwd_bwd(g, [a for a in leaves if a is not None]), 100)
     return xs
 
 
@@ -173,20 +177,19 @@ def time_sdpa(res, batch, length):
 
 
 def time_ops(length, quick):
-    """Mamba-2 fwd and fwd+bwd at every T (its backward is Triton); GDN fwd+bwd only at 2K
-    (torch recomputation); fla and GDN skipped with --quick."""
+    """Both variants fwd and fwd+bwd at every T (Triton backwards); fla and GDN skipped with
+    --quick."""
     batch = max(1, 32768 // length)
     res = {}
     if quick:
         for num_levels in (15, 1):
-            time_ours(res, "mamba2", MAMBA2, batch, length, num_levels, backward=True)
+            time_ours(res, "mamba2", MAMBA2, batch, length, num_levels)
         time_sdpa(res, batch, length)
         return res
     num_levels = levels_for_length(length)
     for variant, shape in (("mamba2", MAMBA2), ("gdn", GDN)):
-        backward = variant == "mamba2" or length <= 2048
-        x = time_ours(res, variant, shape, batch, length, num_levels, backward)
-        time_ours(res, variant, shape, batch, length, 1, backward)
+        x = time_ours(res, variant, shape, batch, length, num_levels)
+        time_ours(res, variant, shape, batch, length, 1)
         try:
             res.update(time_fla(variant, x, shape, length))
         except Exception as e:  # fla missing or refusing: say so in the table
@@ -233,7 +236,7 @@ def time_long(lengths):
     for length in lengths:
         num_levels = levels_for_length(length)
         try:
-            time_ours(res, "mamba2", MAMBA2, 1, length, num_levels, backward=True)
+            time_ours(res, "mamba2", MAMBA2, 1, length, num_levels)
         except torch.OutOfMemoryError as e:
             log(f"long T={length}: out of memory: {str(e)[:160]}")
         for key, (t, peak) in res.items():
@@ -312,6 +315,8 @@ def run_checks(quick):
     check("mamba2", MAMBA2, 1024, False, 12)
     check("mamba2", MAMBA2, 700, False, 15, varlen=True)
     if not quick:
+        check_dense("gdn", GDN, 1000, 12, delta=True)
+        check_dense("gdn", GDN, 1500, 11, cu_seqlens=[0, 1, 700, 1500], delta=True)
         check("gdn", GDN, 512, True, 12)
         check("gdn", GDN, 400, True, 4, varlen=True)
 
