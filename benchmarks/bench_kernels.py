@@ -1,6 +1,7 @@
 """GPU check and benchmark of the Triton kernels against the anchors (ANCHORS.md shapes), in one run.
 
     PYTHONUNBUFFERED=1 python benchmarks/bench_kernels.py [--quick] [--out DIR]
+    TRITON_INTERPRET=1 python benchmarks/bench_kernels.py --smoke    # CPU: every check, tiny shapes (CI)
 
 1. correctness at real shapes against a float64 reference (the torch chunked form run in
    float64 on the GPU): fp32 and bf16 inputs, forward, final state and every gradient,
@@ -38,6 +39,7 @@ from hf_loglinear.ops import LevelState, loglinear_attention, loglinear_attentio
 
 MAMBA2 = dict(heads=48, groups=1, key_dim=128, value_dim=64)
 GDN = dict(heads=6, groups=6, key_dim=192, value_dim=384)
+DEVICE = "cuda"  # --smoke: "cpu" under TRITON_INTERPRET=1
 ROWS: list[str] = []
 FAILED: list[str] = []
 # Max relative error allowed per tensor. The reference runs on the same (rounded) inputs, so what
@@ -60,7 +62,8 @@ def log(*a):
     print(*a, flush=True)
 
 
-def inputs(batch, length, heads, groups, key_dim, value_dim, num_levels, delta, dtype, device="cuda", seed=0):
+def inputs(batch, length, heads, groups, key_dim, value_dim, num_levels, delta, dtype, seed=0):
+    device = DEVICE
     gen = torch.Generator(device=device).manual_seed(seed)
     rand = lambda *s: torch.randn(*s, generator=gen, device=device)  # noqa: E731
     q = rand(batch, length, groups, key_dim)
@@ -87,7 +90,7 @@ def check(name, shape, length, delta, num_levels, varlen=False):
         x = inputs(1, length, **shape, num_levels=num_levels, delta=delta, dtype=dtype, seed=length)
         kw = {}
         if varlen:
-            kw["cu_seqlens"] = torch.tensor([0, 7, length // 2, length], device="cuda")
+            kw["cu_seqlens"] = torch.tensor([0, 7, length // 2, length], device=DEVICE)
             n = 3
         else:
             n = 1
@@ -97,9 +100,9 @@ def check(name, shape, length, delta, num_levels, varlen=False):
         init32 = LevelState(init.levels.float().requires_grad_(), init.position)
         leaves = [a if a is None else a.detach().clone().requires_grad_() for a in x]
         o, st = loglinear_attention(*leaves[:5], beta=leaves[5], initial_state=init32, output_final_state=True, backend="triton", **kw)
-        gen = torch.Generator(device="cuda").manual_seed(9)
-        do = torch.randn(o.shape, generator=gen, device="cuda")
-        dst = torch.randn(st.levels.shape, generator=gen, device="cuda")
+        gen = torch.Generator(device=DEVICE).manual_seed(9)
+        do = torch.randn(o.shape, generator=gen, device=DEVICE)
+        dst = torch.randn(st.levels.shape, generator=gen, device=DEVICE)
         ((o.float() * do).sum() + (st.levels * dst).sum()).backward()
         ref_leaves = [a if a is None else a.detach().double().requires_grad_() for a in x]
         ref_init = LevelState(init64.levels.detach().clone().requires_grad_(), init64.position)
@@ -117,13 +120,13 @@ def check(name, shape, length, delta, num_levels, varlen=False):
 def check_dense(name, shape, length, num_levels, cu_seqlens=None, delta=False):
     """No initial or final state (the Triton backward's case, dense rows or documents packed with
     ``cu_seqlens``) vs float64, every gradient."""
-    kw = {} if cu_seqlens is None else {"cu_seqlens": torch.tensor(cu_seqlens, device="cuda")}
+    kw = {} if cu_seqlens is None else {"cu_seqlens": torch.tensor(cu_seqlens, device=DEVICE)}
     kind = "dense" if cu_seqlens is None else f"packed {len(cu_seqlens) - 1} docs"
     names = ("o", "dq", "dk", "dv", "dg", "dlam") + (("dbeta",) if delta else ())
     for dtype in (torch.float32, torch.bfloat16):
         x = inputs(1, length, **shape, num_levels=num_levels, delta=delta, dtype=dtype, seed=length)
-        gen = torch.Generator(device="cuda").manual_seed(9)
-        do = torch.randn(1, length, shape["heads"], shape["value_dim"], generator=gen, device="cuda")
+        gen = torch.Generator(device=DEVICE).manual_seed(9)
+        do = torch.randn(1, length, shape["heads"], shape["value_dim"], generator=gen, device=DEVICE)
         grads = []
         for backend, cast in (("triton", lambda a: a), ("torch", lambda a: a.double())):
             leaves = [a if a is None else cast(a).detach().clone().requires_grad_() for a in x]
@@ -308,17 +311,36 @@ def graphed_time(step, steps=20):
         return float("nan")
 
 
-def run_checks(quick):
-    check_dense("mamba2", MAMBA2, 2048, 12)
-    check_dense("mamba2", MAMBA2, 1000, 15)
-    check_dense("mamba2", MAMBA2, 3000, 13, cu_seqlens=[0, 1, 700, 2049, 3000])
-    check("mamba2", MAMBA2, 1024, False, 12)
-    check("mamba2", MAMBA2, 700, False, 15, varlen=True)
+def run_checks(quick, smoke=False):
+    """The correctness checks; ``smoke`` runs them on tiny shapes (CPU, Triton's interpreter) so
+    that CI exercises this script."""
+    m2, gdn = (dict(heads=4, groups=2, key_dim=16, value_dim=16), dict(heads=2, groups=2, key_dim=24, value_dim=32)) \
+        if smoke else (MAMBA2, GDN)
+    scale = 16 if smoke else 1  # lengths / 16 keep the same chunk-boundary crossings per 64 x 16
+    check_dense("mamba2", m2, 2048 // scale, 12)
+    check_dense("mamba2", m2, 1000 // scale, 15)
+    check_dense("mamba2", m2, 3000 // scale, 13, cu_seqlens=[0, 1, 700 // scale, 2049 // scale, 3000 // scale])
+    check("mamba2", m2, 1024 // scale, False, 12)
+    check("mamba2", m2, 700 // scale, False, 15, varlen=True)
     if not quick:
-        check_dense("gdn", GDN, 1000, 12, delta=True)
-        check_dense("gdn", GDN, 1500, 11, cu_seqlens=[0, 1, 700, 1500], delta=True)
-        check("gdn", GDN, 512, True, 12)
-        check("gdn", GDN, 400, True, 4, varlen=True)
+        check_dense("gdn", gdn, 1000 // scale, 12, delta=True)
+        check_dense("gdn", gdn, 1500 // scale, 11, cu_seqlens=[0, 1, 700 // scale, 1500 // scale], delta=True)
+        check("gdn", gdn, 512 // scale, True, 12)
+        check("gdn", gdn, 400 // scale, True, 4, varlen=True)
+
+
+def smoke():
+    """Every check on tiny shapes on CPU: what CI runs, so the GPU session finds a working script."""
+    global DEVICE
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        raise SystemExit("--smoke runs the Triton kernels on CPU: set TRITON_INTERPRET=1")
+    DEVICE = "cpu"
+    run_checks(quick=False, smoke=True)
+    if FAILED:
+        print("\n".join(["CHECKS FAILED:", *FAILED]), flush=True)
+        return 1
+    log(f"smoke: {len(ROWS)} checks passed")
+    return 0
 
 
 def main():
@@ -327,8 +349,11 @@ def main():
     parser.add_argument("--out", default=None)
     parser.add_argument("--lengths", default="2048,8192,16384,32768,65536")
     parser.add_argument("--skip-checks", action="store_true", help="timings only (the checks were run before)")
+    parser.add_argument("--smoke", action="store_true", help="the checks only, tiny shapes on CPU (TRITON_INTERPRET=1)")
     parser.add_argument("--long", default="", help="comma-separated T for log-linear Mamba-2 alone at B = 1 (e.g. 1048576)")
     args = parser.parse_args()
+    if args.smoke:
+        return smoke()
     import triton
 
     log(f"GPU {torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}")
