@@ -26,9 +26,9 @@ try:  # guarded: transformers checks every remote-code file's imports; this one 
 except ImportError:  # pragma: no cover
     triton = tl = None
 
-from ..levels import tl_capped_level, tl_chunk_reads_scan, tl_scan_level, tl_scan_run, tl_scan_window
+from ..levels import tl_capped_level, tl_chunk_reads_scan, tl_scan_level, tl_scan_run
 from .output_triton import _column
-from .scan_triton import recorded_decay, scan_program
+from .scan_triton import chunk_program, recorded_decay, reverse_scan_program
 
 
 @triton.jit
@@ -39,13 +39,9 @@ def level_scan_bwd_kernel(
     C: tl.constexpr, LOG_C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     ACC: tl.constexpr, PREC: tl.constexpr,
 ):
-    row, h, grp, js, dk, dv, km, vm, hv, hvm = scan_program(H, G, K, V, BK, BV)
-    i = tl.arange(0, C)
-    is_top = js == NJ - 1
-    col = tl_scan_level(js, NJ, L, LOG_C)
-    row64 = row.to(tl.int64)
-    js64 = js.to(tl.int64)
-    win = tl_scan_window(js, NJ, top_exp)
+    row64, h, grp, js, js64, dk, dv, km, vm, hv, hvm, i, is_top, col, win = reverse_scan_program(
+        NJ, L, top_exp, H, G, K, V, C, LOG_C, BK, BV
+    )
 
     dh = tl.zeros([BK, BV], dtype=ACC)  # gradient of the level state (top: of its closed part)
     dp = tl.zeros([BK, BV], dtype=ACC)  # top only: gradient of the pending window sum
@@ -85,15 +81,8 @@ def chunk_grad_kernel(
     C: tl.constexpr, LOG_C: tl.constexpr, LP: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     ACC: tl.constexpr, PREC: tl.constexpr,
 ):
-    pid_nc, h = tl.program_id(0), tl.program_id(1)
-    row, c = pid_nc // NC, pid_nc % NC
-    row64 = row.to(tl.int64)
-    grp = h // (H // G)
-    i = tl.arange(0, C)
-    dkk = tl.arange(0, BK)
+    row64, c, h, grp, i, tok, dkk, km = chunk_program(S, NC, H, G, K, C, BK)
     cols = tl.arange(0, LP)
-    km = dkk < K
-    tok = row64 * S + c * C + i
     ca = c.to(tl.int64)
 
     qt = tl.load(q + (tok[:, None] * G + grp) * K + dkk[None, :], mask=km[None, :], other=0.0).to(ACC)

@@ -21,6 +21,8 @@ try:  # guarded: transformers checks every remote-code file's imports; this one 
 except ImportError:  # pragma: no cover
     triton = tl = None
 
+from .scan_triton import chunk_program
+
 
 @triton.jit
 def ut_factors_kernel(
@@ -30,14 +32,8 @@ def ut_factors_kernel(
     C: tl.constexpr, LOG_C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     ACC: tl.constexpr, PREC: tl.constexpr,
 ):
-    pid_nc, h = tl.program_id(0), tl.program_id(1)
-    row, c = pid_nc // NC, pid_nc % NC
-    grp = h // (H // G)
-    i = tl.arange(0, C)
-    dk = tl.arange(0, BK)
-    tok = row.to(tl.int64) * S + c * C + i  # [C] slot index of each token in the chunk
-
-    kt = tl.load(k + (tok[:, None] * G + grp) * K + dk[None, :], mask=dk[None, :] < K, other=0.0).to(ACC)
+    row64, c, h, grp, i, tok, dk, km = chunk_program(S, NC, H, G, K, C, BK)
+    kt = tl.load(k + (tok[:, None] * G + grp) * K + dk[None, :], mask=km[None, :], other=0.0).to(ACC)
     gc = tl.load(g_cum + tok * H + h).to(ACC)
     bt = tl.load(beta + tok * H + h).to(ACC)
 
@@ -56,10 +52,10 @@ def ut_factors_kernel(
         x = x - tl.dot(xe, x, input_precision=PREC, out_dtype=ACC)
     ab = x * bt[None, :]
 
-    blk = (row.to(tl.int64) * NC + c) * H + h
+    blk = (row64 * NC + c) * H + h
     tl.store(a_inv + blk * C * C + i[:, None] * C + i[None, :], ab)
     wt = tl.dot(ab, kt * tl.exp(gc)[:, None], input_precision=PREC, out_dtype=ACC)
-    tl.store(w + (tok[:, None] * H + h) * K + dk[None, :], wt, mask=dk[None, :] < K)
+    tl.store(w + (tok[:, None] * H + h) * K + dk[None, :], wt, mask=km[None, :])
     for v0 in range(0, V, BV):
         dv = v0 + tl.arange(0, BV)
         vm = dv[None, :] < V

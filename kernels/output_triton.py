@@ -21,7 +21,7 @@ except ImportError:  # pragma: no cover
     triton = tl = None
 
 from ..levels import tl_bit_length, tl_capped_level, tl_chunk_reads_scan, tl_scan_level
-from .scan_triton import recorded_decay, state_slot
+from .scan_triton import chunk_program, recorded_decay, state_slot
 
 
 @triton.jit
@@ -38,16 +38,10 @@ def chunk_output_kernel(
     C: tl.constexpr, LOG_C: tl.constexpr, LP: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     DELTA: tl.constexpr, HAS_INIT: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
 ):
-    pid_nc, h, pid_v = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    row, c = pid_nc // NC, pid_nc % NC
-    row64 = row.to(tl.int64)
-    grp = h // (H // G)
-    i = tl.arange(0, C)
-    dk = tl.arange(0, BK)
-    dv = pid_v * BV + tl.arange(0, BV)
+    row64, c, h, grp, i, tok, dk, km = chunk_program(S, NC, H, G, K, C, BK)
+    dv = tl.program_id(2) * BV + tl.arange(0, BV)
+    vm = dv < V
     cols = tl.arange(0, LP)
-    km, vm = dk < K, dv < V
-    tok = row64 * S + c * C + i
 
     qt = tl.load(q + (tok[:, None] * G + grp) * K + dk[None, :], mask=km[None, :], other=0.0).to(ACC)
     kt = tl.load(k + (tok[:, None] * G + grp) * K + dk[None, :], mask=km[None, :], other=0.0).to(ACC)
@@ -73,7 +67,7 @@ def chunk_output_kernel(
         weights = tl.where(lev == lvl, _column(lam_t, cols, lvl)[:, None], weights)
     acc = tl.dot(p * weights, vt, input_precision=PREC, out_dtype=ACC)
 
-    cb = tl.load(base_chunk + row)
+    cb = tl.load(base_chunk + row64)
     ca = cb + c
     hv = dk[:, None] * V + dv[None, :]
     hvm = km[:, None] & vm[None, :]
@@ -88,7 +82,7 @@ def chunk_output_kernel(
     if HAS_INIT:
         if c == 0:
             pos = ca * C + i
-            e = tl_bit_length(pos ^ (tl.load(first_pos + row) - 1))
+            e = tl_bit_length(pos ^ (tl.load(first_pos + row64) - 1))
             for low_lvl in range(tl.minimum(LOG_C + 1, L - 1)):
                 low_src = low + ((row64 * H + h) * L + low_lvl) * K * V
                 low_hs = tl.load(low_src + hv, mask=hvm, other=0.0).to(ACC)

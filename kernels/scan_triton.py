@@ -28,7 +28,7 @@ try:  # guarded: transformers checks every remote-code file's imports; this one 
 except ImportError:  # pragma: no cover
     triton = tl = None
 
-from ..levels import tl_chunk_reads_scan, tl_scan_run, tl_scan_window
+from ..levels import tl_chunk_reads_scan, tl_scan_level, tl_scan_run, tl_scan_window
 
 
 @triton.jit
@@ -42,6 +42,29 @@ def scan_program(H: tl.constexpr, G: tl.constexpr, K: tl.constexpr, V: tl.conste
     dv = pid_v * BV + tl.arange(0, BV)
     km, vm = dk < K, dv < V
     return row, h, h // (H // G), js, dk, dv, km, vm, dk[:, None] * V + dv[None, :], km[:, None] & vm[None, :]
+
+
+@triton.jit
+def reverse_scan_program(NJ, L, top_exp, H: tl.constexpr, G: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+                         C: tl.constexpr, LOG_C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
+    """``scan_program`` plus what the backward scans walking a level in reverse read: whether
+    it is the top, its lambda column, its bucket window, int64 row and scan index, token offsets."""
+    row, h, grp, js, dk, dv, km, vm, hv, hvm = scan_program(H, G, K, V, BK, BV)
+    level = (js == NJ - 1, tl_scan_level(js, NJ, L, LOG_C), tl_scan_window(js, NJ, top_exp))
+    return (row.to(tl.int64), h, grp, js, js.to(tl.int64), dk, dv, km, vm, hv, hvm, tl.arange(0, C)) + level
+
+
+@triton.jit
+def chunk_program(S, NC, H: tl.constexpr, G: tl.constexpr, K: tl.constexpr, C: tl.constexpr, BK: tl.constexpr):
+    """What a program of a chunk-parallel grid (rows x chunks, heads[, value tiles]) works on:
+    its row (int64), chunk, head, q/k group, the chunk's slot offsets and token indices, and the
+    key offsets and mask. Shared by the UT, output and gradient kernels."""
+    pid_nc, h = tl.program_id(0), tl.program_id(1)
+    row, c = pid_nc // NC, pid_nc % NC
+    row64 = row.to(tl.int64)
+    i = tl.arange(0, C)
+    dk = tl.arange(0, BK)
+    return row64, c, h, h // (H // G), i, row64 * S + c * C + i, dk, dk < K
 
 
 @triton.jit
