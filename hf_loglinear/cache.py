@@ -14,8 +14,8 @@ API (read by both models):
   ``modules.ShortConvolution(..., output_state=True)`` (copied into the existing buffer). Both are
   defined here: transformers 5.17 lacks ``Cache.get_conv_state``.
 - ``cache.level_state(layer_idx)`` -> ``ops.LevelState`` sharing the cache's memory (levels
-  ``[B, H, L, K, V]`` fp32, position ``[B]`` int64) or None: ``loglinear_attention_step`` updates
-  it in place. ``cache.update_level_state(layer_idx, state)`` stores a prefill's final state.
+  ``[B, H, L, K, V]`` fp32, position ``[B]`` int64, log_scale ``[B, H, 2, L]``) or None:
+  ``loglinear_attention_step`` updates it in place. ``cache.update_level_state(layer_idx, state)`` stores a prefill's final state.
 - ``cache.advance(num_columns)``: the model calls it once per forward with the number of input
   columns consumed (pads included); ``get_seq_length()`` reports their total, which is what
   ``generate()`` compares with the attention mask when it continues from a returned cache.
@@ -64,6 +64,7 @@ class HierarchicalCacheLayer(LinearAttentionLayer):
         super().__init__(number_of_states=max(1, num_conv_states))
         self.num_conv_states = num_conv_states
         self.position: torch.Tensor | None = None
+        self.level_scale: torch.Tensor | None = None  # LevelState.log_scale of the level states
 
     # Decode steps go through the torch planner or kernels that are not capture-safe.
     @property
@@ -77,7 +78,7 @@ class HierarchicalCacheLayer(LinearAttentionLayer):
     def _tensors(self):
         tensors = [t for t in self.conv_states.values() if t is not None]
         tensors += [t for t in self.recurrent_states.values() if t is not None]
-        return tensors + ([self.position] if self.position is not None else [])
+        return tensors + [t for t in (self.position, self.level_scale) if t is not None]
 
     @staticmethod
     def _store(old, new, what):
@@ -106,6 +107,11 @@ class HierarchicalCacheLayer(LinearAttentionLayer):
             raise ValueError(f"level states are cached in float32 (float64 for float64 models), got {state.levels.dtype}")
         self.recurrent_states[0] = self._store(self.recurrent_states[0], state.levels, "level state")
         self.position = self._store(self.position, state.position, "position")
+        n, num_heads, num_levels = state.levels.shape[:3]
+        scale = state.log_scale
+        if scale is None:  # plain states (a prefill's): scale 0
+            scale = torch.zeros(n, num_heads, 2, num_levels, dtype=torch.float32, device=state.levels.device)
+        self.level_scale = self._store(self.level_scale, scale, "level scale")
         self.is_recurrent_states_initialized[0] = True
         self.has_previous_state = dict.fromkeys(self.has_previous_state, True)
         self.device = state.levels.device
@@ -114,12 +120,14 @@ class HierarchicalCacheLayer(LinearAttentionLayer):
     def level_state(self) -> LevelState | None:
         if self.recurrent_states[0] is None or not self.has_previous_state[0]:
             return None
-        return LevelState(self.recurrent_states[0], self.position)
+        return LevelState(self.recurrent_states[0], self.position, self.level_scale)
 
     def reset(self) -> None:
         super().reset()
         if self.position is not None:
             self.position.zero_()
+        if self.level_scale is not None:
+            self.level_scale.zero_()
 
     def _apply(self, fn):
         """Apply ``fn`` to every batch-first tensor (re-allocating: shapes may change)."""
@@ -130,6 +138,8 @@ class HierarchicalCacheLayer(LinearAttentionLayer):
                 self.recurrent_states[i] = fn(self.recurrent_states[i])
         if self.position is not None:
             self.position = fn(self.position)
+        if self.level_scale is not None:
+            self.level_scale = fn(self.level_scale)
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         self._apply(lambda t: t.index_select(0, beam_idx.to(t.device)))
@@ -144,11 +154,15 @@ class HierarchicalCacheLayer(LinearAttentionLayer):
         super().offload()
         if self.position is not None:
             self.position = self.position.to("cpu", non_blocking=True)
+        if self.level_scale is not None:
+            self.level_scale = self.level_scale.to("cpu", non_blocking=True)
 
     def prefetch(self):
         super().prefetch()
         if self.position is not None and self.position.device != self.device:
             self.position = self.position.to(self.device, non_blocking=True)
+        if self.level_scale is not None and self.level_scale.device != self.device:
+            self.level_scale = self.level_scale.to(self.device, non_blocking=True)
 
     @property
     def nbytes(self) -> int:

@@ -5,7 +5,7 @@
 
 Everything is counted from the config, exactly as the code allocates it:
 - log-linear decode state: ``HierarchicalCache`` holds L fp32 level states of K x V per head and
-  layer, whatever the context; "live" counts the levels that can be non-empty at that position
+  layer, whatever the context (plus the position and a per-level decay scale); "live" counts the levels that can be non-empty at that position
   (level 0, one per set bit of the position above the cap, the top), the traffic floor of a step;
 - log-linear prefill buffer: the Triton forward records the inter-chunk level states the chunks
   of 64 read (in the input dtype), the largest working buffer of prefill: under the delta rule
@@ -93,8 +93,9 @@ def decode_state_bytes(shape: Shape, seq_len: int, batch: int = 1, dtype: str = 
         levels = live_levels(seq_len, shape.num_levels) if live else shape.num_levels
     state = shape.heads * levels * shape.key_dim * shape.value_dim * 4
     conv = shape.conv_channels * (shape.conv_kernel - 1) * DTYPE_BYTES[dtype]
-    position = 8 if shape.kind == "loglinear" else 0  # int64 tokens seen, per row and layer
-    return shape.layers * batch * (state + conv + position)
+    # int64 tokens seen, and the decode step's per-level scale (two halves of L fp32 per head)
+    extra = 8 + shape.heads * 2 * shape.num_levels * 4 if shape.kind == "loglinear" else 0
+    return shape.layers * batch * (state + conv + extra)
 
 
 def prefill_buffer_bytes(shape: Shape, seq_len: int, batch: int = 1, dtype: str = "bfloat16") -> int:

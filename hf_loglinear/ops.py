@@ -30,10 +30,17 @@ class LevelState:
     """Level states of N sequences: ``levels`` ``[N, H, L, K, V]`` fp32, ``position`` ``[N]`` int64.
 
     ``position`` counts the tokens each sequence has consumed, so the next token sits there.
+
+    ``log_scale`` (``[N, H, 2, L]`` fp32 or None) is what the Triton decode step keeps so that,
+    under scalar decay, it rewrites only the levels that merge (SPEC §3): level l holds
+    ``levels[:, :, l] * exp(log_scale[:, :, position % 2, l])`` (-inf: empty). The step reads one
+    half and writes the other, so the programs of one launch never race on it. ``materialized()``
+    gives the plain states; every other path takes them from there.
     """
 
     levels: torch.Tensor
     position: torch.Tensor
+    log_scale: torch.Tensor | None = None
 
     @classmethod
     def zeros(cls, batch, num_heads, num_levels, key_dim, value_dim, device=None) -> "LevelState":
@@ -41,7 +48,27 @@ class LevelState:
         return cls(levels, torch.zeros(batch, dtype=torch.int64, device=device))
 
     def clone(self) -> "LevelState":
-        return LevelState(self.levels.clone(), self.position.clone())
+        scale = None if self.log_scale is None else self.log_scale.clone()
+        return LevelState(self.levels.clone(), self.position.clone(), scale)
+
+    def _factor(self) -> torch.Tensor:
+        """exp of the active half of ``log_scale``, ``[N, H, L, 1, 1]``."""
+        n, num_heads, _, num_levels = self.log_scale.shape
+        half = (self.position % 2).view(n, 1, 1, 1).expand(n, num_heads, 1, num_levels)
+        return self.log_scale.gather(2, half).squeeze(2).exp()[..., None, None].to(self.levels.dtype)
+
+    def materialized(self) -> "LevelState":
+        """The plain level states (a new state; this one when there is no scale)."""
+        if self.log_scale is None:
+            return self
+        return LevelState(self.levels * self._factor(), self.position)
+
+    def materialize_(self) -> "LevelState":
+        """Fold the scale into ``levels`` in place (the scale becomes 0)."""
+        if self.log_scale is not None:
+            self.levels.mul_(self._factor())
+            self.log_scale.zero_()
+        return self
 
     @property
     def num_levels(self) -> int:
@@ -108,6 +135,13 @@ def _check_state(state, name, n, num_heads, num_levels, key_dim, value_dim, devi
         )
     if state.levels.device != device or state.position.device != device:
         raise ValueError(f"{name} lives on {state.levels.device}, the inputs on {device}")
+    scale = state.log_scale
+    if scale is not None and (tuple(scale.shape) != (n, num_heads, 2, num_levels) or scale.dtype != torch.float32
+                              or scale.device != device):
+        raise ValueError(
+            f"{name}.log_scale must be float32 [N, H, 2, L] = {(n, num_heads, 2, num_levels)} on {device}, "
+            f"got {scale.dtype} {tuple(scale.shape)} on {scale.device}"
+        )
 
 
 def _check_cu_seqlens(cu_seqlens, q):
@@ -162,6 +196,7 @@ def loglinear_attention(
         _check_state(
             initial_state, "initial_state", n, v.shape[2], level_weights.shape[-1], q.shape[-1], v.shape[-1], q.device
         )
+        initial_state = initial_state.materialized()
     from .kernels.dispatch import get_backend
 
     fn = get_backend(_pick_backend(backend, q.device))
@@ -188,5 +223,7 @@ def loglinear_attention_step(state, q, k, v, g, level_weights, beta=None, backen
     _check_state(state, "state", q.shape[0], v.shape[1], level_weights.shape[-1], q.shape[-1], v.shape[-1], q.device)
     from .kernels.dispatch import get_step_backend
 
-    fn = get_step_backend(_pick_backend(backend, q.device))
-    return fn(state, q, k, v, g, level_weights, beta=beta)
+    name = _pick_backend(backend, q.device)
+    if name != "triton":  # only the Triton step keeps a scale (see LevelState)
+        state.materialize_()
+    return get_step_backend(name)(state, q, k, v, g, level_weights, beta=beta)

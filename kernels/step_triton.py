@@ -7,9 +7,14 @@ m = min(bit_length(t XOR (t-1)), L-1) into m), every level is transitioned (scal
 the delta rule as a rank-1 update alpha (S - beta k (k^T S))), level 0 receives the token, and
 the output sums lambda_l q^T S_l.
 
+Under scalar decay a level that does not merge only decays, so its decay goes into the state's
+``log_scale`` (``LevelState``) instead of memory: the step reads every live level once (the
+readout needs them) and writes two, level 0 and the merge level, where a step that rewrote the
+decayed levels would move twice the state. Emptied levels get scale -inf instead of a write of
+zeros. The delta rule changes every level, so it writes them all (scale 0).
+
 Levels that the Fenwick structure proves empty at t (level l >= 1 with bit l-1 of t clear, the
-top with nothing above it) are neither read nor written: a state built by prefill or by earlier
-steps holds zeros there, so skipping them is exact and cuts the traffic to the live levels.
+top with nothing above it) are not read: they hold zeros, or any finite values under scale -inf.
 """
 from __future__ import annotations
 
@@ -25,11 +30,18 @@ from ..levels import tl_capped_level
 
 
 @triton.jit
+def _live(lvl, t, merge, L):
+    """Whether level ``lvl`` can hold anything for token t (bit lvl - 1 of t, written on 2t so that
+    level 0 needs no special case; the top when anything lies above the cap)."""
+    return (lvl <= merge) | ((((2 * t) >> lvl) & 1) == 1) | ((lvl == L - 1) & (((2 * t) >> lvl) > 0))
+
+
+@triton.jit
 def decode_step_kernel(
-    levels, position, q, k, v, g, lam, beta, o,
+    levels, log_scale, position, q, k, v, g, lam, beta, o,
     L,
     H: tl.constexpr, G: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-    BK: tl.constexpr, BV: tl.constexpr, DELTA: tl.constexpr,
+    BK: tl.constexpr, BV: tl.constexpr, LP: tl.constexpr, DELTA: tl.constexpr,
 ):
     row, h, pid_v = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     row64 = row.to(tl.int64)
@@ -39,25 +51,28 @@ def decode_step_kernel(
     km, vm = dk < K, dv < V
     hv = dk[:, None] * V + dv[None, :]
     hvm = km[:, None] & vm[None, :]
+    cols = tl.arange(0, LP)
 
-    t = tl.load(position + row)
+    t = tl.load(position + row).to(tl.int64)
     merge = tl.where(t > 0, tl_capped_level(t, t - 1, L), 0)
     qt = tl.load(q + (row64 * G + grp) * K + dk, mask=km, other=0.0).to(tl.float32)
     kt = tl.load(k + (row64 * G + grp) * K + dk, mask=km, other=0.0).to(tl.float32)
     vt = tl.load(v + (row64 * H + h) * V + dv, mask=vm, other=0.0).to(tl.float32)
-    alpha = tl.exp(tl.load(g + row64 * H + h).to(tl.float32))
+    log_alpha = tl.load(g + row64 * H + h).to(tl.float32)
+    alpha = tl.exp(log_alpha)
     if DELTA:
         b = tl.load(beta + row64 * H + h).to(tl.float32)
         vt = b * vt
+    scales = log_scale + (row64 * H + h) * 2 * L
+    scale = tl.load(scales + (t % 2) * L + cols, mask=cols < L, other=0.0)
 
     out = tl.zeros([BV], dtype=tl.float32)
     below = tl.zeros([BK, BV], dtype=tl.float32)
     base = levels + (row64 * H + h) * L * K * V
     for lvl in range(L):
-        # bit lvl-1 of t, written on 2t so that level 0 needs no special case
-        live = (lvl <= merge) | ((((2 * t) >> lvl) & 1) == 1) | ((lvl == L - 1) & (((2 * t) >> lvl) > 0))
-        live = hvm & ((tl.zeros([BK, BV], dtype=tl.int32) + live.to(tl.int32)) > 0)
-        s = tl.load(base + lvl * K * V + hv, mask=live, other=0.0)
+        live = hvm & ((tl.zeros([BK, BV], dtype=tl.int32) + _live(lvl, t, merge, L).to(tl.int32)) > 0)
+        factor = tl.exp(tl.sum(tl.where(cols == lvl, scale, 0.0)))
+        s = tl.load(base + lvl * K * V + hv, mask=live, other=0.0) * factor
         if lvl < merge:
             below += s
             s = tl.zeros([BK, BV], dtype=tl.float32)
@@ -71,26 +86,41 @@ def decode_step_kernel(
         if lvl == 0:
             s += kt[:, None] * vt[None, :]
         out += tl.load(lam + (row64 * H + h) * L + lvl).to(tl.float32) * tl.sum(qt[:, None] * s, 0)
-        tl.store(base + lvl * K * V + hv, s, mask=live)
+        if DELTA:
+            tl.store(base + lvl * K * V + hv, s, mask=live)
+        elif (lvl == 0) | (lvl == merge):
+            tl.store(base + lvl * K * V + hv, s, mask=live)
     tl.store(o + (row64 * H + h) * V + dv, out.to(o.dtype.element_ty), mask=vm)
+
+    # the other half of the scale, for token t + 1 (every value tile writes the same numbers)
+    if DELTA:
+        new = tl.where(_live(cols, t, merge, L), 0.0, scale)
+    else:
+        emptied = (cols > 0) & (cols < merge)
+        new = tl.where(cols > merge, scale + log_alpha, tl.where(emptied, float("-inf"), 0.0))
+    tl.store(scales + ((t + 1) % 2) * L + cols, new, mask=cols < L)
 
 
 def step_loglinear_attention_triton(state, q, k, v, g, level_weights, beta=None):
-    """In-place decode step on a LevelState (fp32 levels); returns (o [N, H, V], state)."""
+    """In-place decode step on a LevelState (fp32 levels; a ``log_scale`` is attached on the
+    first step); returns (o [N, H, V], state)."""
     if state.levels.dtype != torch.float32 or not state.levels.is_contiguous():
         raise ValueError(
             f"the triton step needs contiguous float32 state.levels, got {state.levels.dtype} "
             f"(contiguous={state.levels.is_contiguous()}); use backend='torch' for float64 states"
         )
     n, num_heads, num_levels, key_dim, value_dim = state.levels.shape
+    if state.log_scale is None:
+        state.log_scale = torch.zeros(n, num_heads, 2, num_levels, dtype=torch.float32, device=state.levels.device)
     bk = max(16, triton.next_power_of_2(key_dim))
     bv = max(16, min(triton.next_power_of_2(value_dim), 4096 // bk))
     o = torch.empty(n, num_heads, value_dim, dtype=v.dtype, device=v.device)
     q, k, v, g, lam = (x.contiguous() for x in (q, k, v, g, level_weights))
     beta = None if beta is None else beta.contiguous()
     decode_step_kernel[(n, num_heads, triton.cdiv(value_dim, bv))](
-        state.levels, state.position, q, k, v, g, lam, g if beta is None else beta, o,
-        num_levels, H=num_heads, G=q.shape[1], K=key_dim, V=value_dim, BK=bk, BV=bv, DELTA=beta is not None,
+        state.levels, state.log_scale, state.position, q, k, v, g, lam, g if beta is None else beta, o,
+        num_levels, H=num_heads, G=q.shape[1], K=key_dim, V=value_dim, BK=bk, BV=bv,
+        LP=max(16, triton.next_power_of_2(num_levels)), DELTA=beta is not None,
     )
     state.position.add_(1)
     return o, state

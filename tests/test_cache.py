@@ -75,7 +75,8 @@ def _tensors(cache):
 
 def test_reset_and_size():
     cache = filled_cache(batch=3)
-    per_layer = 3 * 6 * 3 * 4 + 3 * 2 * 4 * 3 * 5 * 4 + 3 * 8
+    # conv state, level states, the levels' decode scale [B, H, 2, L] fp32, positions
+    per_layer = 3 * 6 * 3 * 4 + 3 * 2 * 4 * 3 * 5 * 4 + 3 * 2 * 2 * 4 * 4 + 3 * 8
     assert cache.nbytes == 2 * per_layer
     assert cache.get_seq_length() == 7 and "seen_tokens=7" in repr(cache)
     cache.reset()
