@@ -6,8 +6,10 @@ The interpreter (TRITON_INTERPRET=1, what the tests use) runs the kernels' Pytho
 compilation: a type error of the compiler, or a kernel asking for more shared memory than the
 GPU has (227 KB per block on sm_90), shows up only on a GPU. This script runs the real wrappers on
 CPU tensors with every launch replaced by a compile for sm_90 (nothing executes; results are
-garbage), at the ANCHORS.md head sizes, and prints each kernel's shared memory. It exits 1 when a
-kernel of a default path does not fit. ``--delta-backward`` adds the Gated DeltaNet Triton
+garbage), at the ANCHORS.md head sizes, and prints each kernel's shared memory, registers per
+thread and local-memory stack (spills: 255 registers and a stack mean the kernel spills; from
+``cuobjdump --dump-resource-usage`` on its cubin). It exits 1 when a kernel of a default path
+does not fit the shared memory. ``--delta-backward`` adds the Gated DeltaNet Triton
 backward (opt-in on CUDA): compiled, reported, and then required to fit. A cold compile of all
 of it takes minutes; CI runs the default paths in bf16.
 """
@@ -15,7 +17,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
+import subprocess
 import sys
+import tempfile
 
 os.environ.pop("TRITON_INTERPRET", None)  # compile, do not interpret
 
@@ -61,10 +66,27 @@ def compile_instead_of_launching(record):
 
     def compile_only(self, *args, grid, warmup, **kwargs):
         kernel = run(self, *args, grid=grid, warmup=True, **kwargs)
-        record.append((self.__name__, kernel.metadata.shared))
+        record.append((self.__name__, kernel.metadata.shared, *resource_usage(kernel.asm["cubin"])))
         return kernel
 
     JITFunction.run = compile_only
+
+
+def resource_usage(cubin: bytes) -> tuple[int, int]:
+    """(registers per thread, stack bytes) of a compiled kernel, read with the cuobjdump Triton
+    ships; (-1, -1) where it cannot say."""
+    import triton.backends.nvidia as nvidia
+
+    tool = os.path.join(os.path.dirname(nvidia.__file__), "bin", "cuobjdump")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        try:
+            out = subprocess.run([tool, "--dump-resource-usage", f.name], capture_output=True, text=True).stdout
+        except OSError:
+            return -1, -1
+    found = re.search(r"REG:(\d+) STACK:(\d+)", out)
+    return (int(found.group(1)), int(found.group(2))) if found else (-1, -1)
 
 
 def _inputs(length, G, H, K, V, delta, dtype, num_levels=12):
@@ -112,7 +134,8 @@ def main():
     # as on CUDA (the tensors here are CPU ones, for which it is on): opt-in
     chunk_triton._delta_backward_enabled = lambda x: args.delta_backward
     failed = []
-    print("| variant | inputs | path | kernel | shared KB | fits sm_90 (227 KB) |\n|---|---|---|---|---|---|")
+    print("| variant | inputs | path | kernel | shared KB | fits sm_90 (227 KB) | registers | stack B |\n"
+          "|---|---|---|---|---|---|---|---|")
     for variant in SHAPES:
         for dtype in (getattr(torch, name) for name in args.dtypes.split(",")):
             record = []
@@ -120,12 +143,12 @@ def main():
             forward, backward = exercise(variant, dtype, record)
             # without --delta-backward the GDN backward recomputes in torch: no kernel of its own
             for path, kernels in (("forward + step", forward), ("training", backward)):
-                for name, shared in sorted(set(kernels)):
+                for name, shared, regs, stack in sorted(set(kernels)):
                     fits = shared <= SHARED_LIMIT
                     if not fits:
                         failed.append(f"{variant} {dtype} {name}: {shared} bytes of shared memory")
                     print(f"| {variant} K={SHAPES[variant]['K']} V={SHAPES[variant]['V']} | {str(dtype)[6:]} | {path} | "
-                          f"{name} | {shared / 1024:.0f} | {'yes' if fits else 'NO'} |", flush=True)
+                          f"{name} | {shared / 1024:.0f} | {'yes' if fits else 'NO'} | {regs} | {stack} |", flush=True)
     if failed:
         print("\n".join(["does not fit an H100/H200:", *failed]))
         return 1
