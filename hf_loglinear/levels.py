@@ -63,6 +63,14 @@ def merge_level(t: int, num_levels: int) -> int:
     return min((t ^ (t - 1)).bit_length(), num_levels - 1)
 
 
+def inter_chunk_scans(last_chunk: int, num_levels: int, chunk: int) -> tuple[int, int]:
+    """(number of scans, top_exp) of the chunked kernels for chunks of ``chunk`` tokens up to
+    absolute chunk ``last_chunk``: one scan per inter-chunk level a chunk index can reach below
+    the capped top, plus the top, which holds every bucket of more than 2^top_exp chunks."""
+    top_exp = max(0, num_levels - 2 - (chunk.bit_length() - 1))
+    return min(top_exp, last_chunk.bit_length()) + 1, top_exp
+
+
 def scan_slot_sizes(num_chunks: int, num_scans: int, top_exp: int) -> list[int]:
     """Slots one row of the chunked kernels keeps per inter-chunk scan (scalar decay).
 

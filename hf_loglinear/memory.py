@@ -21,7 +21,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .levels import levels_for_length, scan_slot_sizes
+from .levels import inter_chunk_scans, levels_for_length, scan_slot_sizes
 
 CHUNK = 64
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -103,9 +103,7 @@ def prefill_buffer_bytes(shape: Shape, seq_len: int, batch: int = 1, dtype: str 
     if shape.kind != "loglinear":
         return 0
     chunks = -(-seq_len // CHUNK)
-    log_c = CHUNK.bit_length() - 1
-    top_exp = max(0, shape.num_levels - 2 - log_c)
-    scans = min(top_exp, max(0, chunks - 1).bit_length()) + 1
+    scans, top_exp = inter_chunk_scans(chunks - 1, shape.num_levels, CHUNK)
     slots = chunks * scans if shape.delta_rule else sum(scan_slot_sizes(chunks, scans, top_exp))
     return batch * slots * shape.heads * shape.key_dim * shape.value_dim * DTYPE_BYTES[dtype]
 

@@ -37,7 +37,7 @@ try:  # guarded: transformers checks every remote-code file's imports; this one 
 except ImportError:  # pragma: no cover
     triton = tl = None
 
-from ..levels import level_tensor, relevel, scan_run, scan_slot_sizes
+from ..levels import inter_chunk_scans, level_tensor, relevel, scan_run, scan_slot_sizes
 from .block import block_terms, level_split
 from .chunk import chunk_loglinear_attention
 from .intra_triton import ut_factors_kernel
@@ -231,8 +231,7 @@ def _scan(rows, dtype, consts, num_levels, initial_state, chunk):
             rows.k, rows.v, g_cum, rows.beta, a_inv, w, vu, slots, nc, LOG_C=log_c, BV=bv, **consts
         )
 
-    top_exp = max(0, num_levels - 2 - log_c)  # inter-chunk levels below the capped top
-    num_js = min(top_exp, rows.max_chunk.bit_length()) + 1
+    num_js, top_exp = inter_chunk_scans(rows.max_chunk, num_levels, chunk)
     state_dtype = acc_dtype if dtype in (torch.float32, torch.float64) else dtype
     num_slots = nc * num_js if delta else sum(scan_slot_sizes(nc, num_js, top_exp))
     states = torch.empty(n, num_slots, num_heads, key_dim, value_dim, dtype=state_dtype, device=dev)
@@ -293,10 +292,10 @@ class _Backward:
         self.num_heads, self.key_dim, self.value_dim = v.shape[2], q.shape[3], v.shape[3]
         self.num_levels = lam.shape[-1]
         self.log_c = chunk.bit_length() - 1
-        self.top_exp = max(0, self.num_levels - 2 - self.log_c)
         self.consts = _consts(q.dtype, self.num_heads, q.shape[2], self.key_dim, self.value_dim, chunk)
         self.g_cum, self.a_inv, self.w, self.recorded, _ = _scan(rows, q.dtype, self.consts, self.num_levels, None, chunk)
         self.states = self.recorded.states  # the delta rule's layout: [N, NC * NJ, H, K, V]
+        self.top_exp = self.recorded.top_exp
         self.do = rows.slots(do)
         self.n, self.nc, self.slots, self.num_js = rows.num_rows, rows.num_chunks, rows.q.shape[1], self.recorded.num_scans
         self.bv = min(_block(self.value_dim), 64)

@@ -23,15 +23,17 @@ def test_step_matches_recurrence(delta, num_levels):
     _, state = chunk_loglinear_attention(*prefix, output_final_state=True)
     state.levels[1] = 0
     state.position[1] = 0
-    ref_levels, ref_pos = state.levels.clone(), state.position.clone()
+    ref_levels, ref_pos = state.levels.double(), state.position.clone()  # the recurrence in float64
     for _ in range(20):  # 127 -> 147 crosses 128, where levels up to 8 merge
         x = [rand(rows, groups, key_dim), unit(rows, groups, key_dim), rand(rows, heads, value_dim), decay(rows, heads),
              uniform(rows, heads, num_levels), uniform(rows, heads) if delta else None]
         before = state.levels.clone()
         o, state = loglinear_attention_step(state, *x[:5], beta=x[5], backend="triton")
-        o_ref, ref_levels = recurrent_step(ref_levels, ref_pos, *x[:5], beta=x[5])
+        o_ref, ref_levels = recurrent_step(ref_levels, ref_pos, *[a if a is None else a.double() for a in x[:5]],
+                                           beta=None if x[5] is None else x[5].double())
+        # fp32 kernel vs float64: 20 steps of fp32 rounding of states of O(10) entries
         assert (o - o_ref).abs().max() <= 1e-5 * o_ref.abs().max()
-        levels = state.materialized().levels
+        levels = state.materialized().levels.double()
         assert (levels - ref_levels).abs().max() <= 1e-5 * ref_levels.abs().max()
         if not delta:  # scalar decay writes level 0 and the merge level only; the rest keep their bytes
             merge = levels_mod.bit_length((ref_pos ^ (ref_pos - 1)).clamp_min(0)).clamp_max(num_levels - 1)
