@@ -201,6 +201,15 @@ def _final_state(rows, recorded, o_dtype, initial_state, num_heads, num_levels, 
     return LevelState(final if o_dtype == torch.float64 else final.float(), end.clone())
 
 
+def _dot_dtype(dtype, delta):
+    """Operand dtype of the scalar-decay kernels' products (``scan_triton.mma``): half inputs
+    go to the tensor cores as they are; the delta rule keeps tf32 (its UT inverse and W factors
+    would lose too much at 2^-9)."""
+    if (delta and os.environ.get("HF_LOGLINEAR_DELTA_BF16") != "1") or dtype not in (torch.bfloat16, torch.float16):
+        return _acc(dtype)
+    return tl.bfloat16 if dtype == torch.bfloat16 else tl.float16
+
+
 def _consts(dtype, num_heads, num_groups, key_dim, value_dim, chunk):
     """Launch constants shared by the forward and backward kernels."""
     acc, prec = _acc(dtype), ("ieee" if dtype in (torch.float32, torch.float64) else "tf32")
@@ -251,7 +260,8 @@ def _scan(rows, dtype, consts, num_levels, initial_state, chunk):
     bv_scan = 32 if bk > 128 else bv  # keeps the fp32 W / state tiles within shared memory
     level_scan_kernel[(n * num_heads, num_js, triton.cdiv(value_dim, bv_scan))](
         rows.k, vu, w if delta else rows.k, g_cum, states, h0, p0, low_sum, base_chunk,
-        slots, nc, num_js, num_slots, top_exp, BV=bv_scan, DELTA=delta, HAS_INIT=has_init, **consts,
+        slots, nc, num_js, num_slots, top_exp, BV=bv_scan, DELTA=delta, HAS_INIT=has_init, DOT=_dot_dtype(dtype, delta),
+        **consts,
     )
     return g_cum, a_inv, w, recorded, low
 
@@ -273,7 +283,8 @@ def _forward(q, k, v, g, lam, beta, cu_seqlens, initial_state, output_final_stat
     chunk_output_kernel[(n * nc, num_heads, triton.cdiv(value_dim, bv))](
         rows.q, rows.k, rows.v, g_cum, rows.lam, a_inv if delta else g_cum, w if delta else g_cum, states, chunk_g,
         low, rows.base // chunk, rows.start, o, slots, nc, num_js, num_slots, top_exp, num_levels,
-        LOG_C=log_c, LP=_block(num_levels), BV=bv, DELTA=delta, HAS_INIT=initial_state is not None, **consts,
+        LOG_C=log_c, LP=_block(num_levels), BV=bv, DELTA=delta, HAS_INIT=initial_state is not None,
+        DOT=_dot_dtype(q.dtype, delta), **consts,
     )
     out = rows.output(o, batch, length)
     if not output_final_state:
@@ -306,7 +317,7 @@ class _Backward:
 
     def tokens(self, grads):
         """Per-slot gradients [N, S, ...] -> per token in each input's dtype; the first two (q, k)
-        are per head and summed over the heads of their group."""
+        are per head or per group; per-head ones are summed over the heads of their group."""
         batch, length, num_groups = self.inputs[0].shape[:3]
 
         def per_group(x):
@@ -329,20 +340,28 @@ def _backward_scalar(q, k, v, g, lam, do, cu_seqlens, chunk=CHUNK):
 
     b = _Backward(q, k, v, g, lam, None, do, cu_seqlens, chunk)
     rows, nh, nk, nv = b.rows, b.num_heads, b.key_dim, b.value_dim
+    dot = _dot_dtype(q.dtype, False)
     dsrc = b.new(b.nc, nh, nk, nv).zero_()
     level_scan_bwd_kernel[(b.n * nh, b.num_js, triton.cdiv(nv, b.bv))](
         rows.q, b.g_cum, rows.lam, b.do, dsrc, b.slots, b.nc, b.num_js, b.num_levels, b.top_exp,
-        LOG_C=b.log_c, BV=b.bv, **b.consts,
+        LOG_C=b.log_c, BV=b.bv, DOT=dot, **b.consts,
     )
-    dq, dk, dv = b.new(b.slots, nh, nk), b.new(b.slots, nh, nk), b.new(b.slots, nh, nv)
-    dlam, dacc = b.new(b.slots, nh, b.num_levels), b.new(b.slots, nh)
+    # dq, dk of the heads sharing a q/k group are summed by fp32 atomics into one [S, G, K] buffer
+    # (per-head buffers would take H/G times the memory: 51 GB at 1M tokens, 48 heads, G = 1; on
+    # the H200 the atomics cost no measurable time against them).
+    num_groups = b.consts["G"]
+    dq, dk = (b.new(b.slots, num_groups, nk) for _ in range(2))
+    if num_groups < nh:
+        dq.zero_(), dk.zero_()
+    dv = torch.empty(b.n, b.slots, nh, nv, dtype=v.dtype, device=q.device)
+    dlam, dacc = b.new(b.slots, nh, b.num_levels), b.new(nh, b.slots)
     states, chunk_g, num_js, num_slots, top_exp = b.recorded.kernel_args()
     chunk_grad_kernel[(b.n * b.nc, nh)](
         rows.q, rows.k, rows.v, b.g_cum, rows.lam, b.do, states, chunk_g, dsrc, dq, dk, dv, dlam, dacc,
         b.slots, b.nc, num_js, num_slots, top_exp, b.num_levels, LOG_C=b.log_c, LP=_block(b.num_levels), BV=b.bv,
-        **{**b.consts, "num_warps": 8},  # six [C, K] fp32 tiles live at once
+        QK=num_groups, DOT=dot, **{**b.consts, "num_warps": int(os.environ.get("HF_LOGLINEAR_GRAD_WARPS", "8"))},  # six [C, K] fp32 tiles live at once
     )
-    dg = dacc.flip(1).cumsum(1).flip(1)
+    dg = dacc.flip(-1).cumsum(-1).flip(-1).transpose(1, 2)
     return b.tokens((dq, dk, dv, dg, dlam))
 
 

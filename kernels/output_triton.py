@@ -21,7 +21,7 @@ except ImportError:  # pragma: no cover
     triton = tl = None
 
 from ..levels import tl_bit_length, tl_capped_level, tl_chunk_reads_scan, tl_scan_level
-from .scan_triton import chunk_program, recorded_decay, state_slot
+from .scan_triton import chunk_program, mma, recorded_decay, state_slot
 
 
 @triton.jit
@@ -36,7 +36,7 @@ def chunk_output_kernel(
     S, NC, NJ, NSLOT, top_exp, L,
     H: tl.constexpr, G: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     C: tl.constexpr, LOG_C: tl.constexpr, LP: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    DELTA: tl.constexpr, HAS_INIT: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
+    DELTA: tl.constexpr, HAS_INIT: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr, DOT: tl.constexpr,
 ):
     row64, c, h, grp, i, tok, dk, km = chunk_program(S, NC, H, G, K, C, BK)
     dv = tl.program_id(2) * BV + tl.arange(0, BV)
@@ -51,21 +51,21 @@ def chunk_output_kernel(
 
     causal = i[:, None] >= i[None, :]
     gamma = tl.exp(tl.where(causal, gc[:, None] - gc[None, :], 0.0))
-    qk = tl.where(causal, tl.dot(qt, tl.trans(kt), input_precision=PREC, out_dtype=ACC) * gamma, 0.0)
+    qk = tl.where(causal, mma(qt, tl.trans(kt), DOT, PREC, ACC) * gamma, 0.0)
     qt = qt * tl.exp(gc)[:, None]
     p = qk
     if DELTA:
         blk = (row64 * NC + c) * H + h
         ab = tl.load(a_inv + blk * C * C + i[:, None] * C + i[None, :]).to(ACC)
-        p = tl.dot(qk, ab, input_precision=PREC, out_dtype=ACC)
+        p = mma(qk, ab, DOT, PREC, ACC)
         wt = tl.load(w + (tok[:, None] * H + h) * K + dk[None, :], mask=km[None, :], other=0.0).to(ACC)
-        qt = qt - tl.dot(qk, wt, input_precision=PREC, out_dtype=ACC)
+        qt = qt - mma(qk, wt, DOT, PREC, ACC)
 
     lev = tl_capped_level(i[:, None], i[None, :], L)
     weights = tl.zeros([C, C], dtype=ACC)
     for lvl in tl.static_range(LOG_C + 1):
         weights = tl.where(lev == lvl, _column(lam_t, cols, lvl)[:, None], weights)
-    acc = tl.dot(p * weights, vt, input_precision=PREC, out_dtype=ACC)
+    acc = mma(p * weights, vt, DOT, PREC, ACC)
 
     cb = tl.load(base_chunk + row64)
     ca = cb + c
@@ -78,7 +78,7 @@ def chunk_output_kernel(
             weight = _column(lam_t, cols, tl_scan_level(js, NJ, L, LOG_C))
             if not DELTA:
                 weight = weight * recorded_decay(chunk_g, row64, NC, H, h, c, first, ACC)
-            acc += weight[:, None] * tl.dot(qt, hs, input_precision=PREC, out_dtype=ACC)
+            acc += weight[:, None] * mma(qt, hs, DOT, PREC, ACC)
     if HAS_INIT:
         if c == 0:
             pos = ca * C + i
@@ -88,5 +88,5 @@ def chunk_output_kernel(
                 low_hs = tl.load(low_src + hv, mask=hvm, other=0.0).to(ACC)
                 low_col = tl.minimum(tl.maximum(e, low_lvl), L - 1)
                 low_w = _column(lam_t, cols, low_col[:, None])
-                acc += low_w[:, None] * tl.dot(qt, low_hs, input_precision=PREC, out_dtype=ACC)
+                acc += low_w[:, None] * mma(qt, low_hs, DOT, PREC, ACC)
     tl.store(o + (tok[:, None] * H + h) * V + dv[None, :], acc.to(o.dtype.element_ty), mask=vm[None, :])

@@ -22,6 +22,8 @@ the first chunk's contribution.
 """
 from __future__ import annotations
 
+import os
+
 try:  # guarded: transformers checks every remote-code file's imports; this one loads only with triton
     import triton
     import triton.language as tl
@@ -29,6 +31,8 @@ except ImportError:  # pragma: no cover
     triton = tl = None
 
 from ..levels import tl_chunk_reads_scan, tl_scan_level, tl_scan_run, tl_scan_window
+
+_INTERPRETED = tl.constexpr(os.environ.get("TRITON_INTERPRET") == "1") if tl is not None else False
 
 
 @triton.jit
@@ -89,13 +93,36 @@ def recorded_decay(chunk_g, row64, NC, H: tl.constexpr, h, c, first, ACC: tl.con
 
 
 @triton.jit
-def _push(hs, kd, wt, ut, decay, add, DELTA: tl.constexpr, PREC: tl.constexpr, ACC: tl.constexpr):
+def mma(a, b, DOT: tl.constexpr, PREC: tl.constexpr, ACC: tl.constexpr):
+    """a @ b accumulated in ACC from operands rounded to DOT. Under scalar decay with half
+    inputs DOT is the input dtype: the tensor cores run at twice the tf32 rate and the operand
+    tiles take half the registers; products of inputs stay exact, derived factors (decayed keys,
+    level-weighted scores, states) round to 2^-9 as the recorded states already do."""
+    if _INTERPRETED and DOT == tl.bfloat16:
+        # The interpreter's bf16 dot returns garbage and its fp32 -> bf16 cast truncates (triton
+        # 3.9): round to nearest even as the GPU does and multiply in fp32.
+        a, b = _round_bf16(a.to(tl.float32)), _round_bf16(b.to(tl.float32))
+    else:
+        a, b = a.to(DOT), b.to(DOT)
+    return tl.dot(a, b, input_precision=PREC, out_dtype=ACC)
+
+
+@triton.jit
+def _round_bf16(x):
+    """fp32 -> the nearest bf16 value (ties to even), still stored as fp32."""
+    bits = x.to(tl.uint32, bitcast=True)
+    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+    return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _push(hs, kd, wt, ut, decay, add, DELTA: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr, ACC: tl.constexpr):
     """State [BK, BV] through one chunk, plus ``add`` times the chunk's contribution."""
     if DELTA:
-        vnew = add * ut - tl.dot(wt, hs, input_precision=PREC, out_dtype=ACC)
+        vnew = add * ut - mma(wt, hs, DOT, PREC, ACC)
     else:
         vnew = add * ut
-    return decay * hs + tl.dot(tl.trans(kd), vnew, input_precision=PREC, out_dtype=ACC)
+    return decay * hs + mma(tl.trans(kd), vnew, DOT, PREC, ACC)
 
 
 @triton.jit
@@ -104,7 +131,7 @@ def level_scan_kernel(
     S, NC, NJ, NSLOT, top_exp,
     H: tl.constexpr, G: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    DELTA: tl.constexpr, HAS_INIT: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
+    DELTA: tl.constexpr, HAS_INIT: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr, DOT: tl.constexpr,
 ):
     row, h, grp, js, dk, dv, km, vm, hv, hvm = scan_program(H, G, K, V, BK, BV)
     i = tl.arange(0, C)
@@ -153,12 +180,12 @@ def level_scan_kernel(
                 wt = tl.load(w + (tok[:, None] * H + h) * K + dk[None, :], mask=km[None, :], other=0.0).to(ACC)
             if is_top:
                 if DELTA:
-                    hs = _push(hs, kd, wt, ut, decay, 0.0, DELTA, PREC, ACC)
+                    hs = _push(hs, kd, wt, ut, decay, 0.0, DELTA, DOT, PREC, ACC)
                 else:
                     hs = decay * hs
-                ps = _push(ps, kd, wt, ut, decay, 1.0, DELTA, PREC, ACC)
+                ps = _push(ps, kd, wt, ut, decay, 1.0, DELTA, DOT, PREC, ACC)
             else:
-                hs = _push(hs, kd, wt, ut, decay, tl.where(bit == 1, 0.0, 1.0), DELTA, PREC, ACC)
+                hs = _push(hs, kd, wt, ut, decay, tl.where(bit == 1, 0.0, 1.0), DELTA, DOT, PREC, ACC)
         else:
             hs = decay * hs
         if (ca & win) == win:

@@ -87,6 +87,27 @@ def test_masked_tiles_and_partial_gradients(monkeypatch):
     _check(got, ref, 1e-12)
 
 
+def test_bf16_inputs(monkeypatch):
+    """q, k, v in bf16 (decay and level weights fp32), as the models run on GPUs: products take
+    bf16 operands (``scan_triton.mma``, the GPU's rounding emulated under the interpreter) and
+    the recorded states and o are bf16. Tolerance 2e-2 relative to the largest reference value:
+    about five roundings of 2^-9; dg, a reverse sum along the row of q.dq - k.dk, is the largest
+    on the H200 (1.2e-2 at T = 2048), dv here (7e-3). G = 2 over 4 heads, 200 tokens."""
+    x, do = _inputs(200, 2, 4, 10, torch.float64, seed=7, key_dim=32, value_dim=32, batch=1)
+    x = [a.to(torch.bfloat16) if i < 3 else a.float() for i, a in enumerate(x)]
+    outs = []
+    for fn, cast in ((chunk_loglinear_attention, lambda a: a.double()), (chunk_loglinear_attention_triton, lambda a: a)):
+        leaves = [cast(a).detach().requires_grad_() for a in x]
+        o, _ = fn(*leaves)
+        (o.double() * do).sum().backward()
+        outs.append([o] + [a.grad for a in leaves])
+        _no_recompute(monkeypatch)
+    (o_ref, *ref), (o, *got) = outs
+    assert o.dtype == torch.bfloat16 and [a.dtype for a in got] == [a.dtype for a in x]
+    assert ((o.double() - o_ref).abs().max() / o_ref.abs().max()).item() < 2e-2
+    _check(got, ref, 2e-2)
+
+
 def test_other_cases_still_recompute():
     """Final-state output takes the recomputation path and stays correct (with a final-state cotangent)."""
     x, do = _inputs(70, 1, 2, 5, torch.float64, seed=2)
