@@ -11,13 +11,15 @@ cumulative log decay, Gamma[t, s] = exp(G_t - G_s) for s <= t::
 and every inter-chunk level state h goes through chunk c as h -> M h (+ X if chunk c adds to that
 level), M = e^(G_end) I - Kd^T W, X = Kd^T U.
 
-Three launches:
+Four launches:
 1. ``readout_query_kernel``: Qt per token (the reverse scans need it at every level).
 2. ``level_scan_bwd_delta_kernel`` (grid rows x heads x levels x V tiles): the forward scan in
    reverse, dh -> M^T dh = e^(G_end) dh - W^T (Kd dh), plus (lambda Qt)^T dO where the chunk reads
    the level. It stores dh' (the gradient of the state just after chunk c's transition) for every
    chunk and level, and the top scan also that of its pending window sum (slot NJ).
-3. ``chunk_grad_delta_kernel`` (grid chunks x heads): everything else, chunk-local.
+3. ``state_pairs_kernel`` (grid chunks x heads x key tiles^2): D per chunk (below), one key-tile
+   block of it per program, and dX into slot NJ + 1.
+4. ``chunk_grad_delta_kernel`` (grid chunks x heads): everything else, chunk-local.
 
 The transition's gradient needs sum over every state h passing chunk c of h dh'^T, and the
 forward records h only where chunk c reads it. The others are sums of recorded ones: a level
@@ -26,8 +28,19 @@ window before c), and the top's pending sum all of the non-top levels it reads. 
 levels downwards with ``run`` = dp' + the dh' of the non-read levels above, a read level js pairs
 its recorded state with E_js = dh'_js + run (the top with its own dh' only), and the chunk's own
 contribution X, which lands exactly in the non-read levels and the pending sum, gets dX = run at
-the bottom. With D = sum_js S_js E_js^T: dKd -= W D, dW -= Kd D^T, d e^(G_end) = tr D, taken per
-level without forming the K x K matrix D.
+the bottom. With D = sum_js S_js E_js^T [K, K]: dKd -= W D, dW -= Kd D^T, d e^(G_end) = tr D.
+D goes through global memory (K^2 floats a chunk and head, less than one state): forming it
+costs K^2 V per level against 4 C K V for the per-level products W S_js E_js^T and
+Kd E_js S_js^T, and it leaves the gradient kernel no product that contracts over both keys
+and values.
+
+Shared memory (227 KB a block on H100/H200): at K = 192 (BK = 256) one [C, BK] fp32 tile is
+64 KB. So the chunk-parallel kernels walk the keys in tiles of at most 64 (``BKT``) and the
+values in tiles of at most 64: the gradient kernel makes a value pass (dV, dO v^T, dU), a key
+pass (dQt, dKd, dW, the direct q / k terms and their [C, C] sums dQK, dAb), the [C, C] chain
+through the UT inverse, and a last key pass adding dQK and dKK through k and q. The reverse
+scan's transition mixes all keys, so it holds [C, BK] tiles of W, Kd and lambda Qt; it runs
+unpipelined (one stage: the prefetch buffers would triple them) and with narrow value tiles.
 
 Chunk-local chain (checked against autograd on one chunk before writing the kernel):
 dQt = sum_js lambda_js dO S_js^T; dP = (dO v^T) * Lambda; dQK = dP Ab^T - dQt W^T;

@@ -369,21 +369,18 @@ def _backward_delta(q, k, v, g, lam, beta, do, cu_seqlens, chunk=CHUNK):
         rows.k, b.w, qt, b.g_cum, rows.lam, b.do, dstates, b.slots, b.nc, b.num_js, b.num_levels, b.top_exp,
         LOG_C=b.log_c, BV=bv_scan, **{**b.consts, "num_stages": 1},
     )
-    # The chunk-parallel stages walk the keys in tiles of 64: no [C, K] tile of a wide head.
-    bkt = min(b.consts["BK"], 64)
-    tiles = triton.cdiv(nk, bkt)
+    # The chunk-parallel stages walk the keys in tiles of 64 (no [C, K] tile of a wide head); the
+    # gradient kernel's loads are double- rather than triple-buffered (168 KB in bf16 at K = 192).
+    tiled = dict(H=nh, K=nk, V=nv, BKT=min(b.consts["BK"], 64), BV=b.bv, ACC=b.consts["ACC"], PREC=b.consts["PREC"])
+    tiles = triton.cdiv(nk, tiled["BKT"])
     pairs = b.new(b.nc, nh, nk, nk)
-    state_pairs_kernel[(b.n * b.nc, nh, tiles * tiles)](
-        b.states, dstates, pairs, b.nc, b.num_js, H=nh, K=nk, V=nv, BKT=bkt, BV=b.bv,
-        ACC=b.consts["ACC"], PREC=b.consts["PREC"], num_warps=4,
-    )
+    state_pairs_kernel[(b.n * b.nc, nh, tiles * tiles)](b.states, dstates, pairs, b.nc, b.num_js, **tiled, num_warps=4)
     dq, dk, dv = b.new(b.slots, nh, nk), b.new(b.slots, nh, nk), b.new(b.slots, nh, nv)
     dlam, dbeta, dgc = b.new(b.slots, nh, b.num_levels), b.new(b.slots, nh), b.new(b.slots, nh)
     chunk_grad_delta_kernel[(b.n * b.nc, nh)](
         rows.q, rows.k, rows.v, b.g_cum, rows.beta, rows.lam, b.a_inv, b.w, qt, b.do, b.states, dstates, pairs,
         dq, dk, dv, dlam, dbeta, dgc, b.slots, b.nc, b.num_js, b.num_levels,
-        LOG_C=b.log_c, LP=_block(b.num_levels), BKT=bkt, BV=b.bv,
-        **{**{n: x for n, x in b.consts.items() if n != "BK"}, "num_warps": 4},
+        G=b.consts["G"], C=chunk, LOG_C=b.log_c, LP=_block(b.num_levels), **tiled, num_warps=8, num_stages=2,
     )
     dg = dgc.view(b.n, b.nc, chunk, nh).flip(2).cumsum(2).flip(2).view(b.n, b.slots, nh)
     return b.tokens((dq, dk, dv, dg, dlam, dbeta))
