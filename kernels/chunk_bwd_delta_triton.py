@@ -12,7 +12,8 @@ and every inter-chunk level state h goes through chunk c as h -> M h (+ X if chu
 level), M = e^(G_end) I - Kd^T W, X = Kd^T U.
 
 Four launches:
-1. ``readout_query_kernel``: Qt per token (the reverse scans need it at every level).
+1. ``readout_query_kernel`` (grid chunks x heads): Qt per token (the reverse scans need it at
+   every level).
 2. ``level_scan_bwd_delta_kernel`` (grid rows x heads x levels x V tiles): the forward scan in
    reverse, dh -> M^T dh = e^(G_end) dh - W^T (Kd dh), plus (lambda Qt)^T dO where the chunk reads
    the level. It stores dh' (the gradient of the state just after chunk c's transition) for every
@@ -118,15 +119,21 @@ def _dg_pairs(z):
 @triton.jit
 def readout_query_kernel(
     q, k, g_cum, w, qt, S, NC,
-    H: tl.constexpr, G: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-    C: tl.constexpr, BK: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
+    H: tl.constexpr, G: tl.constexpr, K: tl.constexpr, C: tl.constexpr, BKT: tl.constexpr,
+    ACC: tl.constexpr, PREC: tl.constexpr,
 ):
-    row64, c, h, grp, i, tok, dk, km = chunk_program(S, NC, H, G, K, C, BK)
-    qq = _rows(q, tok, G, grp, K, dk, km).to(ACC)
+    row64, c, h, grp, i, tok, _, _ = chunk_program(S, NC, H, G, K, C, BKT)
     gc = tl.load(g_cum + tok * H + h).to(ACC)
-    qk = _dot(qq, tl.trans(_rows(k, tok, G, grp, K, dk, km).to(ACC)), PREC, ACC) * _gamma(gc, i)
-    out = qq * tl.exp(gc)[:, None] - _dot(qk, _rows(w, tok, H, h, K, dk, km).to(ACC), PREC, ACC)
-    tl.store(qt + (tok[:, None] * H + h) * K + dk[None, :], out, mask=km[None, :])
+    qk = tl.zeros([C, C], dtype=ACC)
+    for k0 in range(0, K, BKT):
+        kc, km = _key_tile(k0, K, BKT)
+        qk += _dot(_rows(q, tok, G, grp, K, kc, km).to(ACC), tl.trans(_rows(k, tok, G, grp, K, kc, km).to(ACC)), PREC, ACC)
+    qk = qk * _gamma(gc, i)
+    for k0 in range(0, K, BKT):
+        kc, km = _key_tile(k0, K, BKT)
+        out = _rows(q, tok, G, grp, K, kc, km).to(ACC) * tl.exp(gc)[:, None]
+        out -= _dot(qk, _rows(w, tok, H, h, K, kc, km).to(ACC), PREC, ACC)
+        tl.store(qt + (tok[:, None] * H + h) * K + kc[None, :], out, mask=km[None, :])
 
 
 @triton.jit
@@ -278,6 +285,7 @@ def chunk_grad_delta_kernel(
     d_decay = tl.zeros([], dtype=ACC)
     for k0 in range(0, K, BKT):
         kc, km = _key_tile(k0, K, BKT)
+        qtl = _rows(qt, tok, H, h, K, kc, km).to(ACC)
         dqt = tl.zeros([C, BKT], dtype=ACC)  # gradient of Qt
         dkd = tl.zeros([C, BKT], dtype=ACC)  # gradient of Kd
         for v0 in range(0, V, BV):
@@ -289,8 +297,7 @@ def chunk_grad_delta_kernel(
                     dread = _dot(dot, tl.trans(_state_tile(states, row64, c, js, NC, NJ, h, H, K, V, kc, km, dvv, vm, ACC)), PREC, ACC)
                     col = tl_scan_level(js, NJ, L, LOG_C)
                     dqt += _column(lam_t, cols, col)[:, None] * dread
-                    read = tl.sum(_rows(qt, tok, H, h, K, kc, km).to(ACC) * dread, 1)
-                    dlam_t += tl.where(cols[None, :] == col, read[:, None], 0.0)
+                    dlam_t += tl.where(cols[None, :] == col, tl.sum(qtl * dread, 1)[:, None], 0.0)
             u = _dot(ab, _rows(v, tok, H, h, V, dvv, vm).to(ACC), PREC, ACC)
             dkd += _dot(u, tl.trans(_state_tile(dstates, row64, c, NJ + 1, NC, NJ + 2, h, H, K, V, kc, km, dvv, vm, ACC)), PREC, ACC)
         dw = -_dot(tl.trans(qk), dqt, PREC, ACC)  # gradient of W

@@ -359,8 +359,12 @@ def _backward_delta(q, k, v, g, lam, beta, do, cu_seqlens, chunk=CHUNK):
 
     b = _Backward(q, k, v, g, lam, beta, do, cu_seqlens, chunk)
     rows, nh, nk, nv = b.rows, b.num_heads, b.key_dim, b.value_dim
+    # The chunk-parallel stages walk the keys in tiles of 64: no [C, K] tile of a wide head.
+    tiled = dict(H=nh, K=nk, BKT=min(b.consts["BK"], 64), ACC=b.consts["ACC"], PREC=b.consts["PREC"])
     qt = b.new(b.slots, nh, nk)
-    readout_query_kernel[(b.n * b.nc, nh)](rows.q, rows.k, b.g_cum, b.w, qt, b.slots, b.nc, **b.consts)
+    readout_query_kernel[(b.n * b.nc, nh)](
+        rows.q, rows.k, b.g_cum, b.w, qt, b.slots, b.nc, G=b.consts["G"], C=chunk, **tiled, num_warps=4,
+    )
     # The reverse scan keeps W, Kd, lambda Qt [C, K] and two state tiles; unpipelined (one
     # stage) and with BV = 16 above K = 128 they fit the shared memory (K <= 256).
     bv_scan = 16 if b.consts["BK"] > 128 else b.bv
@@ -369,9 +373,7 @@ def _backward_delta(q, k, v, g, lam, beta, do, cu_seqlens, chunk=CHUNK):
         rows.k, b.w, qt, b.g_cum, rows.lam, b.do, dstates, b.slots, b.nc, b.num_js, b.num_levels, b.top_exp,
         LOG_C=b.log_c, BV=bv_scan, **{**b.consts, "num_stages": 1},
     )
-    # The chunk-parallel stages walk the keys in tiles of 64 (no [C, K] tile of a wide head); the
-    # gradient kernel's loads are double- rather than triple-buffered (168 KB in bf16 at K = 192).
-    tiled = dict(H=nh, K=nk, V=nv, BKT=min(b.consts["BK"], 64), BV=b.bv, ACC=b.consts["ACC"], PREC=b.consts["PREC"])
+    tiled.update(V=nv, BV=b.bv)
     tiles = triton.cdiv(nk, tiled["BKT"])
     pairs = b.new(b.nc, nh, nk, nk)
     state_pairs_kernel[(b.n * b.nc, nh, tiles * tiles)](b.states, dstates, pairs, b.nc, b.num_js, **tiled, num_warps=4)
@@ -380,7 +382,8 @@ def _backward_delta(q, k, v, g, lam, beta, do, cu_seqlens, chunk=CHUNK):
     chunk_grad_delta_kernel[(b.n * b.nc, nh)](
         rows.q, rows.k, rows.v, b.g_cum, rows.beta, rows.lam, b.a_inv, b.w, qt, b.do, b.states, dstates, pairs,
         dq, dk, dv, dlam, dbeta, dgc, b.slots, b.nc, b.num_js, b.num_levels,
-        G=b.consts["G"], C=chunk, LOG_C=b.log_c, LP=_block(b.num_levels), **tiled, num_warps=8, num_stages=2,
+        G=b.consts["G"], C=chunk, LOG_C=b.log_c, LP=_block(b.num_levels), **tiled,
+        num_warps=8, num_stages=2,  # double- rather than triple-buffered loads: 168 KB in bf16
     )
     dg = dgc.view(b.n, b.nc, chunk, nh).flip(2).cumsum(2).flip(2).view(b.n, b.slots, nh)
     return b.tokens((dq, dk, dv, dg, dlam, dbeta))
