@@ -180,6 +180,9 @@ def state_pairs_kernel(
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BKT: tl.constexpr, BV: tl.constexpr,
     ACC: tl.constexpr, PREC: tl.constexpr,
 ):
+    """One [BKT, BKT] block of D = sum_js S_js E_js^T for one chunk and head: rows from the
+    recorded states, columns from the gradients E_js, built on the fly from dh' (module
+    docstring). The programs of the first row block also store dX (slot NJ + 1)."""
     pid_nc, h, blk = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     row64, c = (pid_nc // NC).to(tl.int64), pid_nc % NC
     ca = c.to(tl.int64)
