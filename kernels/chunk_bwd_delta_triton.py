@@ -11,13 +11,16 @@ cumulative log decay, Gamma[t, s] = exp(G_t - G_s) for s <= t::
 and every inter-chunk level state h goes through chunk c as h -> M h (+ X if chunk c adds to that
 level), M = e^(G_end) I - Kd^T W, X = Kd^T U.
 
-Three launches:
-1. ``readout_query_kernel``: Qt per token (the reverse scans need it at every level).
+Four launches:
+1. ``readout_query_kernel`` (grid chunks x heads): Qt per token (the reverse scans need it at
+   every level).
 2. ``level_scan_bwd_delta_kernel`` (grid rows x heads x levels x V tiles): the forward scan in
    reverse, dh -> M^T dh = e^(G_end) dh - W^T (Kd dh), plus (lambda Qt)^T dO where the chunk reads
    the level. It stores dh' (the gradient of the state just after chunk c's transition) for every
    chunk and level, and the top scan also that of its pending window sum (slot NJ).
-3. ``chunk_grad_delta_kernel`` (grid chunks x heads): everything else, chunk-local.
+3. ``state_pairs_kernel`` (grid chunks x heads x key tiles^2): D per chunk (below), one key-tile
+   block of it per program, and dX into slot NJ + 1.
+4. ``chunk_grad_delta_kernel`` (grid chunks x heads): everything else, chunk-local.
 
 The transition's gradient needs sum over every state h passing chunk c of h dh'^T, and the
 forward records h only where chunk c reads it. The others are sums of recorded ones: a level
@@ -26,8 +29,19 @@ window before c), and the top's pending sum all of the non-top levels it reads. 
 levels downwards with ``run`` = dp' + the dh' of the non-read levels above, a read level js pairs
 its recorded state with E_js = dh'_js + run (the top with its own dh' only), and the chunk's own
 contribution X, which lands exactly in the non-read levels and the pending sum, gets dX = run at
-the bottom. With D = sum_js S_js E_js^T: dKd -= W D, dW -= Kd D^T, d e^(G_end) = tr D, taken per
-level without forming the K x K matrix D.
+the bottom. With D = sum_js S_js E_js^T [K, K]: dKd -= W D, dW -= Kd D^T, d e^(G_end) = tr D.
+D goes through global memory (K^2 floats a chunk and head, less than one state): forming it
+costs K^2 V per level against 4 C K V for the per-level products W S_js E_js^T and
+Kd E_js S_js^T, and it leaves the gradient kernel no product that contracts over both keys
+and values.
+
+Shared memory (227 KB a block on H100/H200): at K = 192 (BK = 256) one [C, BK] fp32 tile is
+64 KB. So the chunk-parallel kernels walk the keys in tiles of at most 64 (``BKT``) and the
+values in tiles of at most 64: the gradient kernel makes a value pass (dV, dO v^T, dU), a key
+pass (dQt, dKd, dW, the direct q / k terms and their [C, C] sums dQK, dAb), the [C, C] chain
+through the UT inverse, and a last key pass adding dQK and dKK through k and q. The reverse
+scan's transition mixes all keys, so it holds [C, BK] tiles of W, Kd and lambda Qt; it runs
+unpipelined (one stage: the prefetch buffers would triple them) and with narrow value tiles.
 
 Chunk-local chain (checked against autograd on one chunk before writing the kernel):
 dQt = sum_js lambda_js dO S_js^T; dP = (dO v^T) * Lambda; dQK = dP Ab^T - dQt W^T;
@@ -63,17 +77,31 @@ def _rows(ptr, tok, heads, head, width, offs, mask):
 
 
 @triton.jit
-def _level_grad(dstates, row64, c, slot, NC, NJ, h, H, K, V):
-    """Start of the [K, V] gradient tile ``dstates[row, c, slot, h]`` (NJ + 1 slots a chunk)."""
-    return dstates + (((row64 * NC + c) * (NJ + 1) + slot) * H + h) * K * V
+def _key_tile(k0, K: tl.constexpr, BKT: tl.constexpr):
+    """Offsets and mask of the key tile starting at ``k0``."""
+    kc = k0 + tl.arange(0, BKT)
+    return kc, kc < K
 
 
 @triton.jit
-def _decayed_qk(qt, kt, gc, i, PREC: tl.constexpr, ACC: tl.constexpr):
-    """Gamma (causal, 0 above the diagonal) and QK = (q k^T) * Gamma."""
+def _state(base, row64, c, slot, NC, NSLOT, h, H, K, V):
+    """Start of the [K, V] tile ``base[row, c, slot, h]`` (NSLOT slots a chunk): the recorded
+    states (NJ slots) and their gradients (NJ + 2 slots, see the module docstring)."""
+    return base + (((row64 * NC + c) * NSLOT + slot) * H + h) * K * V
+
+
+@triton.jit
+def _state_tile(base, row64, c, slot, NC, NSLOT, h, H, K, V, kc, km, dv, vm, ACC: tl.constexpr):
+    """Rows ``kc`` x columns ``dv`` of ``_state(...)`` in ACC (masked entries zero)."""
+    ptr = _state(base, row64, c, slot, NC, NSLOT, h, H, K, V) + kc[:, None] * V + dv[None, :]
+    return tl.load(ptr, mask=km[:, None] & vm[None, :], other=0.0).to(ACC)
+
+
+@triton.jit
+def _gamma(gc, i):
+    """Gamma[t, s] = exp(G_t - G_s), causal (0 above the diagonal)."""
     causal = i[:, None] >= i[None, :]
-    gamma = tl.where(causal, tl.exp(tl.where(causal, gc[:, None] - gc[None, :], 0.0)), 0.0)
-    return gamma, _dot(qt, tl.trans(kt), PREC, ACC) * gamma
+    return tl.where(causal, tl.exp(tl.where(causal, gc[:, None] - gc[None, :], 0.0)), 0.0)
 
 
 @triton.jit
@@ -91,15 +119,21 @@ def _dg_pairs(z):
 @triton.jit
 def readout_query_kernel(
     q, k, g_cum, w, qt, S, NC,
-    H: tl.constexpr, G: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-    C: tl.constexpr, BK: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
+    H: tl.constexpr, G: tl.constexpr, K: tl.constexpr, C: tl.constexpr, BKT: tl.constexpr,
+    ACC: tl.constexpr, PREC: tl.constexpr,
 ):
-    row64, c, h, grp, i, tok, dk, km = chunk_program(S, NC, H, G, K, C, BK)
-    qq = _rows(q, tok, G, grp, K, dk, km).to(ACC)
+    row64, c, h, grp, i, tok, _, _ = chunk_program(S, NC, H, G, K, C, BKT)
     gc = tl.load(g_cum + tok * H + h).to(ACC)
-    _, qk = _decayed_qk(qq, _rows(k, tok, G, grp, K, dk, km).to(ACC), gc, i, PREC, ACC)
-    out = qq * tl.exp(gc)[:, None] - _dot(qk, _rows(w, tok, H, h, K, dk, km).to(ACC), PREC, ACC)
-    tl.store(qt + (tok[:, None] * H + h) * K + dk[None, :], out, mask=km[None, :])
+    qk = tl.zeros([C, C], dtype=ACC)
+    for k0 in range(0, K, BKT):
+        kc, km = _key_tile(k0, K, BKT)
+        qk += _dot(_rows(q, tok, G, grp, K, kc, km).to(ACC), tl.trans(_rows(k, tok, G, grp, K, kc, km).to(ACC)), PREC, ACC)
+    qk = qk * _gamma(gc, i)
+    for k0 in range(0, K, BKT):
+        kc, km = _key_tile(k0, K, BKT)
+        out = _rows(q, tok, G, grp, K, kc, km).to(ACC) * tl.exp(gc)[:, None]
+        out -= _dot(qk, _rows(w, tok, H, h, K, kc, km).to(ACC), PREC, ACC)
+        tl.store(qt + (tok[:, None] * H + h) * K + kc[None, :], out, mask=km[None, :])
 
 
 @triton.jit
@@ -124,7 +158,7 @@ def level_scan_bwd_delta_kernel(
                 dp = dh
             else:
                 dh = tl.zeros([BK, BV], dtype=ACC)
-        tl.store(_level_grad(dstates, row64, c, js, NC, NJ, h, H, K, V) + hv, dh, mask=hvm)
+        tl.store(_state(dstates, row64, c, js, NC, NJ + 2, h, H, K, V) + hv, dh, mask=hvm)
         tok = row64 * S + c * C + i
         gc = tl.load(g_cum + tok * H + h).to(ACC)
         g_end = tl.load(g_cum + (row64 * S + c * C + C - 1) * H + h).to(ACC)
@@ -132,7 +166,7 @@ def level_scan_bwd_delta_kernel(
         wt = _rows(w, tok, H, h, K, dk, km).to(ACC)
         decay = tl.exp(g_end)
         if is_top:
-            tl.store(_level_grad(dstates, row64, c, NJ, NC, NJ, h, H, K, V) + hv, dp, mask=hvm)
+            tl.store(_state(dstates, row64, c, NJ, NC, NJ + 2, h, H, K, V) + hv, dp, mask=hvm)
             dp = _pull(dp, kd, wt, decay, PREC, ACC)
         dh = _pull(dh, kd, wt, decay, PREC, ACC)
         if tl_chunk_reads_scan(ca, js64, NJ):  # chunk c read this state: dS = (lambda Qt)^T dO
@@ -141,108 +175,178 @@ def level_scan_bwd_delta_kernel(
 
 
 @triton.jit
+def state_pairs_kernel(
+    states, dstates, pairs, NC, NJ,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BKT: tl.constexpr, BV: tl.constexpr,
+    ACC: tl.constexpr, PREC: tl.constexpr,
+):
+    """One [BKT, BKT] block of D = sum_js S_js E_js^T for one chunk and head: rows from the
+    recorded states, columns from the gradients E_js, built on the fly from dh' (module
+    docstring). The programs of the first row block also store dX (slot NJ + 1)."""
+    pid_nc, h, blk = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    row64, c = (pid_nc // NC).to(tl.int64), pid_nc % NC
+    ca = c.to(tl.int64)
+    kr, krm = _key_tile(blk // tl.cdiv(K, BKT) * BKT, K, BKT)  # rows of D: the recorded states
+    ke, kem = _key_tile(blk % tl.cdiv(K, BKT) * BKT, K, BKT)  # columns: their gradients E
+    d = tl.zeros([BKT, BKT], dtype=ACC)
+    for v0 in range(0, V, BV):
+        dv = v0 + tl.arange(0, BV)
+        vm = dv < V
+        run = _state_tile(dstates, row64, c, NJ, NC, NJ + 2, h, H, K, V, ke, kem, dv, vm, ACC)
+        for r in range(NJ):
+            js = NJ - 1 - r
+            dh = _state_tile(dstates, row64, c, js, NC, NJ + 2, h, H, K, V, ke, kem, dv, vm, ACC)
+            if tl_chunk_reads_scan(ca, js, NJ):
+                hs = _state_tile(states, row64, c, js, NC, NJ, h, H, K, V, kr, krm, dv, vm, ACC)
+                d += _dot(hs, tl.trans(dh + tl.where(js == NJ - 1, 0.0, 1.0) * run), PREC, ACC)
+            else:
+                run += dh
+        if blk < tl.cdiv(K, BKT):  # first row block: run is now dX, store it once
+            dx = _state(dstates, row64, c, NJ + 1, NC, NJ + 2, h, H, K, V) + ke[:, None] * V + dv[None, :]
+            tl.store(dx, run, mask=kem[:, None] & vm[None, :])
+    pair = pairs + ((row64 * NC + c) * H + h) * K * K
+    tl.store(pair + kr[:, None] * K + ke[None, :], d, mask=krm[:, None] & kem[None, :])
+
+
+@triton.jit
+def _pair_block(pairs, blk, r0, c0, K: tl.constexpr, BKT: tl.constexpr):
+    """D[r0 : r0 + BKT, c0 : c0 + BKT] of chunk and head ``blk`` (zero outside K x K)."""
+    r, rm = _key_tile(r0, K, BKT)
+    c, cm = _key_tile(c0, K, BKT)
+    return tl.load(pairs + blk * K * K + r[:, None] * K + c[None, :], mask=rm[:, None] & cm[None, :], other=0.0)
+
+
+@triton.jit
 def chunk_grad_delta_kernel(
-    q, k, v, g_cum, beta, lam, a_inv, w, qt, do, states, dstates,
+    q, k, v, g_cum, beta, lam, a_inv, w, qt, do, states, dstates, pairs,
     dq, dk, dv, dlam, dbeta, dg,
     S, NC, NJ, L,
     H: tl.constexpr, G: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-    C: tl.constexpr, LOG_C: tl.constexpr, LP: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    C: tl.constexpr, LOG_C: tl.constexpr, LP: tl.constexpr, BKT: tl.constexpr, BV: tl.constexpr,
     ACC: tl.constexpr, PREC: tl.constexpr,
 ):
-    row64, c, h, grp, i, tok, dkk, km = chunk_program(S, NC, H, G, K, C, BK)
+    row64, c, h, grp, i, tok, _, _ = chunk_program(S, NC, H, G, K, C, BKT)
     cols = tl.arange(0, LP)
     lm = cols < L
     ca = c.to(tl.int64)
-
-    qq = _rows(q, tok, G, grp, K, dkk, km).to(ACC)
-    kt = _rows(k, tok, G, grp, K, dkk, km).to(ACC)
-    wt = _rows(w, tok, H, h, K, dkk, km).to(ACC)
-    qtl = _rows(qt, tok, H, h, K, dkk, km).to(ACC)
+    blk = (row64 * NC + c) * H + h
     lam_t = _rows(lam, tok, H, h, L, cols, lm).to(ACC)
     gc = tl.load(g_cum + tok * H + h).to(ACC)
     bt = tl.load(beta + tok * H + h).to(ACC)
     g_end = tl.load(g_cum + (row64 * S + c * C + C - 1) * H + h).to(ACC)
-    ab = tl.load(a_inv + ((row64 * NC + c) * H + h) * C * C + i[:, None] * C + i[None, :]).to(ACC)
+    ab = tl.load(a_inv + blk * C * C + i[:, None] * C + i[None, :]).to(ACC)
+    e_g = tl.exp(gc)
+    e_k = tl.exp(g_end - gc)
 
-    gamma, qk = _decayed_qk(qq, kt, gc, i, PREC, ACC)
-    kks = tl.where(i[:, None] > i[None, :], _dot(kt, tl.trans(kt), PREC, ACC) * gamma, 0.0)
+    # [C, C] products over the keys
+    qk = tl.zeros([C, C], dtype=ACC)
+    kk = tl.zeros([C, C], dtype=ACC)
+    for k0 in range(0, K, BKT):
+        kc, km = _key_tile(k0, K, BKT)
+        kt = _rows(k, tok, G, grp, K, kc, km).to(ACC)
+        qk += _dot(_rows(q, tok, G, grp, K, kc, km).to(ACC), tl.trans(kt), PREC, ACC)
+        kk += _dot(kt, tl.trans(kt), PREC, ACC)
+    gamma = _gamma(gc, i)
+    qk = qk * gamma
+    kks = tl.where(i[:, None] > i[None, :], kk * gamma, 0.0)
     p = _dot(qk, ab, PREC, ACC)
     lev = tl_capped_level(i[:, None], i[None, :], L)
     weights = tl.zeros([C, C], dtype=ACC)
     for lvl in tl.static_range(LOG_C + 1):
         weights = tl.where(lev == lvl, _column(lam_t, cols, lvl)[:, None], weights)
-    pl = p * weights
-    e_g = tl.exp(gc)
-    ke = kt * e_g[:, None]
-    e_k = tl.exp(g_end - gc)
-    kd = kt * e_k[:, None]
 
-    dm = tl.zeros([C, C], dtype=ACC)  # dO v^T over all value tiles
-    dab = tl.zeros([C, C], dtype=ACC)  # gradient of Ab (the dU v^T part)
-    dqt = tl.zeros([C, BK], dtype=ACC)  # gradient of Qt
-    dkd = tl.zeros([C, BK], dtype=ACC)  # gradient of Kd
-    dw = tl.zeros([C, BK], dtype=ACC)  # gradient of W (the transition part)
-    dlam_t = tl.zeros([C, LP], dtype=ACC)
-    d_decay = tl.zeros([], dtype=ACC)
+    # Value side: dV = (P * Lambda)^T dO + Ab^T dU with dU = Kd dX; dO v^T and dU v^T for below.
+    dm = tl.zeros([C, C], dtype=ACC)
+    dab = tl.zeros([C, C], dtype=ACC)  # gradient of Ab
     for v0 in range(0, V, BV):
         dvv = v0 + tl.arange(0, BV)
         vm = dvv < V
-        hv = dkk[:, None] * V + dvv[None, :]
-        hvm = km[:, None] & vm[None, :]
         vt = _rows(v, tok, H, h, V, dvv, vm).to(ACC)
         dot = _rows(do, tok, H, h, V, dvv, vm).to(ACC)
         dm += _dot(dot, tl.trans(vt), PREC, ACC)
-        dvt = _dot(tl.trans(pl), dot, PREC, ACC)
-        run = tl.load(_level_grad(dstates, row64, c, NJ, NC, NJ, h, H, K, V) + hv, mask=hvm, other=0.0)
-        for r in range(NJ):
-            js = NJ - 1 - r
-            dh = tl.load(_level_grad(dstates, row64, c, js, NC, NJ, h, H, K, V) + hv, mask=hvm, other=0.0)
-            if tl_chunk_reads_scan(ca, js, NJ):
-                hs = tl.load(states + (((row64 * NC + c) * NJ + js) * H + h) * K * V + hv, mask=hvm, other=0.0).to(ACC)
-                col = tl_scan_level(js, NJ, L, LOG_C)
-                dqt += _column(lam_t, cols, col)[:, None] * _dot(dot, tl.trans(hs), PREC, ACC)
-                read = tl.sum(_dot(qtl, hs, PREC, ACC) * dot, 1)
-                dlam_t += tl.where(cols[None, :] == col, read[:, None], 0.0)
-                e = dh + tl.where(js == NJ - 1, 0.0, 1.0) * run
-                dkd -= _dot(_dot(wt, hs, PREC, ACC), tl.trans(e), PREC, ACC)
-                dw -= _dot(_dot(kd, e, PREC, ACC), tl.trans(hs), PREC, ACC)
-                d_decay += tl.sum(tl.sum(hs * e, 1), 0)
-            else:
-                run += dh
-        # run is now dX: the chunk's own contribution lands in the levels it does not read
-        dkd += _dot(_dot(ab, vt, PREC, ACC), tl.trans(run), PREC, ACC)
-        du = _dot(kd, run, PREC, ACC)
-        dvt += _dot(tl.trans(ab), du, PREC, ACC)
-        dab += _dot(du, tl.trans(vt), PREC, ACC)
+        du = tl.zeros([C, BV], dtype=ACC)
+        for k0 in range(0, K, BKT):
+            kc, km = _key_tile(k0, K, BKT)
+            kd = _rows(k, tok, G, grp, K, kc, km).to(ACC) * e_k[:, None]
+            du += _dot(kd, _state_tile(dstates, row64, c, NJ + 1, NC, NJ + 2, h, H, K, V, kc, km, dvv, vm, ACC), PREC, ACC)
+        dvt = _dot(tl.trans(p * weights), dot, PREC, ACC) + _dot(tl.trans(ab), du, PREC, ACC)
         tl.store(dv + (tok[:, None] * H + h) * V + dvv[None, :], dvt, mask=vm[None, :])
+        dab += _dot(du, tl.trans(vt), PREC, ACC)
 
     pdm = p * dm
+    dlam_t = tl.zeros([C, LP], dtype=ACC)
     for lvl in tl.static_range(LOG_C + 1):
         dlam_t += tl.where(cols[None, :] == lvl, tl.sum(tl.where(lev == lvl, pdm, 0.0), 1)[:, None], 0.0)
     dp = dm * weights
-    dqk = _dot(dp, tl.trans(ab), PREC, ACC) - _dot(dqt, tl.trans(wt), PREC, ACC)
-    dw -= _dot(tl.trans(qk), dqt, PREC, ACC)
-    dab += _dot(tl.trans(qk), dp, PREC, ACC) + _dot(dw, tl.trans(ke), PREC, ACC)
+    dab += _dot(tl.trans(qk), dp, PREC, ACC)
+    dqk = _dot(dp, tl.trans(ab), PREC, ACC)  # the dQt W^T part follows per key tile
 
+    # Key side, a key tile at a time: dQt from the level readouts, dKd and dW from the states
+    # passing the chunk (D) and its own contribution (dX); q and k get their direct terms here.
+    dgt = tl.zeros([C], dtype=ACC)
+    z_kd = tl.zeros([], dtype=ACC)
+    d_decay = tl.zeros([], dtype=ACC)
+    for k0 in range(0, K, BKT):
+        kc, km = _key_tile(k0, K, BKT)
+        qtl = _rows(qt, tok, H, h, K, kc, km).to(ACC)
+        dqt = tl.zeros([C, BKT], dtype=ACC)  # gradient of Qt
+        dkd = tl.zeros([C, BKT], dtype=ACC)  # gradient of Kd
+        for v0 in range(0, V, BV):
+            dvv = v0 + tl.arange(0, BV)
+            vm = dvv < V
+            dot = _rows(do, tok, H, h, V, dvv, vm).to(ACC)
+            for js in range(NJ):
+                if tl_chunk_reads_scan(ca, js, NJ):  # chunk c read lambda_js Qt S_js
+                    dread = _dot(dot, tl.trans(_state_tile(states, row64, c, js, NC, NJ, h, H, K, V, kc, km, dvv, vm, ACC)), PREC, ACC)
+                    col = tl_scan_level(js, NJ, L, LOG_C)
+                    dqt += _column(lam_t, cols, col)[:, None] * dread
+                    dlam_t += tl.where(cols[None, :] == col, tl.sum(qtl * dread, 1)[:, None], 0.0)
+            u = _dot(ab, _rows(v, tok, H, h, V, dvv, vm).to(ACC), PREC, ACC)
+            dkd += _dot(u, tl.trans(_state_tile(dstates, row64, c, NJ + 1, NC, NJ + 2, h, H, K, V, kc, km, dvv, vm, ACC)), PREC, ACC)
+        dw = -_dot(tl.trans(qk), dqt, PREC, ACC)  # gradient of W
+        for k1 in range(0, K, BKT):  # the transitions: dKd -= W D, dW -= Kd D^T
+            kc1, km1 = _key_tile(k1, K, BKT)
+            kd1 = _rows(k, tok, G, grp, K, kc1, km1).to(ACC) * e_k[:, None]
+            d_row = _pair_block(pairs, blk, k0, k1, K, BKT)
+            dw -= _dot(kd1, tl.trans(d_row), PREC, ACC)
+            dkd -= _dot(_rows(w, tok, H, h, K, kc1, km1).to(ACC), _pair_block(pairs, blk, k1, k0, K, BKT), PREC, ACC)
+            if k1 == k0:
+                diag = tl.arange(0, BKT)[:, None] == tl.arange(0, BKT)[None, :]
+                d_decay += tl.sum(tl.sum(tl.where(diag, d_row, 0.0), 1), 0)
+        wt = _rows(w, tok, H, h, K, kc, km).to(ACC)
+        dqk -= _dot(dqt, tl.trans(wt), PREC, ACC)
+        kt = _rows(k, tok, G, grp, K, kc, km).to(ACC)
+        ke = kt * e_g[:, None]
+        dab += _dot(dw, tl.trans(ke), PREC, ACC)
+        dke = _dot(tl.trans(ab), dw, PREC, ACC)
+        z = tl.sum(kt * e_k[:, None] * dkd, 1)
+        z_kd += tl.sum(z, 0)
+        dgt += tl.sum(ke * dke, 1) - z + e_g * tl.sum(_rows(q, tok, G, grp, K, kc, km).to(ACC) * dqt, 1)
+        qk_off = (tok[:, None] * H + h) * K + kc[None, :]
+        tl.store(dq + qk_off, e_g[:, None] * dqt, mask=km[None, :])
+        tl.store(dk + qk_off, e_g[:, None] * dke + e_k[:, None] * dkd, mask=km[None, :])
+
+    # Through the UT inverse: A^-1 = I - Ab KKs (from A^-1 A = I)
     eye = tl.where(i[:, None] == i[None, :], 1.0, 0.0).to(ACC)
-    ai = eye - _dot(ab, kks, PREC, ACC)  # A^-1
+    ai = eye - _dot(ab, kks, PREC, ACC)
     d_a = _dot(_dot(tl.trans(ai), dab * bt[None, :], PREC, ACC), tl.trans(ai), PREC, ACC)
     dl = tl.where(i[:, None] > i[None, :], -d_a, 0.0)
     db = tl.sum(ai * dab, 0) + tl.sum(dl * kks, 1)
     dkkg = dl * bt[:, None] * gamma  # gradient of k k^T
-    dqkg = dqk * gamma
-    dke = _dot(tl.trans(ab), dw, PREC, ACC)
-    dqq = _dot(dqkg, kt, PREC, ACC) + e_g[:, None] * dqt
-    dkt = _dot(dkkg + tl.trans(dkkg), kt, PREC, ACC) + _dot(tl.trans(dqkg), qq, PREC, ACC)
-    dkt += e_g[:, None] * dke + e_k[:, None] * dkd
-    z_kd = tl.sum(kd * dkd, 1)
-    dgt = _dg_pairs(dl * bt[:, None] * kks) + _dg_pairs(dqk * qk) - z_kd
-    dgt += tl.sum(ke * dke, 1) + e_g * tl.sum(qq * dqt, 1)
-    dgt += tl.where(i == C - 1, tl.sum(z_kd, 0) + tl.exp(g_end) * d_decay, 0.0)
-
-    qk_off = (tok[:, None] * H + h) * K + dkk[None, :]
-    tl.store(dq + qk_off, dqq, mask=km[None, :])
-    tl.store(dk + qk_off, dkt, mask=km[None, :])
+    dqkg = dqk * gamma  # gradient of q k^T
+    dgt += _dg_pairs(dl * bt[:, None] * kks) + _dg_pairs(dqk * qk)
+    dgt += tl.where(i == C - 1, z_kd + tl.exp(g_end) * d_decay, 0.0)
     tl.store(dlam + (tok[:, None] * H + h) * L + cols[None, :], dlam_t, mask=lm[None, :])
     tl.store(dbeta + tok * H + h, db)
     tl.store(dg + tok * H + h, dgt)
+
+    tl.debug_barrier()  # the direct terms stored above, by other threads of this program
+    for k0 in range(0, K, BKT):
+        kc, km = _key_tile(k0, K, BKT)
+        kt = _rows(k, tok, G, grp, K, kc, km).to(ACC)
+        qk_off = (tok[:, None] * H + h) * K + kc[None, :]
+        dqq = tl.load(dq + qk_off, mask=km[None, :], other=0.0) + _dot(dqkg, kt, PREC, ACC)
+        dkt = tl.load(dk + qk_off, mask=km[None, :], other=0.0) + _dot(dkkg + tl.trans(dkkg), kt, PREC, ACC)
+        dkt += _dot(tl.trans(dqkg), _rows(q, tok, G, grp, K, kc, km).to(ACC), PREC, ACC)
+        tl.store(dq + qk_off, dqq, mask=km[None, :])
+        tl.store(dk + qk_off, dkt, mask=km[None, :])

@@ -367,29 +367,42 @@ def _backward_scalar(q, k, v, g, lam, do, cu_seqlens, chunk=CHUNK):
 
 def _backward_delta(q, k, v, g, lam, beta, do, cu_seqlens, chunk=CHUNK):
     """Gradients of (q, k, v, g, lam, beta) for the delta rule, in the cases ``_backward_scalar``
-    covers: the recomputed forward stages (UT factors, level states), the readout queries, the
-    reverse level scans and the chunk-parallel gradient kernel of ``chunk_bwd_delta_triton``.
-    The decay reaches other chunks only through each chunk's total decay, so dg is the reverse
-    cumulative sum of the kernel's dG within each chunk (see that module)."""
+    covers: the recomputed forward stages (UT factors, level states), then the four stages of
+    ``chunk_bwd_delta_triton`` (readout queries, reverse level scans, the state-gradient pairs
+    D and dX, the chunk-parallel gradients). The decay reaches other chunks only through each
+    chunk's total decay, so dg is the reverse cumulative sum of the kernel's dG within each chunk."""
 
-    from .chunk_bwd_delta_triton import chunk_grad_delta_kernel, level_scan_bwd_delta_kernel, readout_query_kernel
+    from .chunk_bwd_delta_triton import (
+        chunk_grad_delta_kernel, level_scan_bwd_delta_kernel, readout_query_kernel, state_pairs_kernel,
+    )
 
     b = _Backward(q, k, v, g, lam, beta, do, cu_seqlens, chunk)
     rows, nh, nk, nv = b.rows, b.num_heads, b.key_dim, b.value_dim
+    # The chunk-parallel stages walk the keys in tiles of 64: no [C, K] tile of a wide head.
+    tiled = dict(H=nh, K=nk, BKT=min(b.consts["BK"], 64), ACC=b.consts["ACC"], PREC=b.consts["PREC"])
     qt = b.new(b.slots, nh, nk)
-    readout_query_kernel[(b.n * b.nc, nh)](rows.q, rows.k, b.g_cum, b.w, qt, b.slots, b.nc, **b.consts)
-    bv_scan = 32 if b.consts["BK"] > 128 else b.bv  # as the forward scan: W, Kd and two state tiles live
-    dstates = b.new(b.nc, b.num_js + 1, nh, nk, nv)
+    readout_query_kernel[(b.n * b.nc, nh)](
+        rows.q, rows.k, b.g_cum, b.w, qt, b.slots, b.nc, G=b.consts["G"], C=chunk, **tiled, num_warps=4,
+    )
+    # The reverse scan keeps W, Kd, lambda Qt [C, K] and two state tiles; unpipelined (one
+    # stage) and with BV = 16 above K = 128 they fit the shared memory (K <= 256).
+    bv_scan = 16 if b.consts["BK"] > 128 else b.bv
+    dstates = b.new(b.nc, b.num_js + 2, nh, nk, nv)  # slots: dh' per scan, the top's pending sum, dX
     level_scan_bwd_delta_kernel[(b.n * nh, b.num_js, triton.cdiv(nv, bv_scan))](
         rows.k, b.w, qt, b.g_cum, rows.lam, b.do, dstates, b.slots, b.nc, b.num_js, b.num_levels, b.top_exp,
-        LOG_C=b.log_c, BV=bv_scan, **b.consts,
+        LOG_C=b.log_c, BV=bv_scan, **{**b.consts, "num_stages": 1},
     )
+    tiled.update(V=nv, BV=b.bv)
+    tiles = triton.cdiv(nk, tiled["BKT"])
+    pairs = b.new(b.nc, nh, nk, nk)
+    state_pairs_kernel[(b.n * b.nc, nh, tiles * tiles)](b.states, dstates, pairs, b.nc, b.num_js, **tiled, num_warps=4)
     dq, dk, dv = b.new(b.slots, nh, nk), b.new(b.slots, nh, nk), b.new(b.slots, nh, nv)
     dlam, dbeta, dgc = b.new(b.slots, nh, b.num_levels), b.new(b.slots, nh), b.new(b.slots, nh)
     chunk_grad_delta_kernel[(b.n * b.nc, nh)](
-        rows.q, rows.k, rows.v, b.g_cum, rows.beta, rows.lam, b.a_inv, b.w, qt, b.do, b.states, dstates,
+        rows.q, rows.k, rows.v, b.g_cum, rows.beta, rows.lam, b.a_inv, b.w, qt, b.do, b.states, dstates, pairs,
         dq, dk, dv, dlam, dbeta, dgc, b.slots, b.nc, b.num_js, b.num_levels,
-        LOG_C=b.log_c, LP=_block(b.num_levels), BV=b.bv, **{**b.consts, "num_warps": 8},
+        G=b.consts["G"], C=chunk, LOG_C=b.log_c, LP=_block(b.num_levels), **tiled,
+        num_warps=8, num_stages=2,  # double- rather than triple-buffered loads: 168 KB in bf16
     )
     dg = dgc.view(b.n, b.nc, chunk, nh).flip(2).cumsum(2).flip(2).view(b.n, b.slots, nh)
     return b.tokens((dq, dk, dv, dg, dlam, dbeta))

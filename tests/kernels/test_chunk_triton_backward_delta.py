@@ -81,9 +81,12 @@ def test_packed_documents(triton_only, inputs, dtype):
     _compare(x, do, F64_TOL if dtype == torch.float64 else F32_TOL, cu_seqlens=cu)
 
 
-def test_masked_tiles_and_partial_gradients(triton_only, inputs):
-    """K = 24 and V = 80 fill neither their tiles nor one value tile; only some inputs need gradients."""
-    x, do = _case(inputs, 100, 1, 2, 10, torch.float64, seed=11, key_dim=24, value_dim=80, batch=1)
+@pytest.mark.parametrize("key_dim, value_dim", [(24, 80), (96, 80), (160, 40)])
+def test_masked_tiles_and_partial_gradients(triton_only, inputs, key_dim, value_dim):
+    """Heads that fill neither their tiles nor their last value tile (64 wide): K = 24 (one key
+    tile), 96 (two key tiles of 64), 160 (three, and the reverse scan's narrow value tiles of
+    K > 128); V = 80 (two value tiles), 40. Only some inputs need gradients."""
+    x, do = _case(inputs, 100, 1, 2, 10, torch.float64, seed=11, key_dim=key_dim, value_dim=value_dim, batch=1)
     _compare(x, do, F64_TOL, wanted=(False, True, False, True, False, True))
 
 
