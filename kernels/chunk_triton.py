@@ -205,7 +205,7 @@ def _dot_dtype(dtype, delta):
     """Operand dtype of the scalar-decay kernels' products (``scan_triton.mma``): half inputs
     go to the tensor cores as they are; the delta rule keeps tf32 (its UT inverse and W factors
     would lose too much at 2^-9)."""
-    if (delta and os.environ.get("HF_LOGLINEAR_DELTA_BF16") != "1") or dtype not in (torch.bfloat16, torch.float16):
+    if delta or dtype not in (torch.bfloat16, torch.float16):
         return _acc(dtype)
     return tl.bfloat16 if dtype == torch.bfloat16 else tl.float16
 
@@ -359,7 +359,7 @@ def _backward_scalar(q, k, v, g, lam, do, cu_seqlens, chunk=CHUNK):
     chunk_grad_kernel[(b.n * b.nc, nh)](
         rows.q, rows.k, rows.v, b.g_cum, rows.lam, b.do, states, chunk_g, dsrc, dq, dk, dv, dlam, dacc,
         b.slots, b.nc, num_js, num_slots, top_exp, b.num_levels, LOG_C=b.log_c, LP=_block(b.num_levels), BV=b.bv,
-        QK=num_groups, DOT=dot, **{**b.consts, "num_warps": int(os.environ.get("HF_LOGLINEAR_GRAD_WARPS", "8"))},  # six [C, K] fp32 tiles live at once
+        QK=num_groups, DOT=dot, **{**b.consts, "num_warps": 8},  # six [C, K] fp32 tiles live at once
     )
     dg = dacc.flip(-1).cumsum(-1).flip(-1).transpose(1, 2)
     return b.tokens((dq, dk, dv, dg, dlam))

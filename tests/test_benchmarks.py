@@ -3,8 +3,8 @@
 ``bench_kernels.py --smoke`` runs every correctness check of the GPU run on tiny shapes under
 TRITON_INTERPRET=1 and exits 1 when one is over its tolerance; ``bench_finetune.py --smoke`` runs
 the fine-tuning table on a tiny model with the torch path; ``compile_sm90.py`` compiles every
-kernel of the default paths for sm_90 (H100/H200) and fails when one needs more shared memory
-than the GPU has, which the interpreter cannot show.
+kernel (the Gated DeltaNet Triton backward included) for sm_90 (H100/H200) and fails when one
+needs more shared memory than the GPU has, which the interpreter cannot show.
 """
 import os
 import subprocess
@@ -34,9 +34,11 @@ def test_finetune_bench_table_on_a_tiny_model(tmp_path):
     assert (tmp_path / "work" / "results.json").is_file()
 
 
-def test_default_kernels_compile_for_sm90_within_shared_memory(tmp_path):
-    out = _run(str(BENCHMARKS / "compile_sm90.py"), "--dtypes", "bfloat16", cwd=tmp_path, interpret=False)
+def test_kernels_compile_for_sm90_within_shared_memory(tmp_path):
+    out = _run(str(BENCHMARKS / "compile_sm90.py"), "--dtypes", "bfloat16", "--delta-backward", cwd=tmp_path, interpret=False)
     rows = [line.split(" | ") for line in out.splitlines() if line.startswith("| mamba2") or line.startswith("| gdn")]
     assert {row[3] for row in rows} == {"level_scan_kernel", "chunk_output_kernel", "decode_step_kernel",
-                                         "ut_factors_kernel", "level_scan_bwd_kernel", "chunk_grad_kernel"}
+                                         "ut_factors_kernel", "level_scan_bwd_kernel", "chunk_grad_kernel",
+                                         "readout_query_kernel", "level_scan_bwd_delta_kernel", "state_pairs_kernel",
+                                         "chunk_grad_delta_kernel"}
     assert all(row[5].startswith("yes") for row in rows)
