@@ -7,8 +7,8 @@
    float64 on the GPU): fp32 and bf16 inputs, forward, final state and every gradient,
    max relative error per tensor (max |x - ref| / max |ref|). The "dense" / "packed" checks
    (no initial or final state) take the Triton backward of log-linear Mamba-2, and the Gated
-   DeltaNet one where HF_LOGLINEAR_TRITON_BACKWARD_DELTA=1 (on CUDA; see compile_sm90.py for
-   why it is not set here); the others the recomputation;
+   DeltaNet one where HF_LOGLINEAR_TRITON_BACKWARD_DELTA=1 (on CUDA it is opt-in: with bf16
+   inputs at key 192 it faults, RESULTS.md); the others the recomputation;
 2. median times (triton.testing.do_bench) and peak extra memory: ours (log-linear and
    num_levels=1), fla 0.6 chunk_log_linear_attn / chunk_simple_gla / chunk_gated_delta_rule
    when importable, torch SDPA causal; B = 32768 / T;
@@ -17,10 +17,12 @@
    copy bandwidth measured here).
 Prints a markdown table at the end; also writes it to DIR/bench_kernels.md when --out is given.
 
---quick (about 3 minutes): the Mamba-2 checks only (fp32 + bf16; the Triton backward on dense
+--quick (about 3 minutes): the Mamba-2 checks (fp32 + bf16; the Triton backward on dense
 T = 2048 and 1000 and four packed documents in 3000 tokens; continuing from an initial state with
-the final state, dense and packed), exits 1 if any is over tolerance,
-then Mamba-2 fwd and fwd+bwd at T = 2K, 16K, 64K for L = 15 and L = 1, and SDPA fwd / fwd+bwd.
+the final state, dense and packed) and the dense Gated DeltaNet check, exits 1 if any is over
+tolerance, then Mamba-2 fwd and fwd+bwd at T = 2K, 16K, 64K for L = 15 and L = 1, and SDPA fwd /
+fwd+bwd. ``--variants mamba2`` or ``gdn`` restricts checks and timings to one model;
+``--profile 2048,65536`` prints where a Mamba-2 fwd+bwd spends its time, per kernel.
 """
 from __future__ import annotations
 

@@ -18,10 +18,15 @@ tokens into position-aligned rows.
 
 Gradients: without initial state or final-state output (dense rows or documents packed with
 ``cu_seqlens``: the training case), ``chunk_bwd_triton`` for scalar decay and
-``chunk_bwd_delta_triton`` for the delta rule (recomputed level states, reverse level scans, a
-chunk-parallel gradient kernel; the delta rule's runs on CUDA only with
-HF_LOGLINEAR_TRITON_BACKWARD_DELTA=1 until validated on a GPU). Every other case recomputes the
-forward with the torch chunked form and differentiates it with autograd.
+``chunk_bwd_delta_triton`` for the delta rule (recomputed level states, reverse level scans,
+chunk-parallel gradient kernels; the delta rule's runs on CUDA only with
+HF_LOGLINEAR_TRITON_BACKWARD_DELTA=1: correct on an H200 with fp32 inputs, faulting with bf16
+ones at key 192). Every other case recomputes the forward with the torch chunked form and
+differentiates it with autograd.
+
+Precision: decay, level weights and states accumulate in fp32 (fp64 for fp64 inputs). Under
+scalar decay, products of bf16/fp16 inputs take bf16/fp16 tensor-core operands
+(``scan_triton.mma``); the delta rule keeps tf32 products; fp32 inputs use IEEE fp32.
 """
 from __future__ import annotations
 
@@ -415,8 +420,9 @@ def _triton_backward_enabled() -> bool:
 
 
 def _delta_backward_enabled(x) -> bool:
-    """The delta-rule Triton backward has only run under Triton's interpreter so far: the default
-    on CPU tensors, on CUDA only with HF_LOGLINEAR_TRITON_BACKWARD_DELTA=1 until a GPU validates it."""
+    """The delta-rule Triton backward: the default on CPU tensors (interpreter); on CUDA only with
+    HF_LOGLINEAR_TRITON_BACKWARD_DELTA=1 (an H200 validated it with fp32 inputs, but bf16 inputs
+    at key 192 hit an illegal memory access that is not yet found)."""
     return x.device.type != "cuda" or os.environ.get("HF_LOGLINEAR_TRITON_BACKWARD_DELTA") == "1"
 
 
