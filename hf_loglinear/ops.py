@@ -81,17 +81,20 @@ def _shape_error(name, tensor, expected):
 
 
 def _check_dtypes(q, k, v, g, level_weights, beta):
-    for name, x in (("q", q), ("k", k), ("v", v), ("g", g), ("level_weights", level_weights), ("beta", beta)):
-        if x is not None and not x.is_floating_point():
+    # One pass over the inputs (this runs on every decode step of every layer).
+    named = (("q", q), ("k", k), ("v", v), ("g", g), ("level_weights", level_weights), ("beta", beta))
+    device = q.device
+    for i, (name, x) in enumerate(named):
+        if x is None:
+            continue
+        if not x.is_floating_point():
             raise ValueError(f"{name} must be a floating tensor, got {x.dtype}")
-    if not (q.dtype == k.dtype == v.dtype):
-        raise ValueError(f"q, k and v must share one dtype, got q {q.dtype}, k {k.dtype}, v {v.dtype}")
-    for name, x in (("g", g), ("level_weights", level_weights), ("beta", beta)):
-        if x is not None and x.dtype not in (q.dtype, torch.float32, torch.float64):
+        if i < 3 and x.dtype != q.dtype:
+            raise ValueError(f"q, k and v must share one dtype, got q {q.dtype}, k {k.dtype}, v {v.dtype}")
+        if i >= 3 and x.dtype not in (q.dtype, torch.float32, torch.float64):
             raise ValueError(f"{name} has dtype {x.dtype}; use q's dtype ({q.dtype}) or float32")
-    devices = {x.device for x in (q, k, v, g, level_weights, beta) if x is not None}
-    if len(devices) > 1:
-        raise ValueError(f"all inputs must be on one device, got {sorted(map(str, devices))}")
+        if x.device != device:
+            raise ValueError(f"all inputs must be on one device, got {name} on {x.device} and q on {device}")
 
 
 def _check_common(q, k, v, g, level_weights, beta, token_dims):
