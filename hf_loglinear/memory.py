@@ -12,8 +12,13 @@ Everything is counted from the config, exactly as the code allocates it:
   one per chunk and level (T log T), under scalar decay one per run of chunks reading the same
   state (``levels.scan_slot_sizes``: about one per chunk, linear in T);
 - Mamba-2 / Gated DeltaNet: one K x V state per head and layer (fp32) plus conv states;
-- Transformer: keys and values of every position, layer and KV head (the input dtype).
-Activations of training depend on the framework's checkpointing policy and are not modelled.
+- Transformer: keys and values of every position, layer and KV head (the input dtype);
+- training: the working memory of one layer's sequence-mixing op in a forward + backward (its
+  output and output gradient, the backward's buffers and input gradients), as the Triton
+  kernels allocate it and as ``bench_kernels.py`` measures it ("peak extra"); for attention,
+  flash SDPA's output, gradients and fp32 dq accumulator. The activations every layer keeps for
+  its backward (projections, norms, the op's inputs) are alike across the models and depend on
+  the checkpointing policy: not modelled.
 """
 from __future__ import annotations
 
@@ -44,6 +49,7 @@ class Shape:
     kv_heads: int = 0
     head_dim: int = 0
     delta_rule: bool = False
+    groups: int = 1  # q/k groups (their gradients are per group)
 
 
 def shape_from_config(config: dict, name: str = "model") -> Shape:
@@ -56,7 +62,7 @@ def shape_from_config(config: dict, name: str = "model") -> Shape:
         groups, state = config.get("n_groups", 1), config["state_size"]
         return Shape(name, "loglinear" if kind.startswith("loglinear") else "linear", layers, config["num_heads"],
                      state, config["head_dim"], config.get("num_levels", 1), inner + 2 * groups * state,
-                     config.get("conv_kernel", 4))
+                     config.get("conv_kernel", 4), groups=groups)
     if kind in ("loglinear_gated_deltanet", "gated_deltanet"):
         heads = config.get("num_heads", 6)
         v_heads = config.get("num_v_heads") or heads
@@ -64,11 +70,12 @@ def shape_from_config(config: dict, name: str = "model") -> Shape:
         value_dim = int(key_dim * config.get("expand_v", 2))
         return Shape(name, "loglinear" if kind.startswith("loglinear") else "linear", layers, v_heads, key_dim,
                      value_dim, config.get("num_levels", 1), 2 * heads * key_dim + v_heads * value_dim,
-                     config.get("conv_size", 4), delta_rule=True)
+                     config.get("conv_size", 4), delta_rule=True, groups=heads)
     if "num_attention_heads" in config:
         heads = config["num_attention_heads"]
         head_dim = config.get("head_dim") or config["hidden_size"] // heads
-        return Shape(name, "attention", layers, kv_heads=config.get("num_key_value_heads") or heads, head_dim=head_dim)
+        return Shape(name, "attention", layers, heads, kv_heads=config.get("num_key_value_heads") or heads,
+                     head_dim=head_dim)
     raise ValueError(
         f"cannot size model_type {kind!r}: expected loglinear_mamba2, loglinear_gated_deltanet, mamba2, "
         "gated_deltanet, or a Transformer config with num_attention_heads"
@@ -108,6 +115,36 @@ def prefill_buffer_bytes(shape: Shape, seq_len: int, batch: int = 1, dtype: str 
     return batch * slots * shape.heads * shape.key_dim * shape.value_dim * DTYPE_BYTES[dtype]
 
 
+def train_op_bytes(shape: Shape, seq_len: int, batch: int = 1, dtype: str = "bfloat16") -> int:
+    """Working memory of one layer's sequence-mixing op in a training step (forward + backward):
+    under scalar decay the Triton backward of ``kernels/chunk_triton.py`` (``num_levels=1`` for
+    Mamba-2), under the delta rule its Triton backward (opt-in on CUDA; the default there is the
+    torch recomputation, far larger), for attention flash SDPA. Within 3% of what
+    ``bench_kernels.py`` measured on an H200 for log-linear Mamba-2 at 2K x 16 .. 1M tokens once
+    its 256 MiB L2-flush buffer is added (``tests/test_memory.py``)."""
+    d = DTYPE_BYTES[dtype]
+    if shape.kind == "attention":  # o, dO, dq / dk / dv, the fp32 dq accumulator; the fp32 logsumexp
+        q_elems = batch * seq_len * shape.heads * shape.head_dim
+        kv_elems = batch * seq_len * shape.kv_heads * shape.head_dim
+        return q_elems * (3 * d + 4) + 2 * kv_elems * d + batch * seq_len * shape.heads * 4
+    chunks = -(-seq_len // CHUNK)
+    tokens = batch * chunks * CHUNK  # slots: T rounded up to whole chunks
+    heads, key, value, levels = shape.heads, shape.key_dim, shape.value_dim, shape.num_levels
+    state = heads * key * value
+    scans, top_exp = inter_chunk_scans(chunks - 1, levels, CHUNK)
+    per_token = heads * value * d * 3  # o, dO, dv
+    per_token += heads * (levels + 5) * 4  # dlambda; G, dg, q.dq - k.dk and its reverse cumsum
+    if not shape.delta_rule:
+        per_token += shape.groups * key * (2 * 4 + 2 * d)  # dq, dk summed per group in fp32, then cast
+        recorded = batch * sum(scan_slot_sizes(chunks, scans, top_exp)) * state * d
+        return tokens * per_token + recorded + batch * chunks * state * 4  # + dsrc, fp32 per chunk
+    # delta rule: W, U, Qt and the per-head fp32 dq, dk, dv; A^-1; recorded states (every chunk
+    # and scan, the input dtype); state gradients (scans + 2 slots, fp32); D = [K, K] per chunk
+    per_token += heads * (4 * key + 2 * value) * 4 + heads * CHUNK * 4 + shape.groups * key * 2 * d + heads * 2 * 4
+    per_chunk = scans * state * d + (scans + 2) * state * 4 + heads * key * key * 4
+    return tokens * per_token + batch * chunks * per_chunk
+
+
 # Paper-size layers of ANCHORS.md in 21-layer ~800M models (hidden 1536).
 PRESETS = {
     "loglinear-mamba2": dict(model_type="loglinear_mamba2", hidden_size=1536, expand=2, num_heads=48, head_dim=64,
@@ -142,17 +179,21 @@ def _fmt(n: int) -> str:
 
 def table(shapes: list[Shape], seq_lens: list[int], batch: int, dtype: str) -> str:
     rows = [
-        "| model | context | decode state (allocated) | decode state (live levels) | prefill level buffer / layer |",
-        "|---|---|---|---|---|",
+        "| model | context | decode state (allocated) | decode state (live levels) | prefill level buffer / layer "
+        "| training op fwd+bwd / layer |",
+        "|---|---|---|---|---|---|",
     ]
     for shape in shapes:
         for length in seq_lens:
             rows.append(
                 f"| {shape.name} | {length} | {_fmt(decode_state_bytes(shape, length, batch, dtype))} "
                 f"| {_fmt(decode_state_bytes(shape, length, batch, dtype, live=True))} "
-                f"| {_fmt(prefill_buffer_bytes(shape, length, batch, dtype))} |"
+                f"| {_fmt(prefill_buffer_bytes(shape, length, batch, dtype))} "
+                f"| {_fmt(train_op_bytes(shape, length, batch, dtype))} |"
             )
-    note = f"batch {batch}, {dtype} activations/KV, fp32 recurrent states"
+    note = (f"batch {batch}, {dtype} activations/KV, fp32 recurrent states; training op = the sequence-mixing "
+            "op's working memory in a forward + backward with this package's Triton kernels (Mamba-2 and Gated "
+            "DeltaNet: num_levels=1; the delta rule's Triton backward is opt-in on CUDA), flash SDPA for attention")
     if any(s.kind == "loglinear" for s in shapes):
         note += f"; {max(levels_for_length(n) for n in seq_lens)} levels would be distinct at {max(seq_lens)} tokens"
     return "\n".join(rows) + f"\n\n{note}"
