@@ -26,7 +26,8 @@ differentiates it with autograd.
 
 Precision: decay, level weights and states accumulate in fp32 (fp64 for fp64 inputs). Under
 scalar decay, products of bf16/fp16 inputs take bf16/fp16 tensor-core operands
-(``scan_triton.mma``); the delta rule keeps tf32 products; fp32 inputs use IEEE fp32.
+(``scan_triton.mma``); the delta rule keeps tf32 products; fp32 inputs use IEEE fp32 unless
+torch's float32 matmul precision allows tf32 (``_input_precision``).
 """
 from __future__ import annotations
 
@@ -215,9 +216,21 @@ def _dot_dtype(dtype, delta):
     return tl.bfloat16 if dtype == torch.bfloat16 else tl.float16
 
 
+def _input_precision(dtype):
+    """Products of fp32 inputs follow torch's matmul setting: IEEE fp32 by default ("highest"),
+    tf32 tensor cores after ``torch.set_float32_matmul_precision("high")`` (or "medium"), as
+    torch's own fp32 matmuls do; IEEE fp32 runs without tensor cores and spills (gpu_notes.md).
+    fp64 is always exact; half inputs use tf32 where their products are not half (delta rule)."""
+    if dtype == torch.float64:
+        return "ieee"
+    if dtype == torch.float32:
+        return "ieee" if torch.get_float32_matmul_precision() == "highest" else "tf32"
+    return "tf32"
+
+
 def _consts(dtype, num_heads, num_groups, key_dim, value_dim, chunk):
     """Launch constants shared by the forward and backward kernels."""
-    acc, prec = _acc(dtype), ("ieee" if dtype in (torch.float32, torch.float64) else "tf32")
+    acc, prec = _acc(dtype), _input_precision(dtype)
     bk = _block(key_dim)
     consts = dict(H=num_heads, G=num_groups, K=key_dim, V=value_dim, C=chunk, BK=bk, ACC=acc, PREC=prec)
     consts["num_warps"] = 4 if bk <= 128 else 8

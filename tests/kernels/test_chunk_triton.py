@@ -109,3 +109,20 @@ def test_long_rows_share_recorded_states(num_levels):
         grads.append([a.grad for a in leaves])
     for got, want in zip(*grads):
         assert _rel(got, want) < 1e-10
+
+
+@pytest.mark.parametrize("delta", [False, True])
+def test_fp32_products_follow_torch_matmul_precision(delta, monkeypatch):
+    """fp32 inputs multiply in IEEE fp32 by default and in tf32 once torch's float32 matmul
+    precision is "high" (what torch.set_float32_matmul_precision / Trainer(tf32=True) set); the
+    kernels compile and run either way (the interpreter computes tf32 products exactly)."""
+    from hf_loglinear.kernels import chunk_triton
+
+    assert chunk_triton._consts(torch.float32, 4, 1, 16, 24, 64)["PREC"] == "ieee"
+    monkeypatch.setattr(torch, "get_float32_matmul_precision", lambda: "high")
+    assert chunk_triton._consts(torch.float32, 4, 1, 16, 24, 64)["PREC"] == "tf32"
+    assert chunk_triton._consts(torch.float64, 4, 1, 16, 24, 64)["PREC"] == "ieee"
+    x = _inputs(1, 70, 1, 4, 16, 24, 5, delta, torch.float32, seed=3)
+    o, _ = chunk_loglinear_attention_triton(*x)
+    o_ref, _ = chunk_loglinear_attention(*[a if a is None else a.double() for a in x])
+    assert _rel(o.double(), o_ref) < 1e-5
