@@ -49,17 +49,13 @@ from .chunk import chunk_loglinear_attention
 from .intra_triton import ut_factors_kernel
 from .layout import make_layout
 from .output_triton import chunk_output_kernel
-from .scan_triton import level_scan_kernel
+from .scan_triton import block_size, level_scan_kernel
 
 CHUNK = 64
 
 
 def _acc(dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
-
-
-def _block(n):
-    return max(16, 1 << (n - 1).bit_length())
 
 
 class _Rows:
@@ -231,7 +227,7 @@ def _input_precision(dtype):
 def _consts(dtype, num_heads, num_groups, key_dim, value_dim, chunk):
     """Launch constants shared by the forward and backward kernels."""
     acc, prec = _acc(dtype), _input_precision(dtype)
-    bk = _block(key_dim)
+    bk = block_size(key_dim)
     consts = dict(H=num_heads, G=num_groups, K=key_dim, V=value_dim, C=chunk, BK=bk, ACC=acc, PREC=prec)
     consts["num_warps"] = 4 if bk <= 128 else 8
     return consts
@@ -245,7 +241,7 @@ def _scan(rows, dtype, consts, num_levels, initial_state, chunk):
     log_c = chunk.bit_length() - 1
     dev = rows.q.device
     acc_dtype = torch.float64 if dtype == torch.float64 else torch.float32
-    bv = min(_block(value_dim), 64)
+    bv = min(block_size(value_dim), 64)
     g_cum = rows.g.to(acc_dtype).view(n, nc, chunk, num_heads).cumsum(2).view(n, slots, num_heads)
     delta = rows.beta is not None
     a_inv = w = None
@@ -295,13 +291,13 @@ def _forward(q, k, v, g, lam, beta, cu_seqlens, initial_state, output_final_stat
     consts = _consts(q.dtype, num_heads, num_groups, key_dim, value_dim, chunk)
     g_cum, a_inv, w, recorded, low = _scan(rows, q.dtype, consts, num_levels, initial_state, chunk)
     delta = rows.beta is not None
-    bv = min(_block(value_dim), 64)
+    bv = min(block_size(value_dim), 64)
     o = torch.empty(n, slots, num_heads, value_dim, dtype=v.dtype, device=q.device)
     states, chunk_g, num_js, num_slots, top_exp = recorded.kernel_args()
     chunk_output_kernel[(n * nc, num_heads, triton.cdiv(value_dim, bv))](
         rows.q, rows.k, rows.v, g_cum, rows.lam, a_inv if delta else g_cum, w if delta else g_cum, states, chunk_g,
         low, rows.base // chunk, rows.start, o, slots, nc, num_js, num_slots, top_exp, num_levels,
-        LOG_C=log_c, LP=_block(num_levels), BV=bv, DELTA=delta, HAS_INIT=initial_state is not None,
+        LOG_C=log_c, LP=block_size(num_levels), BV=bv, DELTA=delta, HAS_INIT=initial_state is not None,
         DOT=_dot_dtype(q.dtype, delta), **consts,
     )
     out = rows.output(o, batch, length)
@@ -327,7 +323,7 @@ class _Backward:
         self.top_exp = self.recorded.top_exp
         self.do = rows.slots(do)
         self.n, self.nc, self.slots, self.num_js = rows.num_rows, rows.num_chunks, rows.q.shape[1], self.recorded.num_scans
-        self.bv = min(_block(self.value_dim), 64)
+        self.bv = min(block_size(self.value_dim), 64)
 
     def new(self, *shape):
         """An uninitialised [N, *shape] buffer in the accumulation dtype."""
@@ -376,7 +372,7 @@ def _backward_scalar(q, k, v, g, lam, do, cu_seqlens, chunk=CHUNK):
     states, chunk_g, num_js, num_slots, top_exp = b.recorded.kernel_args()
     chunk_grad_kernel[(b.n * b.nc, nh)](
         rows.q, rows.k, rows.v, b.g_cum, rows.lam, b.do, states, chunk_g, dsrc, dq, dk, dv, dlam, dacc,
-        b.slots, b.nc, num_js, num_slots, top_exp, b.num_levels, LOG_C=b.log_c, LP=_block(b.num_levels), BV=b.bv,
+        b.slots, b.nc, num_js, num_slots, top_exp, b.num_levels, LOG_C=b.log_c, LP=block_size(b.num_levels), BV=b.bv,
         QK=num_groups, DOT=dot, **{**b.consts, "num_warps": 8},  # six [C, K] fp32 tiles live at once
     )
     dg = dacc.flip(-1).cumsum(-1).flip(-1).transpose(1, 2)
@@ -419,7 +415,7 @@ def _backward_delta(q, k, v, g, lam, beta, do, cu_seqlens, chunk=CHUNK):
     chunk_grad_delta_kernel[(b.n * b.nc, nh)](
         rows.q, rows.k, rows.v, b.g_cum, rows.beta, rows.lam, b.a_inv, b.w, qt, b.do, b.states, dstates, pairs,
         dq, dk, dv, dlam, dbeta, dgc, b.slots, b.nc, b.num_js, b.num_levels,
-        G=b.consts["G"], C=chunk, LOG_C=b.log_c, LP=_block(b.num_levels), **tiled,
+        G=b.consts["G"], C=chunk, LOG_C=b.log_c, LP=block_size(b.num_levels), **tiled,
         num_warps=8, num_stages=2,  # double- rather than triple-buffered loads: 168 KB in bf16
     )
     dg = dgc.view(b.n, b.nc, chunk, nh).flip(2).cumsum(2).flip(2).view(b.n, b.slots, nh)

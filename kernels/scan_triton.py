@@ -35,6 +35,12 @@ from ..levels import tl_chunk_reads_scan, tl_scan_level, tl_scan_run, tl_scan_wi
 _INTERPRETED = tl.constexpr(os.environ.get("TRITON_INTERPRET") == "1") if tl is not None else False
 
 
+def block_size(n: int) -> int:
+    """The tile that covers n: the smallest power of two >= n, at least 16 (tl.dot's minimum).
+    Plain integers: triton's next_power_of_2 is a constexpr function, ~5 us of Python a call."""
+    return max(16, 1 << (n - 1).bit_length())
+
+
 @triton.jit
 def scan_program(H: tl.constexpr, G: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
     """What a program of the grid (sequences x heads, scans, value tiles) works on: its row, head,

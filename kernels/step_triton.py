@@ -27,6 +27,7 @@ except ImportError:  # pragma: no cover
     triton = tl = None
 
 from ..levels import tl_capped_level
+from .scan_triton import block_size
 
 
 @triton.jit
@@ -101,11 +102,6 @@ def decode_step_kernel(
     tl.store(scales + ((t + 1) % 2) * L + cols, new, mask=cols < L)
 
 
-def _pow2(n):
-    """The smallest power of two >= n, at least 16 (the smallest tile tl.dot and friends take)."""
-    return max(16, 1 << (n - 1).bit_length())
-
-
 def step_loglinear_attention_triton(state, q, k, v, g, level_weights, beta=None):
     """In-place decode step on a LevelState (fp32 levels; a ``log_scale`` is attached on the
     first step); returns (o [N, H, V], state)."""
@@ -117,17 +113,16 @@ def step_loglinear_attention_triton(state, q, k, v, g, level_weights, beta=None)
     n, num_heads, num_levels, key_dim, value_dim = state.levels.shape
     if state.log_scale is None:
         state.log_scale = torch.zeros(n, num_heads, 2, num_levels, dtype=torch.float32, device=state.levels.device)
-    # Plain integer arithmetic for the launch sizes: triton's cdiv / next_power_of_2 are
-    # constexpr functions, ~5 us of Python each on every step of an eager decode loop.
-    bk = _pow2(key_dim)
-    bv = max(16, min(_pow2(value_dim), 4096 // bk))
+    # Plain integer launch sizes (no triton.cdiv / next_power_of_2): this runs on every step.
+    bk = block_size(key_dim)
+    bv = max(16, min(block_size(value_dim), 4096 // bk))
     o = torch.empty(n, num_heads, value_dim, dtype=v.dtype, device=v.device)
     q, k, v, g, lam = (x.contiguous() for x in (q, k, v, g, level_weights))
     beta = None if beta is None else beta.contiguous()
     decode_step_kernel[(n, num_heads, -(-value_dim // bv))](
         state.levels, state.log_scale, state.position, q, k, v, g, lam, g if beta is None else beta, o,
         num_levels, H=num_heads, G=q.shape[1], K=key_dim, V=value_dim, BK=bk, BV=bv,
-        LP=_pow2(num_levels), DELTA=beta is not None,
+        LP=block_size(num_levels), DELTA=beta is not None,
     )
     state.position.add_(1)
     return o, state
