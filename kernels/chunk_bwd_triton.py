@@ -12,7 +12,7 @@ Two launches:
 2. ``chunk_grad_kernel`` (grid chunks x heads): the intra-chunk product's four matmuls, the
    readout's dQt and dlambda from the recomputed states (one per run of reading chunks, decayed
    to the reader as in the forward), and dKd, dv from ``dsrc``. dq and dk of heads sharing a
-   q/k group (``QK`` rows per token) are added atomically into the group's row.
+   q/k group are added atomically into the group's row.
 
 The decay needs no reverse pass of its own: o and every state depend on the cumulative log
 decay A_t only through q_t exp(A_t) and k_t exp(-A_t), so dL/dA_t = q_t . dq_t - k_t . dk_t
@@ -81,7 +81,7 @@ def chunk_grad_kernel(
     S, NC, NJ, NSLOT, top_exp, L,
     H: tl.constexpr, G: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     C: tl.constexpr, LOG_C: tl.constexpr, LP: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    QK: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr, DOT: tl.constexpr,
+    ACC: tl.constexpr, PREC: tl.constexpr, DOT: tl.constexpr,
 ):
     row64, c, h, grp, i, tok, dkk, km = chunk_program(S, NC, H, G, K, C, BK)
     cols = tl.arange(0, LP)
@@ -139,8 +139,8 @@ def chunk_grad_kernel(
     dp = tl.where(causal, dm * weights * gamma, 0.0)  # gradient of q k^T
     dqt = mma(dp, kt, DOT, PREC, ACC) + e_q[:, None] * dqe
     dkt = mma(tl.trans(dp), qt, DOT, PREC, ACC) + e_k[:, None] * dkd
-    qk_off = (tok[:, None] * QK + h // (H // QK)) * K + dkk[None, :]
-    if QK < H:  # the heads of a group add into its one row
+    qk_off = (tok[:, None] * G + grp) * K + dkk[None, :]
+    if G < H:  # the heads of a group add into its one row
         tl.atomic_add(dq + qk_off, dqt, mask=km[None, :], sem="relaxed")
         tl.atomic_add(dk + qk_off, dkt, mask=km[None, :], sem="relaxed")
     else:

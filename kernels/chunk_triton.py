@@ -363,9 +363,8 @@ def _backward_scalar(q, k, v, g, lam, do, cu_seqlens, chunk=CHUNK):
     # dq, dk of the heads sharing a q/k group are summed by fp32 atomics into one [S, G, K] buffer
     # (per-head buffers would take H/G times the memory: 51 GB at 1M tokens, 48 heads, G = 1; on
     # the H200 the atomics cost no measurable time against them).
-    num_groups = b.consts["G"]
-    dq, dk = (b.new(b.slots, num_groups, nk) for _ in range(2))
-    if num_groups < nh:
+    dq, dk = (b.new(b.slots, b.consts["G"], nk) for _ in range(2))
+    if b.consts["G"] < nh:
         dq.zero_(), dk.zero_()
     dv = torch.empty(b.n, b.slots, nh, nv, dtype=v.dtype, device=q.device)
     dlam, dacc = b.new(b.slots, nh, b.num_levels), b.new(nh, b.slots)
@@ -373,7 +372,7 @@ def _backward_scalar(q, k, v, g, lam, do, cu_seqlens, chunk=CHUNK):
     chunk_grad_kernel[(b.n * b.nc, nh)](
         rows.q, rows.k, rows.v, b.g_cum, rows.lam, b.do, states, chunk_g, dsrc, dq, dk, dv, dlam, dacc,
         b.slots, b.nc, num_js, num_slots, top_exp, b.num_levels, LOG_C=b.log_c, LP=block_size(b.num_levels), BV=b.bv,
-        QK=num_groups, DOT=dot, **{**b.consts, "num_warps": 8},  # six [C, K] fp32 tiles live at once
+        DOT=dot, **{**b.consts, "num_warps": 8},  # six [C, K] fp32 tiles live at once
     )
     dg = dacc.flip(-1).cumsum(-1).flip(-1).transpose(1, 2)
     return b.tokens((dq, dk, dv, dg, dlam))
