@@ -22,7 +22,8 @@ T = 2048 and 1000 and four packed documents in 3000 tokens; continuing from an i
 the final state, dense and packed) and the dense Gated DeltaNet check, exits 1 if any is over
 tolerance, then Mamba-2 fwd and fwd+bwd at T = 2K, 16K, 64K for L = 15 and L = 1, and SDPA fwd /
 fwd+bwd. ``--variants mamba2`` or ``gdn`` restricts checks and timings to one model;
-``--profile 2048,65536`` prints where a Mamba-2 fwd+bwd spends its time, per kernel.
+``--profile 2048,65536`` prints where a Mamba-2 fwd+bwd (a GDN forward with ``--variants gdn``)
+spends its time, per kernel; ``--lengths ''`` skips the timings (e.g. for the decode table alone).
 """
 from __future__ import annotations
 
@@ -258,24 +259,30 @@ def time_long(lengths):
     return res
 
 
-def profile_ops(lengths):
-    """Where the time of one log-linear Mamba-2 fwd+bwd goes, per kernel (torch.profiler, after a
-    warm-up call that compiles): the table to read before tuning."""
+def profile_ops(lengths, variants=("mamba2",)):
+    """Where the time goes, per kernel (torch.profiler, after a warm-up call that compiles): a
+    log-linear Mamba-2 fwd+bwd, a Gated DeltaNet forward (its target; its backward on CUDA is
+    opt-in). The table to read before tuning."""
     from torch.profiler import ProfilerActivity, profile
 
-    for length in lengths:
-        batch = max(1, 32768 // length)
-        xs = inputs(batch, length, **MAMBA2, num_levels=levels_for_length(length), delta=False, dtype=torch.bfloat16)
-        leaves = [a.detach().clone().requires_grad_() for a in xs[:5]]
-        run = fwd_bwd(lambda: loglinear_attention(*leaves, backend="triton")[0], leaves)
-        run()
-        torch.cuda.synchronize()
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            for _ in range(3):
-                run()
+    for variant in variants:
+        shape = MAMBA2 if variant == "mamba2" else GDN
+        for length in lengths:
+            batch = max(1, 32768 // length)
+            xs = inputs(batch, length, **shape, num_levels=levels_for_length(length), delta=variant == "gdn", dtype=torch.bfloat16)
+            if variant == "mamba2":
+                leaves = [a.detach().clone().requires_grad_() for a in xs[:5]]
+                run, what = fwd_bwd(lambda: loglinear_attention(*leaves, backend="triton")[0], leaves), "fwd+bwd"
+            else:
+                run, what = (lambda: loglinear_attention(*xs[:5], beta=xs[5], backend="triton")), "fwd"
+            run()
             torch.cuda.synchronize()
-        log(f"profile: 3 x fwd+bwd, T={length}, B={batch}, L={levels_for_length(length)}")
-        log(prof.key_averages().table(sort_by="self_device_time_total", row_limit=14))
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                for _ in range(3):
+                    run()
+                torch.cuda.synchronize()
+            log(f"profile {variant}: 3 x {what}, T={length}, B={batch}, L={levels_for_length(length)}")
+            log(prof.key_averages().table(sort_by="self_device_time_total", row_limit=14))
 
 
 def decode(quick):
@@ -384,7 +391,7 @@ def main():
     parser.add_argument("--long", default="", help="comma-separated T for log-linear Mamba-2 alone at B = 1 (e.g. 1048576)")
     parser.add_argument("--skip-decode", action="store_true", help="no decode-step table")
     parser.add_argument("--variants", default="mamba2,gdn", help="which of mamba2,gdn to check and time")
-    parser.add_argument("--profile", default="", help="comma-separated T: per-kernel time of a Mamba-2 fwd+bwd, then exit")
+    parser.add_argument("--profile", default="", help="comma-separated T: per-kernel time of a Mamba-2 fwd+bwd / GDN fwd (--variants), then exit")
     args = parser.parse_args()
     if args.smoke:
         return smoke()
@@ -398,7 +405,7 @@ def main():
     except ImportError:
         log("fla not importable")
     if args.profile:
-        return profile_ops([int(t) for t in args.profile.split(",")])
+        return profile_ops([int(t) for t in args.profile.split(",")], args.variants.split(","))
     t0 = time.time()
     if not args.skip_checks:
         run_checks(args.quick, variants=args.variants.split(","))
@@ -407,7 +414,7 @@ def main():
         print("\n".join(["CHECKS FAILED:", *FAILED]), flush=True)
         return 1
     timings = {}
-    lengths = (2048, 16384, 65536) if args.quick else map(int, args.lengths.split(","))
+    lengths = (2048, 16384, 65536) if args.quick else [int(t) for t in args.lengths.split(",") if t]
     for length in lengths:
         t0 = time.time()
         timings[length] = time_ops(length, args.quick, args.variants.split(","))
