@@ -11,16 +11,15 @@ cumulative log decay, Gamma[t, s] = exp(G_t - G_s) for s <= t::
 and every inter-chunk level state h goes through chunk c as h -> M h (+ X if chunk c adds to that
 level), M = e^(G_end) I - Kd^T W, X = Kd^T U.
 
-Four launches:
-1. ``readout_query_kernel`` (grid chunks x heads): Qt per token (the reverse scans need it at
-   every level).
-2. ``level_scan_bwd_delta_kernel`` (grid rows x heads x levels x V tiles): the forward scan in
+Three launches after the recomputed forward stages (whose chunk factors include Qt per token,
+which the reverse scans need at every level):
+1. ``level_scan_bwd_delta_kernel`` (grid rows x heads x levels x V tiles): the forward scan in
    reverse, dh -> M^T dh = e^(G_end) dh - W^T (Kd dh), plus (lambda Qt)^T dO where the chunk reads
    the level. It stores dh' (the gradient of the state just after chunk c's transition) for every
    chunk and level, and the top scan also that of its pending window sum (slot NJ).
-3. ``state_pairs_kernel`` (grid chunks x heads x key tiles^2): D per chunk (below), one key-tile
+2. ``state_pairs_kernel`` (grid chunks x heads x key tiles^2): D per chunk (below), one key-tile
    block of it per program, and dX into slot NJ + 1.
-4. ``chunk_grad_delta_kernel`` (grid chunks x heads): everything else, chunk-local.
+3. ``chunk_grad_delta_kernel`` (grid chunks x heads): everything else, chunk-local.
 
 The transition's gradient needs sum over every state h passing chunk c of h dh'^T, and the
 forward records h only where chunk c reads it. The others are sums of recorded ones: a level
@@ -62,7 +61,7 @@ except ImportError:  # pragma: no cover
 
 from ..levels import tl_capped_level, tl_chunk_reads_scan, tl_scan_level
 from .output_triton import _column
-from .scan_triton import chunk_program, reverse_scan_program
+from .scan_triton import chunk_program, mma, reverse_scan_program
 
 
 @triton.jit
@@ -105,9 +104,9 @@ def _gamma(gc, i):
 
 
 @triton.jit
-def _pull(dh, kd, wt, decay, PREC: tl.constexpr, ACC: tl.constexpr):
+def _pull(dh, kd, wt, decay, DOT: tl.constexpr, PREC: tl.constexpr, ACC: tl.constexpr):
     """A state gradient [BK, BV] back through one chunk: M^T dh = decay dh - W^T (Kd dh)."""
-    return decay * dh - _dot(tl.trans(wt), _dot(kd, dh, PREC, ACC), PREC, ACC)
+    return decay * dh - mma(tl.trans(wt), mma(kd, dh, DOT, PREC, ACC), DOT, PREC, ACC)
 
 
 @triton.jit
@@ -117,32 +116,12 @@ def _dg_pairs(z):
 
 
 @triton.jit
-def readout_query_kernel(
-    q, k, g_cum, w, qt, S, NC,
-    H: tl.constexpr, G: tl.constexpr, K: tl.constexpr, C: tl.constexpr, BKT: tl.constexpr,
-    ACC: tl.constexpr, PREC: tl.constexpr,
-):
-    row64, c, h, grp, i, tok, _, _ = chunk_program(S, NC, H, G, K, C, BKT)
-    gc = tl.load(g_cum + tok * H + h).to(ACC)
-    qk = tl.zeros([C, C], dtype=ACC)
-    for k0 in range(0, K, BKT):
-        kc, km = _key_tile(k0, K, BKT)
-        qk += _dot(_rows(q, tok, G, grp, K, kc, km).to(ACC), tl.trans(_rows(k, tok, G, grp, K, kc, km).to(ACC)), PREC, ACC)
-    qk = qk * _gamma(gc, i)
-    for k0 in range(0, K, BKT):
-        kc, km = _key_tile(k0, K, BKT)
-        out = _rows(q, tok, G, grp, K, kc, km).to(ACC) * tl.exp(gc)[:, None]
-        out -= _dot(qk, _rows(w, tok, H, h, K, kc, km).to(ACC), PREC, ACC)
-        tl.store(qt + (tok[:, None] * H + h) * K + kc[None, :], out, mask=km[None, :])
-
-
-@triton.jit
 def level_scan_bwd_delta_kernel(
     k, w, qt, g_cum, lam, do, dstates,
     S, NC, NJ, L, top_exp,
     H: tl.constexpr, G: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     C: tl.constexpr, LOG_C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    ACC: tl.constexpr, PREC: tl.constexpr,
+    ACC: tl.constexpr, PREC: tl.constexpr, DOT: tl.constexpr,
 ):
     row64, h, grp, js, js64, dk, dv, km, vm, hv, hvm, i, is_top, col, win = reverse_scan_program(
         NJ, L, top_exp, H, G, K, V, C, LOG_C, BK, BV
@@ -167,11 +146,11 @@ def level_scan_bwd_delta_kernel(
         decay = tl.exp(g_end)
         if is_top:
             tl.store(_state(dstates, row64, c, NJ, NC, NJ + 2, h, H, K, V) + hv, dp, mask=hvm)
-            dp = _pull(dp, kd, wt, decay, PREC, ACC)
-        dh = _pull(dh, kd, wt, decay, PREC, ACC)
+            dp = _pull(dp, kd, wt, decay, DOT, PREC, ACC)
+        dh = _pull(dh, kd, wt, decay, DOT, PREC, ACC)
         if tl_chunk_reads_scan(ca, js64, NJ):  # chunk c read this state: dS = (lambda Qt)^T dO
             wq = _rows(qt, tok, H, h, K, dk, km).to(ACC) * tl.load(lam + (tok * H + h) * L + col).to(ACC)[:, None]
-            dh += _dot(tl.trans(wq), _rows(do, tok, H, h, V, dv, vm).to(ACC), PREC, ACC)
+            dh += mma(tl.trans(wq), _rows(do, tok, H, h, V, dv, vm), DOT, PREC, ACC)
 
 
 @triton.jit

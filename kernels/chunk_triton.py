@@ -2,7 +2,8 @@
 
 Stages (one launch each, all chunk- or level-parallel; SPEC §4):
 1. torch: chunk-local cumulative log decay G (one cumsum);
-2. ``intra_triton.ut_factors_kernel`` (delta rule only): A^-1 diag(beta), W, U per chunk;
+2. ``intra_triton.ut_factors_kernel`` (delta rule only): A^-1 diag(beta), W, U, the readout
+   query Qt and the level-weighted intra-chunk matrix Pw per chunk (``_DeltaFactors``);
 3. ``scan_triton.level_scan_kernel``: every inter-chunk level is its own scan over chunks
    (grid: sequences x heads x levels x value tiles), recording the state each chunk reads;
 4. ``output_triton.chunk_output_kernel``: intra-chunk (P * Lambda) V plus the level readout.
@@ -24,10 +25,11 @@ HF_LOGLINEAR_TRITON_BACKWARD_DELTA=1: correct on an H200 with fp32 inputs, fault
 ones at key 192). Every other case recomputes the forward with the torch chunked form and
 differentiates it with autograd.
 
-Precision: decay, level weights and states accumulate in fp32 (fp64 for fp64 inputs). Under
-scalar decay, products of bf16/fp16 inputs take bf16/fp16 tensor-core operands
-(``scan_triton.mma``); the delta rule keeps tf32 products; fp32 inputs use IEEE fp32 unless
-torch's float32 matmul precision allows tf32 (``_input_precision``).
+Precision: decay, level weights and states accumulate in fp32 (fp64 for fp64 inputs). The
+scans' and the output's products of bf16/fp16 inputs take bf16/fp16 tensor-core operands
+(``scan_triton.mma``), and the delta rule's chunk factors W, U, Qt, Pw are stored in that dtype
+(its UT inverse is formed in fp32 with tf32 products); fp32 inputs use IEEE fp32 unless torch's
+float32 matmul precision allows tf32 (``_input_precision``).
 """
 from __future__ import annotations
 
@@ -203,13 +205,48 @@ def _final_state(rows, recorded, o_dtype, initial_state, num_heads, num_levels, 
     return LevelState(final if o_dtype == torch.float64 else final.float(), end.clone())
 
 
-def _dot_dtype(dtype, delta):
-    """Operand dtype of the scalar-decay kernels' products (``scan_triton.mma``): half inputs
-    go to the tensor cores as they are; the delta rule keeps tf32 (its UT inverse and W factors
-    would lose too much at 2^-9)."""
-    if delta or dtype not in (torch.bfloat16, torch.float16):
+def _dot_dtype(dtype):
+    """Operand dtype of the forward's and the scalar-decay backward's products
+    (``scan_triton.mma``): half inputs go to the tensor cores as they are (twice the tf32 rate,
+    half the operand registers and shared memory); the accumulation stays fp32."""
+    if dtype not in (torch.bfloat16, torch.float16):
         return _acc(dtype)
     return tl.bfloat16 if dtype == torch.bfloat16 else tl.float16
+
+
+def _storage_dtype(dtype):
+    """dtype of the recorded states and the delta rule's chunk factors: the inputs' for bf16 /
+    fp16 (what the tensor cores read), the accumulation dtype otherwise."""
+    return dtype if dtype in (torch.bfloat16, torch.float16) else (torch.float64 if dtype == torch.float64 else torch.float32)
+
+
+@dataclass
+class _DeltaFactors:
+    """The delta rule's chunk-local factors (``intra_triton``): ``a_inv`` [N, NC, H, C, C] is
+    A^-1 diag(beta) in the accumulation dtype (the backward's), ``w``, ``qt`` [N, S, H, K],
+    ``u`` [N, S, H, V] and ``pw`` [N, NC, H, C, C] in the storage dtype."""
+
+    a_inv: torch.Tensor
+    w: torch.Tensor
+    u: torch.Tensor
+    qt: torch.Tensor
+    pw: torch.Tensor
+
+    @classmethod
+    def compute(cls, rows, g_cum, consts, num_levels, chunk):
+        n, nc, slots = rows.num_rows, rows.num_chunks, rows.q.shape[1]
+        num_heads, key_dim, value_dim = consts["H"], consts["K"], consts["V"]
+        dtype = _storage_dtype(rows.q.dtype)
+        new = lambda *shape, dt=dtype: torch.empty(n, *shape, dtype=dt, device=g_cum.device)  # noqa: E731
+        f = cls(new(nc, num_heads, chunk, chunk, dt=g_cum.dtype), new(slots, num_heads, key_dim),
+                new(slots, num_heads, value_dim), new(slots, num_heads, key_dim), new(nc, num_heads, chunk, chunk))
+        ut_factors_kernel[(n * nc, num_heads)](
+            rows.q, rows.k, rows.v, g_cum, rows.beta, rows.lam, f.a_inv, f.w, f.u, f.qt, f.pw, slots, nc, num_levels,
+            H=num_heads, G=consts["G"], K=key_dim, V=value_dim, C=chunk, LOG_C=chunk.bit_length() - 1,
+            LP=block_size(num_levels), BKT=min(consts["BK"], 64), BV=min(block_size(value_dim), 64),
+            ACC=consts["ACC"], PREC=consts["PREC"], DOT=_dot_dtype(rows.q.dtype), num_warps=4,
+        )
+        return f
 
 
 def _input_precision(dtype):
@@ -234,30 +271,19 @@ def _consts(dtype, num_heads, num_groups, key_dim, value_dim, chunk):
 
 
 def _scan(rows, dtype, consts, num_levels, initial_state, chunk):
-    """Stages 1-3: chunk-local G, UT factors (delta rule), the recorded level states."""
+    """Stages 1-3: chunk-local G, the delta rule's chunk factors, the recorded level states."""
 
     n, nc, slots = rows.num_rows, rows.num_chunks, rows.q.shape[1]
     num_heads, key_dim, value_dim, bk = consts["H"], consts["K"], consts["V"], consts["BK"]
-    log_c = chunk.bit_length() - 1
     dev = rows.q.device
     acc_dtype = torch.float64 if dtype == torch.float64 else torch.float32
-    bv = min(block_size(value_dim), 64)
     g_cum = rows.g.to(acc_dtype).view(n, nc, chunk, num_heads).cumsum(2).view(n, slots, num_heads)
     delta = rows.beta is not None
-    a_inv = w = None
-    vu = rows.v
-    if delta:
-        a_inv = torch.empty(n, nc, num_heads, chunk, chunk, dtype=acc_dtype, device=dev)
-        w = torch.empty(n, slots, num_heads, key_dim, dtype=acc_dtype, device=dev)
-        vu = torch.empty(n, slots, num_heads, value_dim, dtype=acc_dtype, device=dev)
-        ut_factors_kernel[(n * nc, num_heads)](
-            rows.k, rows.v, g_cum, rows.beta, a_inv, w, vu, slots, nc, LOG_C=log_c, BV=bv, **consts
-        )
+    factors = _DeltaFactors.compute(rows, g_cum, consts, num_levels, chunk) if delta else None
 
     num_js, top_exp = inter_chunk_scans(rows.max_chunk, num_levels, chunk)
-    state_dtype = acc_dtype if dtype in (torch.float32, torch.float64) else dtype
     num_slots = nc * num_js if delta else sum(scan_slot_sizes(nc, num_js, top_exp))
-    states = torch.empty(n, num_slots, num_heads, key_dim, value_dim, dtype=state_dtype, device=dev)
+    states = torch.empty(n, num_slots, num_heads, key_dim, value_dim, dtype=_storage_dtype(dtype), device=dev)
     chunk_g = None
     if not delta:  # cumulative log decay at chunk starts, in float64: a long row's sum is large
         totals = g_cum.view(n, nc, chunk, num_heads)[:, :, -1].double()
@@ -271,13 +297,23 @@ def _scan(rows, dtype, consts, num_levels, initial_state, chunk):
         low = low.contiguous()
     else:
         low = h0 = p0 = low_sum = states  # never read
-    bv_scan = 32 if bk > 128 else bv  # keeps the fp32 W / state tiles within shared memory
+    bv_scan, scan_launch = _scan_tiles(bk, value_dim, delta)
     level_scan_kernel[(n * num_heads, num_js, triton.cdiv(value_dim, bv_scan))](
-        rows.k, vu, w if delta else rows.k, g_cum, states, h0, p0, low_sum, base_chunk,
-        slots, nc, num_js, num_slots, top_exp, BV=bv_scan, DELTA=delta, HAS_INIT=has_init, DOT=_dot_dtype(dtype, delta),
-        **consts,
+        rows.k, rows.v if not delta else factors.u, rows.k if not delta else factors.w, g_cum, states, h0, p0, low_sum,
+        base_chunk, slots, nc, num_js, num_slots, top_exp, BV=bv_scan, DELTA=delta, HAS_INIT=has_init,
+        DOT=_dot_dtype(dtype), **{**consts, **scan_launch},
     )
-    return g_cum, a_inv, w, recorded, low
+    return g_cum, factors, recorded, low
+
+
+def _scan_tiles(bk, value_dim, delta):
+    """Value tile and launch options of the level scan. The delta rule's scan holds [C, BK]
+    tiles of k and W besides its state: above K = 128 it takes narrow value tiles and double
+    rather than triple buffering to stay within shared memory."""
+    bv = min(block_size(value_dim), 64)
+    if delta and bk > 128:
+        return 32, dict(num_stages=2)
+    return bv, {}
 
 
 def _forward(q, k, v, g, lam, beta, cu_seqlens, initial_state, output_final_state, chunk=CHUNK):
@@ -289,16 +325,16 @@ def _forward(q, k, v, g, lam, beta, cu_seqlens, initial_state, output_final_stat
     rows.length = length
     n, nc, slots = rows.num_rows, rows.num_chunks, rows.q.shape[1]
     consts = _consts(q.dtype, num_heads, num_groups, key_dim, value_dim, chunk)
-    g_cum, a_inv, w, recorded, low = _scan(rows, q.dtype, consts, num_levels, initial_state, chunk)
+    g_cum, factors, recorded, low = _scan(rows, q.dtype, consts, num_levels, initial_state, chunk)
     delta = rows.beta is not None
     bv = min(block_size(value_dim), 64)
     o = torch.empty(n, slots, num_heads, value_dim, dtype=v.dtype, device=q.device)
     states, chunk_g, num_js, num_slots, top_exp = recorded.kernel_args()
     chunk_output_kernel[(n * nc, num_heads, triton.cdiv(value_dim, bv))](
-        rows.q, rows.k, rows.v, g_cum, rows.lam, a_inv if delta else g_cum, w if delta else g_cum, states, chunk_g,
+        rows.q, rows.k, rows.v, g_cum, rows.lam, factors.pw if delta else g_cum, factors.qt if delta else g_cum, states, chunk_g,
         low, rows.base // chunk, rows.start, o, slots, nc, num_js, num_slots, top_exp, num_levels,
         LOG_C=log_c, LP=block_size(num_levels), BV=bv, DELTA=delta, HAS_INIT=initial_state is not None,
-        DOT=_dot_dtype(q.dtype, delta), **consts,
+        DOT=_dot_dtype(q.dtype), **consts,
     )
     out = rows.output(o, batch, length)
     if not output_final_state:
@@ -318,7 +354,7 @@ class _Backward:
         self.num_levels = lam.shape[-1]
         self.log_c = chunk.bit_length() - 1
         self.consts = _consts(q.dtype, self.num_heads, q.shape[2], self.key_dim, self.value_dim, chunk)
-        self.g_cum, self.a_inv, self.w, self.recorded, _ = _scan(rows, q.dtype, self.consts, self.num_levels, None, chunk)
+        self.g_cum, self.factors, self.recorded, _ = _scan(rows, q.dtype, self.consts, self.num_levels, None, chunk)
         self.states = self.recorded.states  # the delta rule's layout: [N, NC * NJ, H, K, V]
         self.top_exp = self.recorded.top_exp
         self.do = rows.slots(do)
@@ -354,7 +390,7 @@ def _backward_scalar(q, k, v, g, lam, do, cu_seqlens, chunk=CHUNK):
 
     b = _Backward(q, k, v, g, lam, None, do, cu_seqlens, chunk)
     rows, nh, nk, nv = b.rows, b.num_heads, b.key_dim, b.value_dim
-    dot = _dot_dtype(q.dtype, False)
+    dot = _dot_dtype(q.dtype)
     dsrc = b.new(b.nc, nh, nk, nv).zero_()
     level_scan_bwd_kernel[(b.n * nh, b.num_js, triton.cdiv(nv, b.bv))](
         rows.q, b.g_cum, rows.lam, b.do, dsrc, b.slots, b.nc, b.num_js, b.num_levels, b.top_exp,
@@ -380,30 +416,25 @@ def _backward_scalar(q, k, v, g, lam, do, cu_seqlens, chunk=CHUNK):
 
 def _backward_delta(q, k, v, g, lam, beta, do, cu_seqlens, chunk=CHUNK):
     """Gradients of (q, k, v, g, lam, beta) for the delta rule, in the cases ``_backward_scalar``
-    covers: the recomputed forward stages (UT factors, level states), then the four stages of
-    ``chunk_bwd_delta_triton`` (readout queries, reverse level scans, the state-gradient pairs
-    D and dX, the chunk-parallel gradients). The decay reaches other chunks only through each
+    covers: the recomputed forward stages (chunk factors with the readout queries Qt, level
+    states), then the three stages of ``chunk_bwd_delta_triton`` (reverse level scans, the
+    state-gradient pairs D and dX, the chunk-parallel gradients). The decay reaches other chunks only through each
     chunk's total decay, so dg is the reverse cumulative sum of the kernel's dG within each chunk."""
 
-    from .chunk_bwd_delta_triton import (
-        chunk_grad_delta_kernel, level_scan_bwd_delta_kernel, readout_query_kernel, state_pairs_kernel,
-    )
+    from .chunk_bwd_delta_triton import chunk_grad_delta_kernel, level_scan_bwd_delta_kernel, state_pairs_kernel
 
     b = _Backward(q, k, v, g, lam, beta, do, cu_seqlens, chunk)
     rows, nh, nk, nv = b.rows, b.num_heads, b.key_dim, b.value_dim
+    f = b.factors
     # The chunk-parallel stages walk the keys in tiles of 64: no [C, K] tile of a wide head.
     tiled = dict(H=nh, K=nk, BKT=min(b.consts["BK"], 64), ACC=b.consts["ACC"], PREC=b.consts["PREC"])
-    qt = b.new(b.slots, nh, nk)
-    readout_query_kernel[(b.n * b.nc, nh)](
-        rows.q, rows.k, b.g_cum, b.w, qt, b.slots, b.nc, G=b.consts["G"], C=chunk, **tiled, num_warps=4,
-    )
     # The reverse scan keeps W, Kd, lambda Qt [C, K] and two state tiles; unpipelined (one
     # stage) and with BV = 16 above K = 128 they fit the shared memory (K <= 256).
     bv_scan = 16 if b.consts["BK"] > 128 else b.bv
     dstates = b.new(b.nc, b.num_js + 2, nh, nk, nv)  # slots: dh' per scan, the top's pending sum, dX
     level_scan_bwd_delta_kernel[(b.n * nh, b.num_js, triton.cdiv(nv, bv_scan))](
-        rows.k, b.w, qt, b.g_cum, rows.lam, b.do, dstates, b.slots, b.nc, b.num_js, b.num_levels, b.top_exp,
-        LOG_C=b.log_c, BV=bv_scan, **{**b.consts, "num_stages": 1},
+        rows.k, f.w, f.qt, b.g_cum, rows.lam, b.do, dstates, b.slots, b.nc, b.num_js, b.num_levels, b.top_exp,
+        LOG_C=b.log_c, BV=bv_scan, DOT=_dot_dtype(q.dtype), **{**b.consts, "num_stages": 1},
     )
     tiled.update(V=nv, BV=b.bv)
     tiles = triton.cdiv(nk, tiled["BKT"])
@@ -412,7 +443,7 @@ def _backward_delta(q, k, v, g, lam, beta, do, cu_seqlens, chunk=CHUNK):
     dq, dk, dv = b.new(b.slots, nh, nk), b.new(b.slots, nh, nk), b.new(b.slots, nh, nv)
     dlam, dbeta, dgc = b.new(b.slots, nh, b.num_levels), b.new(b.slots, nh), b.new(b.slots, nh)
     chunk_grad_delta_kernel[(b.n * b.nc, nh)](
-        rows.q, rows.k, rows.v, b.g_cum, rows.beta, rows.lam, b.a_inv, b.w, qt, b.do, b.states, dstates, pairs,
+        rows.q, rows.k, rows.v, b.g_cum, rows.beta, rows.lam, f.a_inv, f.w, f.qt, b.do, b.states, dstates, pairs,
         dq, dk, dv, dlam, dbeta, dgc, b.slots, b.nc, b.num_js, b.num_levels,
         G=b.consts["G"], C=chunk, LOG_C=b.log_c, LP=block_size(b.num_levels), **tiled,
         num_warps=8, num_stages=2,  # double- rather than triple-buffered loads: 168 KB in bf16

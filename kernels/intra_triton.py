@@ -1,16 +1,29 @@
-"""Triton: per-chunk UT/WY factors of the delta rule (the chunk-local part of ``block.block_terms``).
+"""Triton: everything chunk-local of the delta rule (the per-chunk part of ``block.block_terms``).
 
-For every chunk and head (grid ``(N * NC, H)``) with chunk-local cumulative log decay G::
+For every chunk and head (grid ``(N * NC, H)``) with chunk-local cumulative log decay G,
+Gamma[t, s] = exp(G_t - G_s) for s <= t::
 
-    A      = I + strict_lower(beta_t (k_t . k_s) exp(G_t - G_s))
+    A      = I + strict_lower(beta_t (k_t . k_s) Gamma[t, s])
     Ab     = A^-1 diag(beta)                      [C, C]
     W      = Ab (k * exp(G))                      [C, K]
     U      = Ab v                                 [C, V]
+    QK     = (q k^T) * Gamma (causal)             [C, C]
+    Qt     = exp(G) q - QK W                      [C, K]   the query that reads the level states
+    Pw     = (QK Ab) * Lambda                     [C, C]   the intra-chunk output is Pw v
+
+so the level scans read only k, W, U and the output kernel only Pw, Qt and v (``output_triton``).
+Lambda[t, s] = lambda_t at the level of (t, s) (``output_triton.level_weights``).
 
 A^-1 is built by block doubling: with X the inverse of the diagonal blocks of size s, the inverse
 for blocks of size 2s is X - X E X, E the strictly-lower off-diagonal s x s blocks of A. Six
 doublings give the 64 x 64 inverse with twelve matrix products (tensor cores) and no row loop;
 every step is an exact block inverse, so it is as stable as blocked forward substitution.
+
+Keys are walked in tiles of BKT (64): no [C, K] tile of a wide head (K = 192 pads to 256) is
+ever held. q k^T and k k^T take DOT operands (the inputs' own dtype: exact products); the
+inverse and every product of a derived factor use ACC operands at PREC. W, U, Qt, Pw are stored
+in the dtype of their buffers (the inputs' dtype for bf16 / fp16 inputs: what the tensor cores
+of the scans and the output read; fp32 otherwise).
 Scalar decay (Mamba-2) needs none of this: Ab = I, W = 0.
 """
 from __future__ import annotations
@@ -21,44 +34,74 @@ try:  # guarded: transformers checks every remote-code file's imports; this one 
 except ImportError:  # pragma: no cover
     triton = tl = None
 
-from .scan_triton import chunk_program
+from .output_triton import level_weights
+from .scan_triton import chunk_program, mma
 
 
 @triton.jit
-def ut_factors_kernel(
-    k, v, g_cum, beta, a_inv, w, u,
-    S, NC,
-    H: tl.constexpr, G: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-    C: tl.constexpr, LOG_C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    ACC: tl.constexpr, PREC: tl.constexpr,
-):
-    row64, c, h, grp, i, tok, dk, km = chunk_program(S, NC, H, G, K, C, BK)
-    kt = tl.load(k + (tok[:, None] * G + grp) * K + dk[None, :], mask=km[None, :], other=0.0).to(ACC)
-    gc = tl.load(g_cum + tok * H + h).to(ACC)
-    bt = tl.load(beta + tok * H + h).to(ACC)
+def _tile(ptr, tok, heads, head, width, k0, BKT: tl.constexpr):
+    """[C, BKT] tile (columns k0 ..) of a [slots, heads, width] tensor, its offsets and mask."""
+    kc = k0 + tl.arange(0, BKT)
+    km = kc < width
+    return tl.load(ptr + (tok[:, None] * heads + head) * width + kc[None, :], mask=km[None, :], other=0.0), kc, km
 
-    lower = i[:, None] > i[None, :]
-    decay = tl.exp(tl.where(lower, gc[:, None] - gc[None, :], 0.0))
-    kk = tl.dot(kt, tl.trans(kt), input_precision=PREC, out_dtype=ACC)
-    strict = tl.where(lower, kk * decay * bt[:, None], 0.0)
 
+@triton.jit
+def _inverse(strict, i, LOG_C: tl.constexpr, PREC: tl.constexpr, ACC: tl.constexpr):
+    """(I + strict)^-1 for a strictly lower triangular [C, C] tile, by block doubling."""
     x = tl.where(i[:, None] == i[None, :], 1.0, 0.0).to(ACC)
     for s in tl.static_range(LOG_C):
         size = 1 << s
         same = (i[:, None] // (2 * size)) == (i[None, :] // (2 * size))
         off = same & (((i[:, None] // size) % 2) == 1) & (((i[None, :] // size) % 2) == 0)
-        e = tl.where(off, strict, 0.0)
-        xe = tl.dot(x, e, input_precision=PREC, out_dtype=ACC)
+        xe = tl.dot(x, tl.where(off, strict, 0.0), input_precision=PREC, out_dtype=ACC)
         x = x - tl.dot(xe, x, input_precision=PREC, out_dtype=ACC)
-    ab = x * bt[None, :]
+    return x
+
+
+@triton.jit
+def ut_factors_kernel(
+    q, k, v, g_cum, beta, lam, a_inv, w, u, qt, pw,
+    S, NC, L,
+    H: tl.constexpr, G: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    C: tl.constexpr, LOG_C: tl.constexpr, LP: tl.constexpr, BKT: tl.constexpr, BV: tl.constexpr,
+    ACC: tl.constexpr, PREC: tl.constexpr, DOT: tl.constexpr,
+):
+    row64, c, h, grp, i, tok, _, _ = chunk_program(S, NC, H, G, K, C, BKT)
+    gc = tl.load(g_cum + tok * H + h).to(ACC)
+    bt = tl.load(beta + tok * H + h).to(ACC)
+    causal = i[:, None] >= i[None, :]
+    lower = i[:, None] > i[None, :]
+    gamma = tl.exp(tl.where(causal, gc[:, None] - gc[None, :], 0.0))
+
+    kk = tl.zeros([C, C], dtype=ACC)
+    qk = tl.zeros([C, C], dtype=ACC)
+    for k0 in tl.static_range(0, K, BKT):
+        kt, _, _ = _tile(k, tok, G, grp, K, k0, BKT)
+        qq, _, _ = _tile(q, tok, G, grp, K, k0, BKT)
+        kk += mma(kt, tl.trans(kt), DOT, PREC, ACC)
+        qk += mma(qq, tl.trans(kt), DOT, PREC, ACC)
+    ab = _inverse(tl.where(lower, kk * gamma * bt[:, None], 0.0), i, LOG_C, PREC, ACC) * bt[None, :]
+    qk = tl.where(causal, qk * gamma, 0.0)
 
     blk = (row64 * NC + c) * H + h
-    tl.store(a_inv + blk * C * C + i[:, None] * C + i[None, :], ab)
-    wt = tl.dot(ab, kt * tl.exp(gc)[:, None], input_precision=PREC, out_dtype=ACC)
-    tl.store(w + (tok[:, None] * H + h) * K + dk[None, :], wt, mask=km[None, :])
-    for v0 in range(0, V, BV):
-        dv = v0 + tl.arange(0, BV)
-        vm = dv[None, :] < V
-        vt = tl.load(v + (tok[:, None] * H + h) * V + dv[None, :], mask=vm, other=0.0).to(ACC)
-        ut = tl.dot(ab, vt, input_precision=PREC, out_dtype=ACC)
-        tl.store(u + (tok[:, None] * H + h) * V + dv[None, :], ut, mask=vm)
+    cc = blk * C * C + i[:, None] * C + i[None, :]
+    tl.store(a_inv + cc, ab.to(a_inv.dtype.element_ty))
+    cols = tl.arange(0, LP)
+    lam_t = tl.load(lam + (tok[:, None] * H + h) * L + cols[None, :], mask=cols[None, :] < L, other=0.0).to(ACC)
+    p = tl.dot(qk, ab, input_precision=PREC, out_dtype=ACC)
+    tl.store(pw + cc, (p * level_weights(lam_t, cols, i, L, C, LOG_C, ACC)).to(pw.dtype.element_ty))
+
+    e_g = tl.exp(gc)[:, None]
+    for k0 in tl.static_range(0, K, BKT):
+        kt, kc, km = _tile(k, tok, G, grp, K, k0, BKT)
+        qq, _, _ = _tile(q, tok, G, grp, K, k0, BKT)
+        wt = tl.dot(ab, kt.to(ACC) * e_g, input_precision=PREC, out_dtype=ACC)
+        off = (tok[:, None] * H + h) * K + kc[None, :]
+        tl.store(w + off, wt.to(w.dtype.element_ty), mask=km[None, :])
+        qtt = qq.to(ACC) * e_g - tl.dot(qk, wt, input_precision=PREC, out_dtype=ACC)
+        tl.store(qt + off, qtt.to(qt.dtype.element_ty), mask=km[None, :])
+    for v0 in tl.static_range(0, V, BV):
+        vt, dv, vm = _tile(v, tok, H, h, V, v0, BV)
+        ut = tl.dot(ab, vt.to(ACC), input_precision=PREC, out_dtype=ACC)
+        tl.store(u + (tok[:, None] * H + h) * V + dv[None, :], ut.to(u.dtype.element_ty), mask=vm[None, :])

@@ -4,13 +4,16 @@ Grid ``(N * NC, H, V / BV)``. For the chunk's queries (SPEC §4, ``block.py`` fo
 
     o = (P * Lambda) V  +  sum_js  lambda[:, level(js)] * (Qt @ states[js])
 
-P = (q k^T) * exp(G_t - G_s) (causal), for the delta rule times Ab = A^-1 diag(beta);
-Qt = exp(G) q, for the delta rule minus (q k^T * Gamma) W. Lambda[t, s] = lambda_t at level
-min(bit_length(t XOR s), L-1): the chunk is aligned, so slot indices give the intra levels.
+Scalar decay: P = (q k^T) * exp(G_t - G_s) (causal), Qt = exp(G) q, both formed here. The delta
+rule's (P = QK Ab, Qt = exp(G) q - QK W) come from ``intra_triton.ut_factors_kernel`` as
+Pw = P * Lambda and Qt, computed once per chunk rather than once per value tile.
+Lambda[t, s] = lambda_t at level min(bit_length(t XOR s), L-1): the chunk is aligned, so slot
+indices give the intra levels (``level_weights``).
 Inter-chunk level js is read when bit js of the absolute chunk index is set; the top state
 (last js) always; ``scan_triton.state_slot`` says where it was recorded (under scalar decay the
-reader applies the decay from the recording chunk, ``recorded_decay``). With an initial state, the first chunk also reads the initial levels that lie
-inside it (``low``), each at min(max(l, bit_length(t XOR (p0 - 1))), L-1) for query t.
+reader applies the decay from the recording chunk, ``recorded_decay``). With an initial state,
+the first chunk also reads the initial levels that lie inside it (``low``), each at
+min(max(l, bit_length(t XOR (p0 - 1))), L-1) for query t.
 """
 from __future__ import annotations
 
@@ -31,8 +34,18 @@ def _column(tile, cols, col):
 
 
 @triton.jit
+def level_weights(lam_t, cols, i, L, C: tl.constexpr, LOG_C: tl.constexpr, ACC: tl.constexpr):
+    """Lambda [C, C]: lambda_t (a [C, LP] tile) at the level of (t, s) inside the chunk."""
+    lev = tl_capped_level(i[:, None], i[None, :], L)
+    weights = tl.zeros([C, C], dtype=ACC)
+    for lvl in tl.static_range(LOG_C + 1):
+        weights = tl.where(lev == lvl, _column(lam_t, cols, lvl)[:, None], weights)
+    return weights
+
+
+@triton.jit
 def chunk_output_kernel(
-    q, k, v, g_cum, lam, a_inv, w, states, chunk_g, low, base_chunk, first_pos, o,
+    q, k, v, g_cum, lam, pw, qt_delta, states, chunk_g, low, base_chunk, first_pos, o,
     S, NC, NJ, NSLOT, top_exp, L,
     H: tl.constexpr, G: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     C: tl.constexpr, LOG_C: tl.constexpr, LP: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
@@ -43,29 +56,22 @@ def chunk_output_kernel(
     vm = dv < V
     cols = tl.arange(0, LP)
 
-    qt = tl.load(q + (tok[:, None] * G + grp) * K + dk[None, :], mask=km[None, :], other=0.0).to(ACC)
-    kt = tl.load(k + (tok[:, None] * G + grp) * K + dk[None, :], mask=km[None, :], other=0.0).to(ACC)
-    vt = tl.load(v + (tok[:, None] * H + h) * V + dv[None, :], mask=vm[None, :], other=0.0).to(ACC)
-    gc = tl.load(g_cum + tok * H + h).to(ACC)
+    vt = tl.load(v + (tok[:, None] * H + h) * V + dv[None, :], mask=vm[None, :], other=0.0)
     lam_t = tl.load(lam + (tok[:, None] * H + h) * L + cols[None, :], mask=cols[None, :] < L, other=0.0).to(ACC)
-
-    causal = i[:, None] >= i[None, :]
-    gamma = tl.exp(tl.where(causal, gc[:, None] - gc[None, :], 0.0))
-    qk = tl.where(causal, mma(qt, tl.trans(kt), DOT, PREC, ACC) * gamma, 0.0)
-    qt = qt * tl.exp(gc)[:, None]
-    p = qk
     if DELTA:
         blk = (row64 * NC + c) * H + h
-        ab = tl.load(a_inv + blk * C * C + i[:, None] * C + i[None, :]).to(ACC)
-        p = mma(qk, ab, DOT, PREC, ACC)
-        wt = tl.load(w + (tok[:, None] * H + h) * K + dk[None, :], mask=km[None, :], other=0.0).to(ACC)
-        qt = qt - mma(qk, wt, DOT, PREC, ACC)
-
-    lev = tl_capped_level(i[:, None], i[None, :], L)
-    weights = tl.zeros([C, C], dtype=ACC)
-    for lvl in tl.static_range(LOG_C + 1):
-        weights = tl.where(lev == lvl, _column(lam_t, cols, lvl)[:, None], weights)
-    acc = mma(p * weights, vt, DOT, PREC, ACC)
+        p = tl.load(pw + blk * C * C + i[:, None] * C + i[None, :])
+        qt = tl.load(qt_delta + (tok[:, None] * H + h) * K + dk[None, :], mask=km[None, :], other=0.0)
+    else:
+        qt = tl.load(q + (tok[:, None] * G + grp) * K + dk[None, :], mask=km[None, :], other=0.0).to(ACC)
+        kt = tl.load(k + (tok[:, None] * G + grp) * K + dk[None, :], mask=km[None, :], other=0.0).to(ACC)
+        gc = tl.load(g_cum + tok * H + h).to(ACC)
+        causal = i[:, None] >= i[None, :]
+        gamma = tl.exp(tl.where(causal, gc[:, None] - gc[None, :], 0.0))
+        qk = tl.where(causal, mma(qt, tl.trans(kt), DOT, PREC, ACC) * gamma, 0.0)
+        p = qk * level_weights(lam_t, cols, i, L, C, LOG_C, ACC)
+        qt = qt * tl.exp(gc)[:, None]
+    acc = mma(p, vt, DOT, PREC, ACC)
 
     cb = tl.load(base_chunk + row64)
     ca = cb + c
@@ -74,7 +80,7 @@ def chunk_output_kernel(
     for js in range(NJ):
         if tl_chunk_reads_scan(ca, js, NJ):
             slot, first = state_slot(ca, cb, js, NJ, NC, top_exp, DELTA)
-            hs = tl.load(states + ((row64 * NSLOT + slot) * H + h) * K * V + hv, mask=hvm, other=0.0).to(ACC)
+            hs = tl.load(states + ((row64 * NSLOT + slot) * H + h) * K * V + hv, mask=hvm, other=0.0)
             weight = _column(lam_t, cols, tl_scan_level(js, NJ, L, LOG_C))
             if not DELTA:
                 weight = weight * recorded_decay(chunk_g, row64, NC, H, h, c, first, ACC)
@@ -85,7 +91,7 @@ def chunk_output_kernel(
             e = tl_bit_length(pos ^ (tl.load(first_pos + row64) - 1))
             for low_lvl in range(tl.minimum(LOG_C + 1, L - 1)):
                 low_src = low + ((row64 * H + h) * L + low_lvl) * K * V
-                low_hs = tl.load(low_src + hv, mask=hvm, other=0.0).to(ACC)
+                low_hs = tl.load(low_src + hv, mask=hvm, other=0.0)
                 low_col = tl.minimum(tl.maximum(e, low_lvl), L - 1)
                 low_w = _column(lam_t, cols, low_col[:, None])
                 acc += low_w[:, None] * mma(qt, low_hs, DOT, PREC, ACC)

@@ -178,12 +178,13 @@ def level_scan_kernel(
         if adds == 1:
             tok = row64 * S + c * C + i
             gc = tl.load(g_cum + tok * H + h).to(ACC)
-            kt = tl.load(k + (tok[:, None] * G + grp) * K + dk[None, :], mask=km[None, :], other=0.0).to(ACC)
-            kd = kt * tl.exp(g_end - gc)[:, None]
+            # Loaded tiles stay in their dtype: ``mma`` rounds its operands to DOT itself.
+            kt = tl.load(k + (tok[:, None] * G + grp) * K + dk[None, :], mask=km[None, :], other=0.0)
+            kd = kt.to(ACC) * tl.exp(g_end - gc)[:, None]
             ut = tl.load(vu + (tok[:, None] * H + h) * V + dv[None, :], mask=vm[None, :], other=0.0).to(ACC)
             wt = kt
             if DELTA:
-                wt = tl.load(w + (tok[:, None] * H + h) * K + dk[None, :], mask=km[None, :], other=0.0).to(ACC)
+                wt = tl.load(w + (tok[:, None] * H + h) * K + dk[None, :], mask=km[None, :], other=0.0)
             if is_top:
                 if DELTA:
                     hs = _push(hs, kd, wt, ut, decay, 0.0, DELTA, DOT, PREC, ACC)
