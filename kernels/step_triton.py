@@ -102,6 +102,12 @@ def decode_step_kernel(
     tl.store(scales + ((t + 1) % 2) * L + cols, new, mask=cols < L)
 
 
+def _step_tiles(key_dim, value_dim):
+    """(value tile, warps) of the step: a [BK, BV] fp32 tile of at most 4096 values per level,
+    so that each of the many small programs keeps its loads in flight."""
+    return max(16, min(block_size(value_dim), 4096 // block_size(key_dim))), 4
+
+
 def step_loglinear_attention_triton(state, q, k, v, g, level_weights, beta=None):
     """In-place decode step on a LevelState (fp32 levels; a ``log_scale`` is attached on the
     first step); returns (o [N, H, V], state)."""
@@ -114,15 +120,14 @@ def step_loglinear_attention_triton(state, q, k, v, g, level_weights, beta=None)
     if state.log_scale is None:
         state.log_scale = torch.zeros(n, num_heads, 2, num_levels, dtype=torch.float32, device=state.levels.device)
     # Plain integer launch sizes (no triton.cdiv / next_power_of_2): this runs on every step.
-    bk = block_size(key_dim)
-    bv = max(16, min(block_size(value_dim), 4096 // bk))
+    bv, num_warps = _step_tiles(key_dim, value_dim)
     o = torch.empty(n, num_heads, value_dim, dtype=v.dtype, device=v.device)
     q, k, v, g, lam = (x.contiguous() for x in (q, k, v, g, level_weights))
     beta = None if beta is None else beta.contiguous()
     decode_step_kernel[(n, num_heads, -(-value_dim // bv))](
         state.levels, state.log_scale, state.position, q, k, v, g, lam, g if beta is None else beta, o,
-        num_levels, H=num_heads, G=q.shape[1], K=key_dim, V=value_dim, BK=bk, BV=bv,
-        LP=block_size(num_levels), DELTA=beta is not None,
+        num_levels, H=num_heads, G=q.shape[1], K=key_dim, V=value_dim, BK=block_size(key_dim), BV=bv,
+        LP=block_size(num_levels), DELTA=beta is not None, num_warps=num_warps,
     )
     state.position.add_(1)
     return o, state

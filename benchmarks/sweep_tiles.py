@@ -1,0 +1,103 @@
+"""Tile and warp sweeps of two launch-bound kernels on the GPU, each configuration checked first.
+
+    python benchmarks/sweep_tiles.py scan     # the Gated DeltaNet level scan (chunk_triton._scan_tiles)
+    python benchmarks/sweep_tiles.py step     # the decode step (step_triton._step_tiles)
+
+``scan``: for each (value tile, pipeline stages, warps) of the delta rule's level scan, the
+forward's max relative error against the float64 torch chunked form (bf16 inputs, T = 1000),
+then the median forward time at the ANCHORS.md shape (6 heads x 192 / 384, B = 32768 / T) at
+T = 2K and 8K. ``step``: for each (value tile, warps), the step's output against the torch step
+(fp32 state), then its time replayed from a CUDA graph at 48 heads x 128 x 64, 15 levels, for
+batch 16 / 64 / 256 at positions 1023 and 65535 and averaged over 64 consecutive positions from
+65536 (what a serving loop sees: the merge level changes from step to step), against the
+read-once floor. Prints a table last; the chosen configuration goes into the wrapper by hand.
+"""
+from __future__ import annotations
+
+import sys
+
+import torch
+import triton
+
+from hf_loglinear.levels import levels_for_length
+from hf_loglinear.ops import LevelState, loglinear_attention, loglinear_attention_step
+from hf_loglinear.kernels import chunk_triton, step_triton
+
+sys.path.insert(0, __file__.rsplit("/", 1)[0])
+from bench_kernels import GDN, graphed_time, inputs, rel  # noqa: E402
+
+
+def sweep_scan():
+    rows = []
+    base = chunk_triton._scan_tiles
+    for bv, stages, warps in [(32, 2, 8), (32, 1, 8), (16, 2, 4), (16, 2, 8), (64, 2, 8), (32, 2, 4), (32, 3, 8)]:
+        def tiles(bk, value_dim, delta, bv=bv, stages=stages, warps=warps):
+            if delta and bk > 128:
+                return bv, dict(num_stages=stages, num_warps=warps)
+            return base(bk, value_dim, delta)
+
+        chunk_triton._scan_tiles = tiles
+        x = inputs(1, 1000, **GDN, num_levels=12, delta=True, dtype=torch.bfloat16, seed=1)
+        try:
+            o = loglinear_attention(*x[:5], beta=x[5], backend="triton")[0]
+        except Exception as e:  # a configuration that does not compile or fit: say so, go on
+            rows.append(f"| {bv} | {stages} | {warps} | {type(e).__name__} | - | - |")
+            print(rows[-1], str(e)[:200], flush=True)
+            continue
+        ref = loglinear_attention(*[a if a is None else a.double() for a in x[:5]], beta=x[5].double(), backend="torch")[0]
+        err = rel(o, ref)
+        times = []
+        for length in (2048, 8192):
+            xs = inputs(32768 // length, length, **GDN, num_levels=levels_for_length(length), delta=True, dtype=torch.bfloat16)
+            times.append(triton.testing.do_bench(lambda: loglinear_attention(*xs[:5], beta=xs[5], backend="triton"),
+                                                 return_mode="median"))
+        rows.append(f"| {bv} | {stages} | {warps} | {err:.1e} | {times[0]:.2f} ms | {times[1]:.2f} ms |")
+        print(rows[-1], flush=True)
+    chunk_triton._scan_tiles = base
+    return ["| BV | stages | warps | o rel. error (bf16, T=1000) | fwd T=2K B=16 | fwd T=8K B=4 |", "|---|---|---|---|---|---|", *rows]
+
+
+def sweep_step():
+    big = torch.empty(2**30, dtype=torch.uint8, device="cuda")
+    bw = 2 * big.numel() / (triton.testing.do_bench(lambda: big.clone(), return_mode="median") * 1e-3)
+    del big
+    heads, key_dim, value_dim, num_levels = 48, 128, 64, 15
+    base = step_triton._step_tiles
+    rows = []
+    for bv, warps in [(32, 4), (16, 4), (16, 2), (32, 2), (64, 4), (32, 8), (64, 8), (16, 1)]:
+        step_triton._step_tiles = lambda key_dim, value_dim, bv=bv, warps=warps: (bv, warps)
+        cells = []
+        for batch in (16, 64, 256):
+            levels = torch.randn(batch, heads, num_levels, key_dim, value_dim, device="cuda") * 0.01
+            q, k = torch.randn(2, batch, 1, key_dim, device="cuda", dtype=torch.bfloat16)
+            v = torch.randn(batch, heads, value_dim, device="cuda", dtype=torch.bfloat16)
+            g = -torch.rand(batch, heads, device="cuda")
+            lam = torch.rand(batch, heads, num_levels, device="cuda")
+            if batch == 16:  # one step against the torch step
+                pos = torch.full((batch,), 65535, dtype=torch.int64, device="cuda")
+                o = loglinear_attention_step(LevelState(levels.clone(), pos.clone()), q, k, v, g, lam, backend="triton")[0]
+                ref = loglinear_attention_step(LevelState(levels.clone(), pos.clone()), q, k, v, g, lam, backend="torch")[0]
+                cells.append(f"{rel(o, ref):.1e}")
+            floor = levels.numel() * 4 / bw
+            for position, count in ((1023, 0), (65535, 0), (65536, 64)):
+                state = LevelState(levels.clone(), torch.full((batch,), position, dtype=torch.int64, device="cuda"))
+
+                def step(state=state, position=position, count=count):
+                    loglinear_attention_step(state, q, k, v, g, lam, backend="triton")
+                    if count == 0:
+                        state.position.fill_(position)  # the same position every step
+
+                t = graphed_time(step, steps=64)  # 64 consecutive positions when count > 0
+                cells.append(f"{t * 1e-3 / floor:.2f}")
+            del levels
+        rows.append(f"| {bv} | {warps} | " + " | ".join(cells) + " |")
+        print(rows[-1], flush=True)
+    step_triton._step_tiles = base
+    head = "| BV | warps | rel. error | " + " | ".join(
+        f"B={b} {p}" for b in (16, 64, 256) for p in ("1023", "65535", "65536+64")) + " |"
+    return [f"step time / read-once floor (CUDA graph), copy bandwidth {bw / 1e12:.2f} TB/s", head, "|---" * 12 + "|", *rows]
+
+
+if __name__ == "__main__":
+    what = sys.argv[1] if len(sys.argv) > 1 else "scan"
+    print("\n".join(sweep_scan() if what == "scan" else sweep_step()), flush=True)
