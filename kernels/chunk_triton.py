@@ -5,7 +5,8 @@ Stages (one launch each, all chunk- or level-parallel; SPEC §4):
 2. ``intra_triton.ut_factors_kernel`` (delta rule only): A^-1 diag(beta), W, U, the readout
    query Qt and the level-weighted intra-chunk matrix Pw per chunk (``_DeltaFactors``);
 3. ``scan_triton.level_scan_kernel``: every inter-chunk level is its own scan over chunks
-   (grid: sequences x heads x levels x value tiles), recording the state each chunk reads;
+   (grid: sequences x heads x levels x value tiles; the capped top in a second launch),
+   recording the state each chunk reads;
 4. ``output_triton.chunk_output_kernel``: intra-chunk (P * Lambda) V plus the level readout.
 The final LevelState is assembled in torch from the recorded states of each sequence's last
 chunk (``_Recorded``: under scalar decay one state per run of chunks reading it, so the buffer is
@@ -298,12 +299,40 @@ def _scan(rows, dtype, consts, num_levels, initial_state, chunk):
     else:
         low = h0 = p0 = low_sum = states  # never read
     bv_scan, scan_launch = _scan_tiles(bk, value_dim, delta)
-    level_scan_kernel[(n * num_heads, num_js, triton.cdiv(value_dim, bv_scan))](
-        rows.k, rows.v if not delta else factors.u, rows.k if not delta else factors.w, g_cum, states, h0, p0, low_sum,
-        base_chunk, slots, nc, num_js, num_slots, top_exp, BV=bv_scan, DELTA=delta, HAS_INIT=has_init,
-        DOT=_dot_dtype(dtype), **{**consts, **scan_launch},
-    )
+    # Two launches: the inter-chunk levels and the capped top, which alone carries a pending
+    # window sum (a second state tile: as one kernel every program would reserve its registers).
+    # They run side by side (``_side_by_side``): at long T the top's few programs walk as many
+    # chunks as all the others.
+    def scan(top, num_programs, **launch):
+        level_scan_kernel[(n * num_heads, num_programs, triton.cdiv(value_dim, bv_scan))](
+            rows.k, rows.v if not delta else factors.u, rows.k if not delta else factors.w, g_cum, states, h0, p0,
+            low_sum, base_chunk, slots, nc, num_js, num_slots, top_exp, BV=bv_scan, TOP=top, DELTA=delta,
+            HAS_INIT=has_init, DOT=_dot_dtype(dtype), **{**consts, **scan_launch, **launch},
+        )
+
+    # the top unpipelined: prefetch buffers on top of its two state tiles would spill
+    _side_by_side(lambda: scan(True, 1, num_stages=1), (lambda: scan(False, num_js - 1)) if num_js > 1 else None, dev)
     return g_cum, factors, recorded, low
+
+
+_SIDE_STREAMS: dict = {}
+
+
+def _side_by_side(first, second, device):
+    """Run two independent launches concurrently on CUDA: ``first`` on a side stream (one per
+    device, joined back before returning; capturable in a CUDA graph), ``second`` on the current
+    one. Elsewhere (the interpreter) one after the other."""
+    if second is None or device.type != "cuda":
+        first()
+        return None if second is None else second()
+    main = torch.cuda.current_stream(device)
+    side = _SIDE_STREAMS.setdefault(device, torch.cuda.Stream(device))
+    side.wait_stream(main)
+    with torch.cuda.stream(side):
+        first()
+    second()
+    main.wait_stream(side)
+    return None
 
 
 def _scan_tiles(bk, value_dim, delta):

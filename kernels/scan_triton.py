@@ -122,13 +122,15 @@ def _round_bf16(x):
 
 
 @triton.jit
-def _push(hs, kd, wt, ut, decay, add, DELTA: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr, ACC: tl.constexpr):
-    """State [BK, BV] through one chunk, plus ``add`` times the chunk's contribution."""
+def _push(hs, kt, wt, vt, e, decay, add, DELTA: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr, ACC: tl.constexpr):
+    """State [BK, BV] through one chunk, plus ``add`` times the chunk's contribution:
+    decay h + Kd^T (add U - W h) with Kd = e k (e = exp(G_end - G) per token). The per-token
+    decay scales the [C, BV] value side, not the [C, BK] keys: k goes to the tensor cores as
+    loaded, and the key tile never passes through registers."""
+    vnew = add * vt
     if DELTA:
-        vnew = add * ut - mma(wt, hs, DOT, PREC, ACC)
-    else:
-        vnew = add * ut
-    return decay * hs + mma(tl.trans(kd), vnew, DOT, PREC, ACC)
+        vnew = vnew - mma(wt, hs, DOT, PREC, ACC)
+    return decay * hs + mma(tl.trans(kt), vnew * e[:, None], DOT, PREC, ACC)
 
 
 @triton.jit
@@ -136,20 +138,22 @@ def level_scan_kernel(
     k, vu, w, g_cum, states, h0, p0, low, base_chunk,
     S, NC, NJ, NSLOT, top_exp,
     H: tl.constexpr, G: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, TOP: tl.constexpr,
     DELTA: tl.constexpr, HAS_INIT: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr, DOT: tl.constexpr,
 ):
     row, h, grp, js, dk, dv, km, vm, hv, hvm = scan_program(H, G, K, V, BK, BV)
+    if TOP:  # launched on its own (grid (N * H, 1, V / BV)): only it carries a pending sum
+        js = NJ - 1
     i = tl.arange(0, C)
-    is_top = js == NJ - 1
     cb = tl.load(base_chunk + row)
     row64 = row.to(tl.int64)
 
     hs = tl.zeros([BK, BV], dtype=ACC)
-    ps = tl.zeros([BK, BV], dtype=ACC)
     if HAS_INIT:
         hs += tl.load(h0 + ((row64 * NJ + js) * H + h) * K * V + hv, mask=hvm, other=0.0).to(ACC)
-        if is_top:
+    if TOP:
+        ps = tl.zeros([BK, BV], dtype=ACC)
+        if HAS_INIT:
             ps += tl.load(p0 + (row64 * H + h) * K * V + hv, mask=hvm, other=0.0).to(ACC)
     js64 = js.to(tl.int64)
     win = tl_scan_window(js, NJ, top_exp)
@@ -166,37 +170,37 @@ def level_scan_kernel(
         if HAS_INIT:
             if c == 0:  # initial levels inside the first chunk enter with its contribution
                 lo = tl.load(low + (row64 * H + h) * K * V + hv, mask=hvm, other=0.0).to(ACC)
-                hs += tl.where(reads, 0.0, 1.0) * lo
-                ps += lo
+                if TOP:
+                    ps += lo
+                else:
+                    hs += tl.where(reads, 0.0, 1.0) * lo
+        tok = row64 * S + c * C + i
         g_end = tl.load(g_cum + (row64 * S + c * C + C - 1) * H + h).to(ACC)
         decay = tl.exp(g_end)
-        # Under scalar decay a state that adds nothing here only decays: skip the chunk's loads
-        # and product (the readers of a level, half the chunks, and the top outside its pending sum).
-        adds = tl.where(is_top | (bit == 0), 1, 0)
-        if DELTA:
-            adds = tl.full((), 1, tl.int32)
-        if adds == 1:
-            tok = row64 * S + c * C + i
-            gc = tl.load(g_cum + tok * H + h).to(ACC)
-            # Loaded tiles stay in their dtype: ``mma`` rounds its operands to DOT itself.
+        if DELTA:  # every state goes through the chunk's transition: unconditional loads (pipelined)
             kt = tl.load(k + (tok[:, None] * G + grp) * K + dk[None, :], mask=km[None, :], other=0.0)
-            kd = kt.to(ACC) * tl.exp(g_end - gc)[:, None]
+            wt = tl.load(w + (tok[:, None] * H + h) * K + dk[None, :], mask=km[None, :], other=0.0)
             ut = tl.load(vu + (tok[:, None] * H + h) * V + dv[None, :], mask=vm[None, :], other=0.0).to(ACC)
-            wt = kt
-            if DELTA:
-                wt = tl.load(w + (tok[:, None] * H + h) * K + dk[None, :], mask=km[None, :], other=0.0)
-            if is_top:
-                if DELTA:
-                    hs = _push(hs, kd, wt, ut, decay, 0.0, DELTA, DOT, PREC, ACC)
-                else:
-                    hs = decay * hs
-                ps = _push(ps, kd, wt, ut, decay, 1.0, DELTA, DOT, PREC, ACC)
+            e = tl.exp(g_end - tl.load(g_cum + tok * H + h).to(ACC))
+            if TOP:
+                hs = _push(hs, kt, wt, ut, e, decay, 0.0, DELTA, DOT, PREC, ACC)
+                ps = _push(ps, kt, wt, ut, e, decay, 1.0, DELTA, DOT, PREC, ACC)
             else:
-                hs = _push(hs, kd, wt, ut, decay, tl.where(bit == 1, 0.0, 1.0), DELTA, DOT, PREC, ACC)
+                hs = _push(hs, kt, wt, ut, e, decay, tl.where(bit == 1, 0.0, 1.0), DELTA, DOT, PREC, ACC)
         else:
+            # Under scalar decay a state that adds nothing here only decays: the readers of a
+            # level (half the chunks) and the top outside its pending sum skip the loads and product.
             hs = decay * hs
+            if TOP or bit == 0:
+                kt = tl.load(k + (tok[:, None] * G + grp) * K + dk[None, :], mask=km[None, :], other=0.0)
+                ut = tl.load(vu + (tok[:, None] * H + h) * V + dv[None, :], mask=vm[None, :], other=0.0).to(ACC)
+                e = tl.exp(g_end - tl.load(g_cum + tok * H + h).to(ACC))
+                if TOP:
+                    ps = _push(ps, kt, kt, ut, e, decay, 1.0, DELTA, DOT, PREC, ACC)
+                else:
+                    hs += mma(tl.trans(kt), ut * e[:, None], DOT, PREC, ACC)
         if (ca & win) == win:
-            if is_top:
+            if TOP:
                 hs += ps
                 ps = tl.zeros([BK, BV], dtype=ACC)
             else:
