@@ -122,15 +122,26 @@ def _round_bf16(x):
 
 
 @triton.jit
-def _push(hs, kt, wt, vt, e, decay, add, DELTA: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr, ACC: tl.constexpr):
+def _keys_times(kt, vt, e, K: tl.constexpr, BK: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr, ACC: tl.constexpr):
+    """Kd^T vt for the chunk's keys Kd = e k (e = exp(G_end - G) per token). The decay scales the
+    [C, BV] value side, so the loaded key tile goes to the tensor cores as it is, except for a
+    masked key tile (K < BK): triton 3.6 on sm_90 faults (out-of-range shared address) on a
+    loaded, masked, transposed bf16 operand at K = 192, so those keys are scaled in registers."""
+    if K == BK:
+        return mma(tl.trans(kt), vt * e[:, None], DOT, PREC, ACC)
+    else:
+        return mma(tl.trans(kt.to(ACC) * e[:, None]), vt, DOT, PREC, ACC)
+
+
+@triton.jit
+def _push(hs, kt, wt, vt, e, decay, add, K: tl.constexpr, BK: tl.constexpr,
+          DELTA: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr, ACC: tl.constexpr):
     """State [BK, BV] through one chunk, plus ``add`` times the chunk's contribution:
-    decay h + Kd^T (add U - W h) with Kd = e k (e = exp(G_end - G) per token). The per-token
-    decay scales the [C, BV] value side, not the [C, BK] keys: k goes to the tensor cores as
-    loaded, and the key tile never passes through registers."""
+    decay h + Kd^T (add U - W h)."""
     vnew = add * vt
     if DELTA:
         vnew = vnew - mma(wt, hs, DOT, PREC, ACC)
-    return decay * hs + mma(tl.trans(kt), vnew * e[:, None], DOT, PREC, ACC)
+    return decay * hs + _keys_times(kt, vnew, e, K, BK, DOT, PREC, ACC)
 
 
 @triton.jit
@@ -183,10 +194,10 @@ def level_scan_kernel(
             ut = tl.load(vu + (tok[:, None] * H + h) * V + dv[None, :], mask=vm[None, :], other=0.0).to(ACC)
             e = tl.exp(g_end - tl.load(g_cum + tok * H + h).to(ACC))
             if TOP:
-                hs = _push(hs, kt, wt, ut, e, decay, 0.0, DELTA, DOT, PREC, ACC)
-                ps = _push(ps, kt, wt, ut, e, decay, 1.0, DELTA, DOT, PREC, ACC)
+                hs = _push(hs, kt, wt, ut, e, decay, 0.0, K, BK, DELTA, DOT, PREC, ACC)
+                ps = _push(ps, kt, wt, ut, e, decay, 1.0, K, BK, DELTA, DOT, PREC, ACC)
             else:
-                hs = _push(hs, kt, wt, ut, e, decay, tl.where(bit == 1, 0.0, 1.0), DELTA, DOT, PREC, ACC)
+                hs = _push(hs, kt, wt, ut, e, decay, tl.where(bit == 1, 0.0, 1.0), K, BK, DELTA, DOT, PREC, ACC)
         else:
             # Under scalar decay a state that adds nothing here only decays: the readers of a
             # level (half the chunks) and the top outside its pending sum skip the loads and product.
@@ -196,9 +207,9 @@ def level_scan_kernel(
                 ut = tl.load(vu + (tok[:, None] * H + h) * V + dv[None, :], mask=vm[None, :], other=0.0).to(ACC)
                 e = tl.exp(g_end - tl.load(g_cum + tok * H + h).to(ACC))
                 if TOP:
-                    ps = _push(ps, kt, kt, ut, e, decay, 1.0, DELTA, DOT, PREC, ACC)
+                    ps = _push(ps, kt, kt, ut, e, decay, 1.0, K, BK, DELTA, DOT, PREC, ACC)
                 else:
-                    hs += mma(tl.trans(kt), ut * e[:, None], DOT, PREC, ACC)
+                    hs += _keys_times(kt, ut, e, K, BK, DOT, PREC, ACC)
         if (ca & win) == win:
             if TOP:
                 hs += ps
