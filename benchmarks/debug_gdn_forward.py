@@ -3,17 +3,25 @@ pipeline stages in its level scan: one case per process (an illegal access poiso
 context), launches blocking.
 
     CUDA_LAUNCH_BLOCKING=1 python benchmarks/debug_gdn_forward.py K V dtype [stages]
+    python benchmarks/debug_gdn_forward.py 192 384 bfloat16 time
+
+``time``: after the check, the forward's median time at the ANCHORS.md shape (6 heads x 192 /
+384, B = 32768 / T) at T = 2K and 8K, with num_levels = 1 and fla's chunk_gated_delta_rule
+forward beside it (same run).
 """
 import sys
 import traceback
 
 import torch
 
+sys.path.insert(0, __file__.rsplit("/", 1)[0])
+
 from hf_loglinear.kernels import chunk_triton
 from hf_loglinear.ops import loglinear_attention
 
 K, V, dtype = int(sys.argv[1]), int(sys.argv[2]), getattr(torch, sys.argv[3])
-if len(sys.argv) > 4:
+TIME = sys.argv[-1] == "time"
+if len(sys.argv) > 4 and not TIME:
     tiles = chunk_triton._scan_tiles
     chunk_triton._scan_tiles = lambda *a: (tiles(*a)[0], {**tiles(*a)[1], "num_stages": int(sys.argv[4])})
 gen = torch.Generator(device="cuda").manual_seed(0)
@@ -30,3 +38,21 @@ try:
     print("ok", sys.argv[1:], f"o rel. error {err:.1e}", flush=True)
 except Exception:
     print("FAIL", sys.argv[1:], traceback.format_exc()[-600:], flush=True)
+    sys.exit(1)
+if TIME:
+    import triton
+    from bench_kernels import GDN, inputs
+    from hf_loglinear.levels import levels_for_length
+
+    for length in (2048, 8192):
+        x = inputs(32768 // length, length, **GDN, num_levels=levels_for_length(length), delta=True, dtype=torch.bfloat16)
+        cells = {}
+        for name, lam in (("ours", x[4]), ("ours L=1", x[4][..., :1].contiguous())):
+            cells[name] = triton.testing.do_bench(lambda: loglinear_attention(*x[:4], lam, beta=x[5], backend="triton"), return_mode="median")
+        try:
+            from fla.ops.gated_delta_rule import chunk_gated_delta_rule
+
+            cells["fla gated_delta_rule"] = triton.testing.do_bench(lambda: chunk_gated_delta_rule(*x[:4], x[5], scale=1.0), return_mode="median")
+        except Exception as e:  # fla missing or refusing: say so
+            print(f"fla: {type(e).__name__}: {str(e)[:160]}")
+        print(f"gdn fwd T={length} B={32768 // length}: " + ", ".join(f"{k} {t:.2f} ms" for k, t in cells.items()), flush=True)

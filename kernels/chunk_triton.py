@@ -4,9 +4,9 @@ Stages (one launch each, all chunk- or level-parallel; SPEC §4):
 1. torch: chunk-local cumulative log decay G (one cumsum);
 2. ``intra_triton.ut_factors_kernel`` (delta rule only): A^-1 diag(beta), W, U, the readout
    query Qt and the level-weighted intra-chunk matrix Pw per chunk (``_DeltaFactors``);
-3. ``scan_triton.level_scan_kernel``: every inter-chunk level is its own scan over chunks
-   (grid: sequences x heads x levels x value tiles; the capped top in a second launch),
-   recording the state each chunk reads;
+3. ``scan_triton.level_scan_kernel`` (``level_scan_delta_kernel``): every inter-chunk level is
+   its own scan over chunks (grid: sequences x heads x levels x value tiles; under scalar decay
+   the capped top in a second launch beside it), recording the state each chunk reads;
 4. ``output_triton.chunk_output_kernel``: intra-chunk (P * Lambda) V plus the level readout.
 The final LevelState is assembled in torch from the recorded states of each sequence's last
 chunk (``_Recorded``: under scalar decay one state per run of chunks reading it, so the buffer is
@@ -52,7 +52,7 @@ from .chunk import chunk_loglinear_attention
 from .intra_triton import ut_factors_kernel
 from .layout import make_layout
 from .output_triton import chunk_output_kernel
-from .scan_triton import block_size, level_scan_kernel
+from .scan_triton import block_size, level_scan_delta_kernel, level_scan_kernel
 
 CHUNK = 64
 
@@ -299,19 +299,20 @@ def _scan(rows, dtype, consts, num_levels, initial_state, chunk):
     else:
         low = h0 = p0 = low_sum = states  # never read
     bv_scan, scan_launch = _scan_tiles(bk, value_dim, delta)
-    # Two launches: the inter-chunk levels and the capped top, which alone carries a pending
-    # window sum (a second state tile: as one kernel every program would reserve its registers).
-    # They run side by side (``_side_by_side``): at long T the top's few programs walk as many
-    # chunks as all the others.
-    def scan(top, num_programs, **launch):
-        level_scan_kernel[(n * num_heads, num_programs, triton.cdiv(value_dim, bv_scan))](
-            rows.k, rows.v if not delta else factors.u, rows.k if not delta else factors.w, g_cum, states, h0, p0,
-            low_sum, base_chunk, slots, nc, num_js, num_slots, top_exp, BV=bv_scan, TOP=top, DELTA=delta,
-            HAS_INIT=has_init, DOT=_dot_dtype(dtype), **{**consts, **scan_launch, **launch},
+    grid = lambda num_programs: (n * num_heads, num_programs, triton.cdiv(value_dim, bv_scan))  # noqa: E731
+    common = dict(HAS_INIT=has_init, DOT=_dot_dtype(dtype), BV=bv_scan, **consts, **scan_launch)
+    args = (g_cum, states, h0, p0, low_sum, base_chunk, slots, nc, num_js, num_slots, top_exp)
+    if delta:
+        level_scan_delta_kernel[grid(num_js)](rows.k, factors.u, factors.w, *args, **common)
+    else:
+        # The inter-chunk levels and the capped top (alone carrying a pending window sum) in two
+        # launches side by side: at long T the top's few programs walk as many chunks as all the
+        # others. The top unpipelined: prefetch buffers besides its two state tiles would spill.
+        _side_by_side(
+            lambda: level_scan_kernel[grid(1)](rows.k, rows.v, *args, TOP=True, **{**common, "num_stages": 1}),
+            (lambda: level_scan_kernel[grid(num_js - 1)](rows.k, rows.v, *args, TOP=False, **common)) if num_js > 1 else None,
+            dev,
         )
-
-    # the top unpipelined: prefetch buffers on top of its two state tiles would spill
-    _side_by_side(lambda: scan(True, 1, num_stages=1), (lambda: scan(False, num_js - 1)) if num_js > 1 else None, dev)
     return g_cum, factors, recorded, low
 
 

@@ -1,6 +1,7 @@
 """Triton: the inter-chunk level states, one independent scan per level (SPEC §4).
 
-Grid ``(N * H, NJ, V / BV)``. Program ``js < NJ - 1`` owns inter-chunk level ``js`` (global level
+Grid ``(N * H, NJ, V / BV)``: ``level_scan_kernel`` for scalar decay (the top, below, in a
+launch of its own), ``level_scan_delta_kernel`` for the delta rule. Program ``js < NJ - 1`` owns inter-chunk level ``js`` (global level
 log2(C) + 1 + js): walking the chunks c of its sequence (absolute chunk index ``ca``) it
 
 1. records its state h when bit js of ca is set (that chunk reads it), into the slot
@@ -125,8 +126,8 @@ def _round_bf16(x):
 def _keys_times(kt, vt, e, K: tl.constexpr, BK: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr, ACC: tl.constexpr):
     """Kd^T vt for the chunk's keys Kd = e k (e = exp(G_end - G) per token). The decay scales the
     [C, BV] value side, so the loaded key tile goes to the tensor cores as it is, except for a
-    masked key tile (K < BK): triton 3.6 on sm_90 faults (out-of-range shared address) on a
-    loaded, masked, transposed bf16 operand at K = 192, so those keys are scaled in registers."""
+    masked key tile (K < BK): there triton 3.6 on sm_90 faulted (out-of-range shared address,
+    K = 192) on the loaded, masked, transposed bf16 operand, so those keys are scaled in registers."""
     if K == BK:
         return mma(tl.trans(kt), vt * e[:, None], DOT, PREC, ACC)
     else:
@@ -137,7 +138,7 @@ def _keys_times(kt, vt, e, K: tl.constexpr, BK: tl.constexpr, DOT: tl.constexpr,
 def _push(hs, kt, wt, vt, e, decay, add, K: tl.constexpr, BK: tl.constexpr,
           DELTA: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr, ACC: tl.constexpr):
     """State [BK, BV] through one chunk, plus ``add`` times the chunk's contribution:
-    decay h + Kd^T (add U - W h)."""
+    decay h + Kd^T (add U - W h) (no W term under scalar decay)."""
     vnew = add * vt
     if DELTA:
         vnew = vnew - mma(wt, hs, DOT, PREC, ACC)
@@ -145,15 +146,27 @@ def _push(hs, kt, wt, vt, e, decay, add, K: tl.constexpr, BK: tl.constexpr,
 
 
 @triton.jit
+def _record(states, hs, ca, cb, c, js, NJ, NC, NSLOT, top_exp, row64, h, H: tl.constexpr, K: tl.constexpr,
+            V: tl.constexpr, hv, hvm, DELTA: tl.constexpr):
+    """Store the state chunk ``c`` reads from this scan, at the first chunk of its slot."""
+    slot, first = state_slot(ca, cb, js, NJ, NC, top_exp, DELTA)
+    if first == c:
+        tl.store(states + ((row64 * NSLOT + slot) * H + h) * K * V + hv, hs.to(states.dtype.element_ty), mask=hvm)
+
+
+@triton.jit
 def level_scan_kernel(
-    k, vu, w, g_cum, states, h0, p0, low, base_chunk,
+    k, v, g_cum, states, h0, p0, low, base_chunk,
     S, NC, NJ, NSLOT, top_exp,
     H: tl.constexpr, G: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, TOP: tl.constexpr,
-    DELTA: tl.constexpr, HAS_INIT: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr, DOT: tl.constexpr,
+    HAS_INIT: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr, DOT: tl.constexpr,
 ):
+    """Scalar decay. Launched twice: the inter-chunk levels (TOP false), then the capped top
+    alone (grid (N * H, 1, V / BV)), which carries the pending sum: a second state tile the
+    other programs then need no registers for."""
     row, h, grp, js, dk, dv, km, vm, hv, hvm = scan_program(H, G, K, V, BK, BV)
-    if TOP:  # launched on its own (grid (N * H, 1, V / BV)): only it carries a pending sum
+    if TOP:
         js = NJ - 1
     i = tl.arange(0, C)
     cb = tl.load(base_chunk + row)
@@ -174,10 +187,7 @@ def level_scan_kernel(
         bit = (ca >> js64) & 1
         reads = tl_chunk_reads_scan(ca, js64, NJ)
         if reads:
-            slot, first = state_slot(ca, cb, js, NJ, NC, top_exp, DELTA)
-            if first == c:
-                dst = states + ((row64 * NSLOT + slot) * H + h) * K * V
-                tl.store(dst + hv, hs.to(states.dtype.element_ty), mask=hvm)
+            _record(states, hs, ca, cb, c, js, NJ, NC, NSLOT, top_exp, row64, h, H, K, V, hv, hvm, False)
         if HAS_INIT:
             if c == 0:  # initial levels inside the first chunk enter with its contribution
                 lo = tl.load(low + (row64 * H + h) * K * V + hv, mask=hvm, other=0.0).to(ACC)
@@ -185,33 +195,82 @@ def level_scan_kernel(
                     ps += lo
                 else:
                     hs += tl.where(reads, 0.0, 1.0) * lo
-        tok = row64 * S + c * C + i
         g_end = tl.load(g_cum + (row64 * S + c * C + C - 1) * H + h).to(ACC)
         decay = tl.exp(g_end)
-        if DELTA:  # every state goes through the chunk's transition: unconditional loads (pipelined)
+        hs = decay * hs
+        # A state that adds nothing here only decays: the readers of a level (half the chunks)
+        # and the top outside its pending sum skip the loads and the product.
+        if TOP or bit == 0:
+            tok = row64 * S + c * C + i
             kt = tl.load(k + (tok[:, None] * G + grp) * K + dk[None, :], mask=km[None, :], other=0.0)
-            wt = tl.load(w + (tok[:, None] * H + h) * K + dk[None, :], mask=km[None, :], other=0.0)
-            ut = tl.load(vu + (tok[:, None] * H + h) * V + dv[None, :], mask=vm[None, :], other=0.0).to(ACC)
+            vt = tl.load(v + (tok[:, None] * H + h) * V + dv[None, :], mask=vm[None, :], other=0.0).to(ACC)
             e = tl.exp(g_end - tl.load(g_cum + tok * H + h).to(ACC))
             if TOP:
-                hs = _push(hs, kt, wt, ut, e, decay, 0.0, K, BK, DELTA, DOT, PREC, ACC)
-                ps = _push(ps, kt, wt, ut, e, decay, 1.0, K, BK, DELTA, DOT, PREC, ACC)
+                ps = _push(ps, kt, kt, vt, e, decay, 1.0, K, BK, False, DOT, PREC, ACC)
             else:
-                hs = _push(hs, kt, wt, ut, e, decay, tl.where(bit == 1, 0.0, 1.0), K, BK, DELTA, DOT, PREC, ACC)
-        else:
-            # Under scalar decay a state that adds nothing here only decays: the readers of a
-            # level (half the chunks) and the top outside its pending sum skip the loads and product.
-            hs = decay * hs
-            if TOP or bit == 0:
-                kt = tl.load(k + (tok[:, None] * G + grp) * K + dk[None, :], mask=km[None, :], other=0.0)
-                ut = tl.load(vu + (tok[:, None] * H + h) * V + dv[None, :], mask=vm[None, :], other=0.0).to(ACC)
-                e = tl.exp(g_end - tl.load(g_cum + tok * H + h).to(ACC))
-                if TOP:
-                    ps = _push(ps, kt, kt, ut, e, decay, 1.0, K, BK, DELTA, DOT, PREC, ACC)
-                else:
-                    hs += _keys_times(kt, ut, e, K, BK, DOT, PREC, ACC)
+                hs += _keys_times(kt, vt, e, K, BK, DOT, PREC, ACC)
         if (ca & win) == win:
             if TOP:
+                hs += ps
+                ps = tl.zeros([BK, BV], dtype=ACC)
+            else:
+                hs = tl.zeros([BK, BV], dtype=ACC)
+
+
+@triton.jit
+def level_scan_delta_kernel(
+    k, u, w, g_cum, states, h0, p0, low, base_chunk,
+    S, NC, NJ, NSLOT, top_exp,
+    H: tl.constexpr, G: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    HAS_INIT: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr, DOT: tl.constexpr,
+):
+    """The delta rule: every state goes through every chunk's transition. One launch, the top
+    found at run time, and the chunk's loads behind a run-time branch: the form an H200 ran
+    correctly; with the top launched apart and unconditional loads, bf16 at K = 192 faulted
+    (out-of-range shared address, triton 3.6; gpu_notes.md)."""
+    row, h, grp, js, dk, dv, km, vm, hv, hvm = scan_program(H, G, K, V, BK, BV)
+    i = tl.arange(0, C)
+    is_top = js == NJ - 1
+    cb = tl.load(base_chunk + row)
+    row64 = row.to(tl.int64)
+
+    hs = tl.zeros([BK, BV], dtype=ACC)
+    ps = tl.zeros([BK, BV], dtype=ACC)
+    if HAS_INIT:
+        hs += tl.load(h0 + ((row64 * NJ + js) * H + h) * K * V + hv, mask=hvm, other=0.0).to(ACC)
+        if is_top:
+            ps += tl.load(p0 + (row64 * H + h) * K * V + hv, mask=hvm, other=0.0).to(ACC)
+    js64 = js.to(tl.int64)
+    win = tl_scan_window(js, NJ, top_exp)
+
+    for c in range(NC):
+        ca = cb + c
+        bit = (ca >> js64) & 1
+        reads = tl_chunk_reads_scan(ca, js64, NJ)
+        if reads:
+            _record(states, hs, ca, cb, c, js, NJ, NC, NSLOT, top_exp, row64, h, H, K, V, hv, hvm, True)
+        if HAS_INIT:
+            if c == 0:
+                lo = tl.load(low + (row64 * H + h) * K * V + hv, mask=hvm, other=0.0).to(ACC)
+                hs += tl.where(reads, 0.0, 1.0) * lo
+                ps += lo
+        g_end = tl.load(g_cum + (row64 * S + c * C + C - 1) * H + h).to(ACC)
+        decay = tl.exp(g_end)
+        always = tl.full((), 1, tl.int32)
+        if always == 1:
+            tok = row64 * S + c * C + i
+            kt = tl.load(k + (tok[:, None] * G + grp) * K + dk[None, :], mask=km[None, :], other=0.0)
+            wt = tl.load(w + (tok[:, None] * H + h) * K + dk[None, :], mask=km[None, :], other=0.0)
+            ut = tl.load(u + (tok[:, None] * H + h) * V + dv[None, :], mask=vm[None, :], other=0.0).to(ACC)
+            e = tl.exp(g_end - tl.load(g_cum + tok * H + h).to(ACC))
+            if is_top:
+                hs = _push(hs, kt, wt, ut, e, decay, 0.0, K, BK, True, DOT, PREC, ACC)
+                ps = _push(ps, kt, wt, ut, e, decay, 1.0, K, BK, True, DOT, PREC, ACC)
+            else:
+                hs = _push(hs, kt, wt, ut, e, decay, tl.where(bit == 1, 0.0, 1.0), K, BK, True, DOT, PREC, ACC)
+        if (ca & win) == win:
+            if is_top:
                 hs += ps
                 ps = tl.zeros([BK, BV], dtype=ACC)
             else:
