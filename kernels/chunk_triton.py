@@ -22,8 +22,8 @@ Gradients: without initial state or final-state output (dense rows or documents 
 ``cu_seqlens``: the training case), ``chunk_bwd_triton`` for scalar decay and
 ``chunk_bwd_delta_triton`` for the delta rule (recomputed level states, reverse level scans,
 chunk-parallel gradient kernels; the delta rule's runs on CUDA only with
-HF_LOGLINEAR_TRITON_BACKWARD_DELTA=1: correct on an H200 with fp32 inputs, faulting with bf16
-ones at key 192). Every other case recomputes the forward with the torch chunked form and
+HF_LOGLINEAR_TRITON_BACKWARD_DELTA=1: correct on an H200 with fp32 inputs at key 192; with bf16
+ones it runs there since its reverse scan takes bf16 operands, not yet checked at that shape). Every other case recomputes the forward with the torch chunked form and
 differentiates it with autograd.
 
 Precision: decay, level weights and states accumulate in fp32 (fp64 for fp64 inputs). The
@@ -490,8 +490,10 @@ def _triton_backward_enabled() -> bool:
 
 def _delta_backward_enabled(x) -> bool:
     """The delta-rule Triton backward: the default on CPU tensors (interpreter); on CUDA only with
-    HF_LOGLINEAR_TRITON_BACKWARD_DELTA=1 (an H200 validated it with fp32 inputs, but bf16 inputs
-    at key 192 hit an illegal memory access that is not yet found)."""
+    HF_LOGLINEAR_TRITON_BACKWARD_DELTA=1: an H200 validated it with fp32 inputs at key 192 /
+    value 384; with bf16 inputs its tf32 reverse scan faulted there (out-of-range shared
+    address), and with the bf16 operands it now takes it ran, but its numerical check at that
+    shape has not yet completed on a GPU (benchmarks/RESULTS.md)."""
     return x.device.type != "cuda" or os.environ.get("HF_LOGLINEAR_TRITON_BACKWARD_DELTA") == "1"
 
 
