@@ -6,12 +6,13 @@ The interpreter (TRITON_INTERPRET=1, what the tests use) runs the kernels' Pytho
 compilation: a type error of the compiler, or a kernel asking for more shared memory than the
 GPU has (227 KB per block on sm_90), shows up only on a GPU. This script runs the real wrappers on
 CPU tensors with every launch replaced by a compile for sm_90 (nothing executes; results are
-garbage), at the ANCHORS.md head sizes, and prints each kernel's shared memory, registers per
-thread and local-memory stack (spills: 255 registers and a stack mean the kernel spills; from
-``cuobjdump --dump-resource-usage`` on its cubin). It exits 1 when a kernel of a default path
-does not fit the shared memory. ``--delta-backward`` adds the Gated DeltaNet Triton
-backward (opt-in on CUDA): compiled, reported, and then required to fit. CI runs all of it in
-bf16 (about 20 s warm).
+garbage), at the ANCHORS.md head sizes and at the largest and smallest the kernels support, and
+prints each kernel's shared memory, registers per thread and local-memory stack (spills: 255
+registers and a stack mean the kernel spills; from ``cuobjdump --dump-resource-usage`` on its
+cubin). It exits 1 when a kernel of a default path does not fit the shared memory.
+``--delta-backward`` adds the Gated DeltaNet Triton backward (opt-in on CUDA): compiled,
+reported, and then required to fit. CI runs all of it in bf16 (about 70 s cold, 25 s warm).
+A kernel that compiles and fits can still fault on the GPU (gpu_notes.md, version 5).
 """
 from __future__ import annotations
 
@@ -30,7 +31,13 @@ from triton.runtime import driver  # noqa: E402
 from triton.runtime.jit import JITFunction  # noqa: E402
 
 SHARED_LIMIT = 232448  # bytes per block on sm_90 (227 KB)
-SHAPES = {"mamba2": dict(G=1, H=4, K=128, V=64, delta=False), "gdn": dict(G=2, H=2, K=192, V=384, delta=True)}
+# The ANCHORS.md head sizes, then the largest and smallest issue 6 asks for (Mamba-2 state 64 / 128,
+# head dim 32 .. 128; Gated DeltaNet key 64 .. 256, value up to 512).
+SHAPES = {
+    "mamba2": dict(G=1, H=4, K=128, V=64, delta=False), "gdn": dict(G=2, H=2, K=192, V=384, delta=True),
+    "mamba2-max": dict(G=1, H=2, K=128, V=128, delta=False), "mamba2-min": dict(G=1, H=2, K=64, V=32, delta=False),
+    "gdn-max": dict(G=1, H=2, K=256, V=512, delta=True), "gdn-min": dict(G=1, H=2, K=64, V=64, delta=True),
+}
 
 
 class _Sm90Driver:
