@@ -23,8 +23,9 @@ Gradients: without initial state or final-state output (dense rows or documents 
 ``chunk_bwd_delta_triton`` for the delta rule (recomputed level states, reverse level scans,
 chunk-parallel gradient kernels; the delta rule's runs on CUDA only with
 HF_LOGLINEAR_TRITON_BACKWARD_DELTA=1: correct on an H200 with fp32 inputs at key 192; with bf16
-ones it runs there since its reverse scan takes bf16 operands, not yet checked at that shape). Every other case recomputes the forward with the torch chunked form and
-differentiates it with autograd.
+ones it runs there since its reverse scan takes bf16 operands, not yet checked at that shape).
+Every other case recomputes the forward with the torch chunked form and differentiates it with
+autograd.
 
 Precision: decay, level weights and states accumulate in fp32 (fp64 for fp64 inputs). The
 scans' and the output's products of bf16/fp16 inputs take bf16/fp16 tensor-core operands
@@ -325,7 +326,9 @@ def _side_by_side(first, second, device):
     one. Elsewhere (the interpreter) one after the other."""
     if second is None or device.type != "cuda":
         first()
-        return None if second is None else second()
+        if second is not None:
+            second()
+        return
     main = torch.cuda.current_stream(device)
     side = _SIDE_STREAMS.setdefault(device, torch.cuda.Stream(device))
     side.wait_stream(main)
@@ -333,7 +336,6 @@ def _side_by_side(first, second, device):
         first()
     second()
     main.wait_stream(side)
-    return None
 
 
 def _scan_tiles(bk, value_dim, delta):
@@ -448,8 +450,9 @@ def _backward_delta(q, k, v, g, lam, beta, do, cu_seqlens, chunk=CHUNK):
     """Gradients of (q, k, v, g, lam, beta) for the delta rule, in the cases ``_backward_scalar``
     covers: the recomputed forward stages (chunk factors with the readout queries Qt, level
     states), then the three stages of ``chunk_bwd_delta_triton`` (reverse level scans, the
-    state-gradient pairs D and dX, the chunk-parallel gradients). The decay reaches other chunks only through each
-    chunk's total decay, so dg is the reverse cumulative sum of the kernel's dG within each chunk."""
+    state-gradient pairs D and dX, the chunk-parallel gradients). The decay reaches other chunks
+    only through each chunk's total decay, so dg is the reverse cumulative sum of the kernel's
+    dG within each chunk."""
 
     from .chunk_bwd_delta_triton import chunk_grad_delta_kernel, level_scan_bwd_delta_kernel, state_pairs_kernel
 

@@ -1,8 +1,9 @@
 """Triton: the inter-chunk level states, one independent scan per level (SPEC §4).
 
 Grid ``(N * H, NJ, V / BV)``: ``level_scan_kernel`` for scalar decay (the top, below, in a
-launch of its own), ``level_scan_delta_kernel`` for the delta rule. Program ``js < NJ - 1`` owns inter-chunk level ``js`` (global level
-log2(C) + 1 + js): walking the chunks c of its sequence (absolute chunk index ``ca``) it
+launch of its own), ``level_scan_delta_kernel`` for the delta rule. Program ``js < NJ - 1``
+owns inter-chunk level ``js`` (global level log2(C) + 1 + js): walking the chunks c of its
+sequence (absolute chunk index ``ca``) it
 
 1. records its state h when bit js of ca is set (that chunk reads it), into the slot
    ``state_slot`` gives: under the delta rule one per reading chunk; under scalar decay one per
