@@ -5,7 +5,8 @@ the row's position from the device, so the step never synchronises with the host
 captured in a CUDA graph. For token t = position[n] (t >= 1 merges levels below
 m = min(bit_length(t XOR (t-1)), L-1) into m), every level is transitioned (scalar decay, or
 the delta rule as a rank-1 update alpha (S - beta k (k^T S))), level 0 receives the token, and
-the output sums lambda_l q^T S_l.
+the output is q^T (sum_l lambda_l S_l): the weighted states are summed in registers and reduced
+over the keys once, not once per level (each reduction over K crosses warps).
 
 Under scalar decay a level that does not merge only decays, so its decay goes into the state's
 ``log_scale`` (``LevelState``) instead of memory: the step reads every live level once (the
@@ -67,7 +68,7 @@ def decode_step_kernel(
     scales = log_scale + (row64 * H + h) * 2 * L
     scale = tl.load(scales + (t % 2) * L + cols, mask=cols < L, other=0.0)
 
-    out = tl.zeros([BV], dtype=tl.float32)
+    mixed = tl.zeros([BK, BV], dtype=tl.float32)  # sum_l lambda_l S_l: one reduction over K at the end
     below = tl.zeros([BK, BV], dtype=tl.float32)
     base = levels + (row64 * H + h) * L * K * V
     for lvl in range(L):
@@ -86,11 +87,12 @@ def decode_step_kernel(
             s = alpha * s
         if lvl == 0:
             s += kt[:, None] * vt[None, :]
-        out += tl.load(lam + (row64 * H + h) * L + lvl).to(tl.float32) * tl.sum(qt[:, None] * s, 0)
+        mixed += tl.load(lam + (row64 * H + h) * L + lvl).to(tl.float32) * s
         if DELTA:
             tl.store(base + lvl * K * V + hv, s, mask=live)
         elif (lvl == 0) | (lvl == merge):
             tl.store(base + lvl * K * V + hv, s, mask=live)
+    out = tl.sum(qt[:, None] * mixed, 0)  # q^T sum_l lambda_l S_l: no cross-warp reduction per level
     tl.store(o + (row64 * H + h) * V + dv, out.to(o.dtype.element_ty), mask=vm)
 
     # the other half of the scale, for token t + 1 (every value tile writes the same numbers)
