@@ -4,7 +4,8 @@ Grid ``(N * NC, H, V / BV)``. For the chunk's queries (SPEC §4, ``block.py`` fo
 
     o = (P * Lambda) V  +  sum_js  lambda[:, level(js)] * (Qt @ states[js])
 
-Scalar decay: P = (q k^T) * exp(G_t - G_s) (causal), Qt = exp(G) q, both formed here. The delta
+Scalar decay: P = (q k^T) * exp(G_t - G_s) (causal), formed here from q and k as loaded; Qt = exp(G) q
+is read out as exp(G) per row times q @ states[js] (cheaper on the [C, BV] product than on q). The delta
 rule's (P = QK Ab, Qt = exp(G) q - QK W) come from ``intra_triton.ut_factors_kernel`` as
 Pw = P * Lambda and Qt, computed once per chunk rather than once per value tile.
 Lambda[t, s] = lambda_t at level min(bit_length(t XOR s), L-1): the chunk is aligned, so slot
@@ -23,7 +24,7 @@ try:  # guarded: transformers checks every remote-code file's imports; this one 
 except ImportError:  # pragma: no cover
     triton = tl = None
 
-from ..levels import tl_bit_length, tl_capped_level, tl_chunk_reads_scan, tl_scan_level
+from ..levels import tl_bit_length, tl_chunk_reads_scan, tl_scan_level
 from .scan_triton import chunk_program, mma, recorded_decay, state_slot
 
 
@@ -35,12 +36,24 @@ def _column(tile, cols, col):
 
 @triton.jit
 def level_weights(lam_t, cols, i, L, C: tl.constexpr, LOG_C: tl.constexpr, ACC: tl.constexpr):
-    """Lambda [C, C]: lambda_t (a [C, LP] tile) at the level of (t, s) inside the chunk."""
-    lev = tl_capped_level(i[:, None], i[None, :], L)
-    weights = tl.zeros([C, C], dtype=ACC)
-    for lvl in tl.static_range(LOG_C + 1):
-        weights = tl.where(lev == lvl, _column(lam_t, cols, lvl)[:, None], weights)
+    """Lambda [C, C]: lambda_t (a [C, LP] tile) at the level of (t, s) inside the chunk. Slots t
+    and s of one aligned chunk lie at level > l exactly when t >> l != s >> l, so each level's mask
+    comes from [C] vectors: no [C, C] level tile (int64 in ``tl_capped_level``) stays live."""
+    weights = tl.zeros([C, C], dtype=ACC) + _column(lam_t, cols, 0)[:, None]
+    for lvl in tl.static_range(1, LOG_C + 1):
+        apart = (i >> (lvl - 1))[:, None] != (i >> (lvl - 1))[None, :]
+        weights = tl.where(apart, _column(lam_t, cols, tl.minimum(lvl, L - 1))[:, None], weights)
     return weights
+
+
+@triton.jit
+def _state_tile(ptrs, mask, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
+    """A [BK, BV] state tile, masked only where it is not whole: the [BK, BV] mask, live across
+    the level loop, costs ~30 registers per thread."""
+    if K == BK and V % BV == 0:
+        return tl.load(ptrs)
+    else:
+        return tl.load(ptrs, mask=mask, other=0.0)
 
 
 @triton.jit
@@ -62,15 +75,21 @@ def chunk_output_kernel(
         blk = (row64 * NC + c) * H + h
         p = tl.load(pw + blk * C * C + i[:, None] * C + i[None, :])
         qt = tl.load(qt_delta + (tok[:, None] * H + h) * K + dk[None, :], mask=km[None, :], other=0.0)
+        eq = tl.full([C], 1.0, ACC)  # Qt comes decayed
     else:
-        qt = tl.load(q + (tok[:, None] * G + grp) * K + dk[None, :], mask=km[None, :], other=0.0).to(ACC)
-        kt = tl.load(k + (tok[:, None] * G + grp) * K + dk[None, :], mask=km[None, :], other=0.0).to(ACC)
+        # q and k stay in their storage dtype (half the registers of fp32 tiles) and go to the
+        # tensor cores as they are; Qt = exp(G) q is applied as exp(G) per row of each [C, BV]
+        # readout (``eq``) rather than to the [C, K] query tile.
+        qt = tl.load(q + (tok[:, None] * G + grp) * K + dk[None, :], mask=km[None, :], other=0.0)
+        kt = tl.load(k + (tok[:, None] * G + grp) * K + dk[None, :], mask=km[None, :], other=0.0)
+        if K != BK:  # a masked, transposed half operand faulted on sm_90 (``scan_triton._keys_times``)
+            kt = kt.to(ACC)
         gc = tl.load(g_cum + tok * H + h).to(ACC)
-        causal = i[:, None] >= i[None, :]
-        gamma = tl.exp(tl.where(causal, gc[:, None] - gc[None, :], 0.0))
-        qk = tl.where(causal, mma(qt, tl.trans(kt), DOT, PREC, ACC) * gamma, 0.0)
-        p = qk * level_weights(lam_t, cols, i, L, C, LOG_C, ACC)
-        qt = qt * tl.exp(gc)[:, None]
+        # causal, decay and Lambda in one pass over the scores; exp(G_t - G_s) may overflow
+        # above the diagonal, where the select drops it
+        p = mma(qt, tl.trans(kt), DOT, PREC, ACC) * tl.exp(gc[:, None] - gc[None, :])
+        p = tl.where(i[:, None] >= i[None, :], p, 0.0) * level_weights(lam_t, cols, i, L, C, LOG_C, ACC)
+        eq = tl.exp(gc)
     acc = mma(p, vt, DOT, PREC, ACC)
 
     cb = tl.load(base_chunk + row64)
@@ -80,8 +99,8 @@ def chunk_output_kernel(
     for js in range(NJ):
         if tl_chunk_reads_scan(ca, js, NJ):
             slot, first = state_slot(ca, cb, js, NJ, NC, top_exp, DELTA)
-            hs = tl.load(states + ((row64 * NSLOT + slot) * H + h) * K * V + hv, mask=hvm, other=0.0)
-            weight = _column(lam_t, cols, tl_scan_level(js, NJ, L, LOG_C))
+            hs = _state_tile(states + ((row64 * NSLOT + slot) * H + h) * K * V + hv, hvm, K, V, BK, BV)
+            weight = _column(lam_t, cols, tl_scan_level(js, NJ, L, LOG_C)) * eq
             if not DELTA:
                 weight = weight * recorded_decay(chunk_g, row64, NC, H, h, c, first, ACC)
             acc += weight[:, None] * mma(qt, hs, DOT, PREC, ACC)
@@ -91,8 +110,8 @@ def chunk_output_kernel(
             e = tl_bit_length(pos ^ (tl.load(first_pos + row64) - 1))
             for low_lvl in range(tl.minimum(LOG_C + 1, L - 1)):
                 low_src = low + ((row64 * H + h) * L + low_lvl) * K * V
-                low_hs = tl.load(low_src + hv, mask=hvm, other=0.0)
+                low_hs = _state_tile(low_src + hv, hvm, K, V, BK, BV)
                 low_col = tl.minimum(tl.maximum(e, low_lvl), L - 1)
-                low_w = _column(lam_t, cols, low_col[:, None])
+                low_w = _column(lam_t, cols, low_col[:, None]) * eq
                 acc += low_w[:, None] * mma(qt, low_hs, DOT, PREC, ACC)
     tl.store(o + (tok[:, None] * H + h) * V + dv[None, :], acc.to(o.dtype.element_ty), mask=vm[None, :])
