@@ -414,11 +414,11 @@ def _backward_scalar(q, k, v, g, lam, do, cu_seqlens, chunk=CHUNK):
     rows or documents packed with ``cu_seqlens`` (each its own row of slots, as in the forward).
 
     Recomputes the level states (one scan launch), then runs the reverse level scans and the
-    chunk-parallel gradient kernel of ``chunk_bwd_triton``; dg is the reverse cumulative sum of
+    two chunk-parallel gradient kernels of ``chunk_bwd_triton``; dg is the reverse cumulative sum of
     q.dq - k.dk per head (see that module), taken per row: null slots add zero to it.
     """
 
-    from .chunk_bwd_triton import chunk_grad_kernel, level_scan_bwd_kernel
+    from .chunk_bwd_triton import chunk_grad_kernel, level_scan_bwd_kernel, readout_grad_kernel
 
     b = _Backward(q, k, v, g, lam, None, do, cu_seqlens, chunk)
     rows, nh, nk, nv = b.rows, b.num_heads, b.key_dim, b.value_dim
@@ -426,7 +426,7 @@ def _backward_scalar(q, k, v, g, lam, do, cu_seqlens, chunk=CHUNK):
     dsrc = b.new(b.nc, nh, nk, nv).zero_()
     level_scan_bwd_kernel[(b.n * nh, b.num_js, triton.cdiv(nv, b.bv))](
         rows.q, b.g_cum, rows.lam, b.do, dsrc, b.slots, b.nc, b.num_js, b.num_levels, b.top_exp,
-        LOG_C=b.log_c, BV=b.bv, DOT=dot, **b.consts,
+        LOG_C=b.log_c, BV=b.bv, DOT=dot, **{**b.consts, "num_warps": 8},  # dh, dp [BK, BV] fp32 spilled at 4
     )
     # dq, dk of the heads sharing a q/k group are summed by fp32 atomics into one [S, G, K] buffer
     # (per-head buffers would take H/G times the memory: 51 GB at 1M tokens, 48 heads, G = 1; on
@@ -437,10 +437,14 @@ def _backward_scalar(q, k, v, g, lam, do, cu_seqlens, chunk=CHUNK):
     dv = torch.empty(b.n, b.slots, nh, nv, dtype=v.dtype, device=q.device)
     dlam, dacc = b.new(b.slots, nh, b.num_levels), b.new(nh, b.slots)
     states, chunk_g, num_js, num_slots, top_exp = b.recorded.kernel_args()
+    # The readout's share first: the chunk kernel adds its own to dq (G = H), dlam and dacc.
+    launch = dict(LOG_C=b.log_c, LP=block_size(b.num_levels), BV=b.bv, DOT=dot, **{**b.consts, "num_warps": 8})
+    readout_grad_kernel[(b.n * b.nc, nh)](
+        rows.q, b.g_cum, rows.lam, b.do, states, chunk_g, dq, dlam, dacc,
+        b.slots, b.nc, num_js, num_slots, top_exp, b.num_levels, **launch,
+    )
     chunk_grad_kernel[(b.n * b.nc, nh)](
-        rows.q, rows.k, rows.v, b.g_cum, rows.lam, b.do, states, chunk_g, dsrc, dq, dk, dv, dlam, dacc,
-        b.slots, b.nc, num_js, num_slots, top_exp, b.num_levels, LOG_C=b.log_c, LP=block_size(b.num_levels), BV=b.bv,
-        DOT=dot, **{**b.consts, "num_warps": 8},  # six [C, K] fp32 tiles live at once
+        rows.q, rows.k, rows.v, b.g_cum, rows.lam, b.do, dsrc, dq, dk, dv, dlam, dacc, b.slots, b.nc, b.num_levels, **launch,
     )
     dg = dacc.flip(-1).cumsum(-1).flip(-1).transpose(1, 2)
     return b.tokens((dq, dk, dv, dg, dlam))
