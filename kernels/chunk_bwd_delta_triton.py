@@ -61,7 +61,7 @@ except ImportError:  # pragma: no cover
 
 from ..levels import tl_capped_level, tl_chunk_reads_scan, tl_scan_level
 from .output_triton import _column
-from .scan_triton import chunk_program, mma, reverse_scan_program
+from .scan_triton import chunk_program, key_tile, mma, reverse_scan_program
 
 
 @triton.jit
@@ -73,13 +73,6 @@ def _dot(a, b, PREC: tl.constexpr, ACC: tl.constexpr):
 def _rows(ptr, tok, heads, head, width, offs, mask):
     """[C, B] tile of a [slots, heads, width] tensor for one head (masked columns zero)."""
     return tl.load(ptr + (tok[:, None] * heads + head) * width + offs[None, :], mask=mask[None, :], other=0.0)
-
-
-@triton.jit
-def _key_tile(k0, K: tl.constexpr, BKT: tl.constexpr):
-    """Offsets and mask of the key tile starting at ``k0``."""
-    kc = k0 + tl.arange(0, BKT)
-    return kc, kc < K
 
 
 @triton.jit
@@ -165,8 +158,8 @@ def state_pairs_kernel(
     pid_nc, h, blk = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     row64, c = (pid_nc // NC).to(tl.int64), pid_nc % NC
     ca = c.to(tl.int64)
-    kr, krm = _key_tile(blk // tl.cdiv(K, BKT) * BKT, K, BKT)  # rows of D: the recorded states
-    ke, kem = _key_tile(blk % tl.cdiv(K, BKT) * BKT, K, BKT)  # columns: their gradients E
+    kr, krm = key_tile(blk // tl.cdiv(K, BKT) * BKT, K, BKT)  # rows of D: the recorded states
+    ke, kem = key_tile(blk % tl.cdiv(K, BKT) * BKT, K, BKT)  # columns: their gradients E
     d = tl.zeros([BKT, BKT], dtype=ACC)
     for v0 in range(0, V, BV):
         dv = v0 + tl.arange(0, BV)
@@ -190,8 +183,8 @@ def state_pairs_kernel(
 @triton.jit
 def _pair_block(pairs, blk, r0, c0, K: tl.constexpr, BKT: tl.constexpr):
     """D[r0 : r0 + BKT, c0 : c0 + BKT] of chunk and head ``blk`` (zero outside K x K)."""
-    r, rm = _key_tile(r0, K, BKT)
-    c, cm = _key_tile(c0, K, BKT)
+    r, rm = key_tile(r0, K, BKT)
+    c, cm = key_tile(c0, K, BKT)
     return tl.load(pairs + blk * K * K + r[:, None] * K + c[None, :], mask=rm[:, None] & cm[None, :], other=0.0)
 
 
@@ -221,7 +214,7 @@ def chunk_grad_delta_kernel(
     qk = tl.zeros([C, C], dtype=ACC)
     kk = tl.zeros([C, C], dtype=ACC)
     for k0 in range(0, K, BKT):
-        kc, km = _key_tile(k0, K, BKT)
+        kc, km = key_tile(k0, K, BKT)
         kt = _rows(k, tok, G, grp, K, kc, km).to(ACC)
         qk += _dot(_rows(q, tok, G, grp, K, kc, km).to(ACC), tl.trans(kt), PREC, ACC)
         kk += _dot(kt, tl.trans(kt), PREC, ACC)
@@ -245,7 +238,7 @@ def chunk_grad_delta_kernel(
         dm += _dot(dot, tl.trans(vt), PREC, ACC)
         du = tl.zeros([C, BV], dtype=ACC)
         for k0 in range(0, K, BKT):
-            kc, km = _key_tile(k0, K, BKT)
+            kc, km = key_tile(k0, K, BKT)
             kd = _rows(k, tok, G, grp, K, kc, km).to(ACC) * e_k[:, None]
             du += _dot(kd, _state_tile(dstates, row64, c, NJ + 1, NC, NJ + 2, h, H, K, V, kc, km, dvv, vm, ACC), PREC, ACC)
         dvt = _dot(tl.trans(p * weights), dot, PREC, ACC) + _dot(tl.trans(ab), du, PREC, ACC)
@@ -266,7 +259,7 @@ def chunk_grad_delta_kernel(
     z_kd = tl.zeros([], dtype=ACC)
     d_decay = tl.zeros([], dtype=ACC)
     for k0 in range(0, K, BKT):
-        kc, km = _key_tile(k0, K, BKT)
+        kc, km = key_tile(k0, K, BKT)
         qtl = _rows(qt, tok, H, h, K, kc, km).to(ACC)
         dqt = tl.zeros([C, BKT], dtype=ACC)  # gradient of Qt
         dkd = tl.zeros([C, BKT], dtype=ACC)  # gradient of Kd
@@ -284,7 +277,7 @@ def chunk_grad_delta_kernel(
             dkd += _dot(u, tl.trans(_state_tile(dstates, row64, c, NJ + 1, NC, NJ + 2, h, H, K, V, kc, km, dvv, vm, ACC)), PREC, ACC)
         dw = -_dot(tl.trans(qk), dqt, PREC, ACC)  # gradient of W
         for k1 in range(0, K, BKT):  # the transitions: dKd -= W D, dW -= Kd D^T
-            kc1, km1 = _key_tile(k1, K, BKT)
+            kc1, km1 = key_tile(k1, K, BKT)
             kd1 = _rows(k, tok, G, grp, K, kc1, km1).to(ACC) * e_k[:, None]
             d_row = _pair_block(pairs, blk, k0, k1, K, BKT)
             dw -= _dot(kd1, tl.trans(d_row), PREC, ACC)
@@ -321,7 +314,7 @@ def chunk_grad_delta_kernel(
 
     tl.debug_barrier()  # the direct terms stored above, by other threads of this program
     for k0 in range(0, K, BKT):
-        kc, km = _key_tile(k0, K, BKT)
+        kc, km = key_tile(k0, K, BKT)
         kt = _rows(k, tok, G, grp, K, kc, km).to(ACC)
         qk_off = (tok[:, None] * H + h) * K + kc[None, :]
         dqq = tl.load(dq + qk_off, mask=km[None, :], other=0.0) + _dot(dqkg, kt, PREC, ACC)

@@ -63,6 +63,16 @@ def test_varlen_with_initial_state(delta):
     assert torch.equal(state.position, state_ref.position)
 
 
+def test_delta_scan_key_tiles():
+    """K = 192: the delta rule's scan holds three full 64-key state tiles (no masked one; the
+    other tests' key sizes leave the last tile masked), from an initial state."""
+    x = _inputs(1, 150, 1, 2, 192, 16, 8, True, torch.float64, seed=11)
+    _, init = chunk_loglinear_attention(*_inputs(1, 90, 1, 2, 192, 16, 8, True, torch.float64, seed=12), output_final_state=True)
+    o, state = chunk_loglinear_attention_triton(*x, initial_state=init, output_final_state=True)
+    o_ref, state_ref = chunk_loglinear_attention(*x, initial_state=init, output_final_state=True)
+    assert _rel(o, o_ref) < 1e-10 and _rel(state.levels, state_ref.levels) < 1e-10
+
+
 @pytest.mark.parametrize("delta", [False, True])
 def test_gradients_match_reference(delta):
     x = _inputs(1, 70, 1, 2, 16, 16, 9, delta, torch.float64, seed=3)
