@@ -144,12 +144,31 @@ def _keys_times(kt, vt, e, MASKED: tl.constexpr, DOT: tl.constexpr, PREC: tl.con
 
 
 @triton.jit
-def _record(states, hs, ca, cb, c, js, NJ, NC, NSLOT, top_exp, row64, h, H: tl.constexpr, K: tl.constexpr,
-            V: tl.constexpr, hv, hvm):
-    """Store the state chunk ``c`` reads from this scan, at the first chunk of its slot."""
-    slot, first = state_slot(ca, cb, js, NJ, NC, top_exp, False)
-    if first == c:
-        tl.store(states + ((row64 * NSLOT + slot) * H + h) * K * V + hv, hs.to(states.dtype.element_ty), mask=hvm)
+def _visit(states, hs, cb, c, js, js64, NJ, NC, NSLOT, top_exp, row64, h, H: tl.constexpr, K: tl.constexpr,
+           V: tl.constexpr, hv, hvm, DELTA: tl.constexpr):
+    """Arriving at row-local chunk c: its absolute index ca, bit js of ca (0: the chunk adds to
+    this level), whether it reads this scan, and then the record of the state it reads (stored
+    at the first chunk of its slot)."""
+    ca = cb + c
+    reads = tl_chunk_reads_scan(ca, js64, NJ)
+    if reads:
+        slot, first = state_slot(ca, cb, js, NJ, NC, top_exp, DELTA)
+        if first == c:
+            tl.store(states + ((row64 * NSLOT + slot) * H + h) * K * V + hv, hs.to(states.dtype.element_ty), mask=hvm)
+    return ca, (ca >> js64) & 1, reads
+
+
+@triton.jit
+def _state_in(base, hv, hvm, ACC: tl.constexpr):
+    """This program's [BK, BV] tile of the [K, V] state starting at ``base``, in ACC."""
+    return tl.load(base + hv, mask=hvm, other=0.0).to(ACC)
+
+
+@triton.jit
+def _chunk_decay(g_cum, row64, S, c, H: tl.constexpr, h, C: tl.constexpr, ACC: tl.constexpr):
+    """(G_end, exp(G_end)) of chunk c: its total log decay, and the factor every state takes there."""
+    g_end = tl.load(g_cum + (row64 * S + c * C + C - 1) * H + h).to(ACC)
+    return g_end, tl.exp(g_end)
 
 
 @triton.jit
@@ -172,29 +191,23 @@ def level_scan_kernel(
 
     hs = tl.zeros([BK, BV], dtype=ACC)
     if HAS_INIT:
-        hs += tl.load(h0 + ((row64 * NJ + js) * H + h) * K * V + hv, mask=hvm, other=0.0).to(ACC)
+        hs += _state_in(h0 + ((row64 * NJ + js) * H + h) * K * V, hv, hvm, ACC)
     if TOP:
         ps = tl.zeros([BK, BV], dtype=ACC)
         if HAS_INIT:
-            ps += tl.load(p0 + (row64 * H + h) * K * V + hv, mask=hvm, other=0.0).to(ACC)
-    js64 = js.to(tl.int64)
-    win = tl_scan_window(js, NJ, top_exp)
+            ps += _state_in(p0 + (row64 * H + h) * K * V, hv, hvm, ACC)
 
+    js64, win = js.to(tl.int64), tl_scan_window(js, NJ, top_exp)
     for c in range(NC):
-        ca = cb + c
-        bit = (ca >> js64) & 1
-        reads = tl_chunk_reads_scan(ca, js64, NJ)
-        if reads:
-            _record(states, hs, ca, cb, c, js, NJ, NC, NSLOT, top_exp, row64, h, H, K, V, hv, hvm)
+        ca, bit, reads = _visit(states, hs, cb, c, js, js64, NJ, NC, NSLOT, top_exp, row64, h, H, K, V, hv, hvm, False)
         if HAS_INIT:
             if c == 0:  # initial levels inside the first chunk enter with its contribution
-                lo = tl.load(low + (row64 * H + h) * K * V + hv, mask=hvm, other=0.0).to(ACC)
+                lo = _state_in(low + (row64 * H + h) * K * V, hv, hvm, ACC)
                 if TOP:
                     ps += lo
                 else:
                     hs += tl.where(reads, 0.0, 1.0) * lo
-        g_end = tl.load(g_cum + (row64 * S + c * C + C - 1) * H + h).to(ACC)
-        decay = tl.exp(g_end)
+        g_end, decay = _chunk_decay(g_cum, row64, S, c, H, h, C, ACC)
         hs = decay * hs
         # A state that adds nothing here only decays: the readers of a level (half the chunks)
         # and the top outside its pending sum skip the loads and the product.
@@ -351,8 +364,7 @@ def level_scan_delta_kernel(
     is_top = js == NJ - 1
     cb = tl.load(base_chunk + row)
     row64 = row.to(tl.int64)
-    js64 = js.to(tl.int64)
-    win = tl_scan_window(js, NJ, top_exp)
+    js64, win = js.to(tl.int64), tl_scan_window(js, NJ, top_exp)
 
     z = tl.zeros([BKT, BV], dtype=ACC)
     hs0, hs1, hs2, hs3 = z, z, z, z
@@ -374,8 +386,7 @@ def level_scan_delta_kernel(
         if tl_chunk_reads_scan(ca, js64, NJ):  # a slot of its own for every reading chunk
             slot = state_slot(ca, cb, js, NJ, NC, top_exp, True)[0]
             _store_state(states + ((row64 * NSLOT + slot) * H + h) * K * V, hs0, hs1, hs2, hs3, NKT, K, V, BKT, dv, vm)
-        g_end = tl.load(g_cum + (row64 * S + c * C + C - 1) * H + h).to(ACC)
-        decay = tl.exp(g_end)
+        g_end, decay = _chunk_decay(g_cum, row64, S, c, H, h, C, ACC)
         always = tl.full((), 1, tl.int32)
         if always == 1:
             tok = row64 * S + c * C + i
