@@ -29,7 +29,7 @@ except ImportError:  # pragma: no cover
     triton = tl = None
 
 from ..levels import tl_capped_level, tl_chunk_reads_scan, tl_scan_level, tl_scan_run
-from .output_triton import _column
+from .output_triton import _column, level_weights
 from .scan_triton import chunk_program, mma, recorded_decay, reverse_scan_program
 
 
@@ -96,10 +96,8 @@ def chunk_grad_kernel(
     causal = i[:, None] >= i[None, :]
     gamma = tl.exp(tl.where(causal, gc[:, None] - gc[None, :], 0.0))
     p = tl.where(causal, mma(qt, tl.trans(kt), DOT, PREC, ACC) * gamma, 0.0)
-    lev = tl_capped_level(i[:, None], i[None, :], L)
-    weights = tl.zeros([C, C], dtype=ACC)
-    for lvl in tl.static_range(LOG_C + 1):
-        weights = tl.where(lev == lvl, _column(lam_t, cols, lvl)[:, None], weights)
+    lev = tl_capped_level(i[:, None], i[None, :], L)  # also for dlambda's per-level sums below
+    weights = level_weights(lam_t, cols, i, L, C, LOG_C, ACC)
     m = p * weights
     e_q = tl.exp(gc)
     e_k = tl.exp(g_end - gc)

@@ -67,6 +67,19 @@ def reverse_scan_program(NJ, L, top_exp, H: tl.constexpr, G: tl.constexpr, K: tl
 
 
 @triton.jit
+def key_tile(k0, K: tl.constexpr, BKT: tl.constexpr):
+    """Offsets and mask of the key tile starting at ``k0`` (or of a value tile: same arithmetic)."""
+    kc = k0 + tl.arange(0, BKT)
+    return kc, kc < K
+
+
+@triton.jit
+def head_rows(ptr, tok, heads, head, width, offs, mask):
+    """[C, B] tile of a [slots, heads, width] tensor for one head (masked columns zero)."""
+    return tl.load(ptr + (tok[:, None] * heads + head) * width + offs[None, :], mask=mask[None, :], other=0.0)
+
+
+@triton.jit
 def chunk_program(S, NC, H: tl.constexpr, G: tl.constexpr, K: tl.constexpr, C: tl.constexpr, BK: tl.constexpr):
     """What a program of a chunk-parallel grid (rows x chunks, heads[, value tiles]) works on:
     its row (int64), chunk, head, q/k group, the chunk's slot offsets and token indices, and the
@@ -168,6 +181,38 @@ def _state_in(base, hv, hvm, ACC: tl.constexpr):
 
 
 @triton.jit
+def _walk(base_chunk, row, js, NJ, top_exp, C: tl.constexpr):
+    """What a forward scan walks with: token indices of a chunk, the row's first absolute chunk,
+    the int64 row and scan index, and the scan's bucket window (``tl_scan_window``)."""
+    return tl.arange(0, C), tl.load(base_chunk + row), row.to(tl.int64), js.to(tl.int64), tl_scan_window(js, NJ, top_exp)
+
+
+@triton.jit
+def _start(h0, p0, row64, js, NJ, H: tl.constexpr, h, K: tl.constexpr, V: tl.constexpr, hv, hvm,
+           BK: tl.constexpr, BV: tl.constexpr, HAS_INIT: tl.constexpr, ACC: tl.constexpr, top):
+    """The state a scan starts from (``h0``) and the top's pending sum (``p0``, read where ``top``
+    holds: a constexpr in the scalar kernel, a run-time flag in the delta rule's); zero without
+    an initial state."""
+    hs = tl.zeros([BK, BV], dtype=ACC)
+    ps = tl.zeros([BK, BV], dtype=ACC)
+    if HAS_INIT:
+        hs += _state_in(h0 + ((row64 * NJ + js) * H + h) * K * V, hv, hvm, ACC)
+        if top:
+            ps += _state_in(p0 + (row64 * H + h) * K * V, hv, hvm, ACC)
+    return hs, ps
+
+
+@triton.jit
+def _chunk_tiles(k, v, g_cum, tok, g_end, grp, h, dk, dv, km, vm, G: tl.constexpr, H: tl.constexpr,
+                 K: tl.constexpr, V: tl.constexpr, ACC: tl.constexpr):
+    """The [C, BK] key tile (as stored) and [C, BV] value tile (in ACC) of a chunk's tokens
+    ``tok``, and their decay to the chunk's end e = exp(G_end - G)."""
+    kt = head_rows(k, tok, G, grp, K, dk, km)
+    vt = head_rows(v, tok, H, h, V, dv, vm).to(ACC)
+    return kt, vt, tl.exp(g_end - tl.load(g_cum + tok * H + h).to(ACC))
+
+
+@triton.jit
 def _chunk_decay(g_cum, row64, S, c, H: tl.constexpr, h, C: tl.constexpr, ACC: tl.constexpr):
     """(G_end, exp(G_end)) of chunk c: its total log decay, and the factor every state takes there."""
     g_end = tl.load(g_cum + (row64 * S + c * C + C - 1) * H + h).to(ACC)
@@ -188,19 +233,8 @@ def level_scan_kernel(
     row, h, grp, js, dk, dv, km, vm, hv, hvm = scan_program(H, G, K, V, BK, BV)
     if TOP:
         js = NJ - 1
-    i = tl.arange(0, C)
-    cb = tl.load(base_chunk + row)
-    row64 = row.to(tl.int64)
-
-    hs = tl.zeros([BK, BV], dtype=ACC)
-    if HAS_INIT:
-        hs += _state_in(h0 + ((row64 * NJ + js) * H + h) * K * V, hv, hvm, ACC)
-    if TOP:
-        ps = tl.zeros([BK, BV], dtype=ACC)
-        if HAS_INIT:
-            ps += _state_in(p0 + (row64 * H + h) * K * V, hv, hvm, ACC)
-
-    js64, win = js.to(tl.int64), tl_scan_window(js, NJ, top_exp)
+    i, cb, row64, js64, win = _walk(base_chunk, row, js, NJ, top_exp, C)
+    hs, ps = _start(h0, p0, row64, js, NJ, H, h, K, V, hv, hvm, BK, BV, HAS_INIT, ACC, TOP)
     for c in range(NC):
         ca, bit, reads = _visit(states, hs, cb, c, js, js64, NJ, NC, NSLOT, top_exp, row64, h, H, K, V, hv, hvm, False)
         if HAS_INIT:
@@ -215,10 +249,7 @@ def level_scan_kernel(
         # A state that adds nothing here only decays: the readers of a level (half the chunks)
         # and the top outside its pending sum skip the loads and the product.
         if TOP or bit == 0:
-            tok = row64 * S + c * C + i
-            kt = tl.load(k + (tok[:, None] * G + grp) * K + dk[None, :], mask=km[None, :], other=0.0)
-            vt = tl.load(v + (tok[:, None] * H + h) * V + dv[None, :], mask=vm[None, :], other=0.0).to(ACC)
-            e = tl.exp(g_end - tl.load(g_cum + tok * H + h).to(ACC))
+            kt, vt, e = _chunk_tiles(k, v, g_cum, row64 * S + c * C + i, g_end, grp, h, dk, dv, km, vm, G, H, K, V, ACC)
             if TOP:
                 ps = _push(ps, kt, kt, vt, e, decay, 1.0, K, BK, False, DOT, PREC, ACC)
             else:
@@ -244,19 +275,9 @@ def level_scan_delta_kernel(
     correctly; with the top launched apart and unconditional loads, bf16 at K = 192 faulted
     (out-of-range shared address, triton 3.6; gpu_notes.md)."""
     row, h, grp, js, dk, dv, km, vm, hv, hvm = scan_program(H, G, K, V, BK, BV)
-    i = tl.arange(0, C)
     is_top = js == NJ - 1
-    cb = tl.load(base_chunk + row)
-    row64 = row.to(tl.int64)
-
-    hs = tl.zeros([BK, BV], dtype=ACC)
-    ps = tl.zeros([BK, BV], dtype=ACC)
-    if HAS_INIT:
-        hs += _state_in(h0 + ((row64 * NJ + js) * H + h) * K * V, hv, hvm, ACC)
-        if is_top:
-            ps += _state_in(p0 + (row64 * H + h) * K * V, hv, hvm, ACC)
-
-    js64, win = js.to(tl.int64), tl_scan_window(js, NJ, top_exp)
+    i, cb, row64, js64, win = _walk(base_chunk, row, js, NJ, top_exp, C)
+    hs, ps = _start(h0, p0, row64, js, NJ, H, h, K, V, hv, hvm, BK, BV, HAS_INIT, ACC, is_top)
     for c in range(NC):
         ca, bit, reads = _visit(states, hs, cb, c, js, js64, NJ, NC, NSLOT, top_exp, row64, h, H, K, V, hv, hvm, True)
         if HAS_INIT:
@@ -268,10 +289,8 @@ def level_scan_delta_kernel(
         always = tl.full((), 1, tl.int32)
         if always == 1:
             tok = row64 * S + c * C + i
-            kt = tl.load(k + (tok[:, None] * G + grp) * K + dk[None, :], mask=km[None, :], other=0.0)
-            wt = tl.load(w + (tok[:, None] * H + h) * K + dk[None, :], mask=km[None, :], other=0.0)
-            ut = tl.load(u + (tok[:, None] * H + h) * V + dv[None, :], mask=vm[None, :], other=0.0).to(ACC)
-            e = tl.exp(g_end - tl.load(g_cum + tok * H + h).to(ACC))
+            wt = head_rows(w, tok, H, h, K, dk, km)
+            kt, ut, e = _chunk_tiles(k, u, g_cum, tok, g_end, grp, h, dk, dv, km, vm, G, H, K, V, ACC)
             if is_top:
                 hs = _push(hs, kt, wt, ut, e, decay, 0.0, K, BK, True, DOT, PREC, ACC)
                 ps = _push(ps, kt, wt, ut, e, decay, 1.0, K, BK, True, DOT, PREC, ACC)
