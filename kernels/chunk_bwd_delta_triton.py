@@ -60,19 +60,13 @@ except ImportError:  # pragma: no cover
     triton = tl = None
 
 from ..levels import tl_capped_level, tl_chunk_reads_scan, tl_scan_level
-from .output_triton import _column
-from .scan_triton import chunk_program, key_tile, mma, reverse_scan_program
+from .output_triton import _column, level_weights
+from .scan_triton import chunk_program, head_rows, key_tile, mma, reverse_scan_program
 
 
 @triton.jit
 def _dot(a, b, PREC: tl.constexpr, ACC: tl.constexpr):
     return tl.dot(a, b, input_precision=PREC, out_dtype=ACC)
-
-
-@triton.jit
-def _rows(ptr, tok, heads, head, width, offs, mask):
-    """[C, B] tile of a [slots, heads, width] tensor for one head (masked columns zero)."""
-    return tl.load(ptr + (tok[:, None] * heads + head) * width + offs[None, :], mask=mask[None, :], other=0.0)
 
 
 @triton.jit
@@ -134,16 +128,16 @@ def level_scan_bwd_delta_kernel(
         tok = row64 * S + c * C + i
         gc = tl.load(g_cum + tok * H + h).to(ACC)
         g_end = tl.load(g_cum + (row64 * S + c * C + C - 1) * H + h).to(ACC)
-        kd = _rows(k, tok, G, grp, K, dk, km).to(ACC) * tl.exp(g_end - gc)[:, None]
-        wt = _rows(w, tok, H, h, K, dk, km).to(ACC)
+        kd = head_rows(k, tok, G, grp, K, dk, km).to(ACC) * tl.exp(g_end - gc)[:, None]
+        wt = head_rows(w, tok, H, h, K, dk, km).to(ACC)
         decay = tl.exp(g_end)
         if is_top:
             tl.store(_state(dstates, row64, c, NJ, NC, NJ + 2, h, H, K, V) + hv, dp, mask=hvm)
             dp = _pull(dp, kd, wt, decay, DOT, PREC, ACC)
         dh = _pull(dh, kd, wt, decay, DOT, PREC, ACC)
         if tl_chunk_reads_scan(ca, js64, NJ):  # chunk c read this state: dS = (lambda Qt)^T dO
-            wq = _rows(qt, tok, H, h, K, dk, km).to(ACC) * tl.load(lam + (tok * H + h) * L + col).to(ACC)[:, None]
-            dh += mma(tl.trans(wq), _rows(do, tok, H, h, V, dv, vm), DOT, PREC, ACC)
+            wq = head_rows(qt, tok, H, h, K, dk, km).to(ACC) * tl.load(lam + (tok * H + h) * L + col).to(ACC)[:, None]
+            dh += mma(tl.trans(wq), head_rows(do, tok, H, h, V, dv, vm), DOT, PREC, ACC)
 
 
 @triton.jit
@@ -202,7 +196,7 @@ def chunk_grad_delta_kernel(
     lm = cols < L
     ca = c.to(tl.int64)
     blk = (row64 * NC + c) * H + h
-    lam_t = _rows(lam, tok, H, h, L, cols, lm).to(ACC)
+    lam_t = head_rows(lam, tok, H, h, L, cols, lm).to(ACC)
     gc = tl.load(g_cum + tok * H + h).to(ACC)
     bt = tl.load(beta + tok * H + h).to(ACC)
     g_end = tl.load(g_cum + (row64 * S + c * C + C - 1) * H + h).to(ACC)
@@ -215,17 +209,15 @@ def chunk_grad_delta_kernel(
     kk = tl.zeros([C, C], dtype=ACC)
     for k0 in range(0, K, BKT):
         kc, km = key_tile(k0, K, BKT)
-        kt = _rows(k, tok, G, grp, K, kc, km).to(ACC)
-        qk += _dot(_rows(q, tok, G, grp, K, kc, km).to(ACC), tl.trans(kt), PREC, ACC)
+        kt = head_rows(k, tok, G, grp, K, kc, km).to(ACC)
+        qk += _dot(head_rows(q, tok, G, grp, K, kc, km).to(ACC), tl.trans(kt), PREC, ACC)
         kk += _dot(kt, tl.trans(kt), PREC, ACC)
     gamma = _gamma(gc, i)
     qk = qk * gamma
     kks = tl.where(i[:, None] > i[None, :], kk * gamma, 0.0)
     p = _dot(qk, ab, PREC, ACC)
-    lev = tl_capped_level(i[:, None], i[None, :], L)
-    weights = tl.zeros([C, C], dtype=ACC)
-    for lvl in tl.static_range(LOG_C + 1):
-        weights = tl.where(lev == lvl, _column(lam_t, cols, lvl)[:, None], weights)
+    lev = tl_capped_level(i[:, None], i[None, :], L)  # also for dlambda's per-level sums below
+    weights = level_weights(lam_t, cols, i, L, C, LOG_C, ACC)
 
     # Value side: dV = (P * Lambda)^T dO + Ab^T dU with dU = Kd dX; dO v^T and dU v^T for below.
     dm = tl.zeros([C, C], dtype=ACC)
@@ -233,13 +225,13 @@ def chunk_grad_delta_kernel(
     for v0 in range(0, V, BV):
         dvv = v0 + tl.arange(0, BV)
         vm = dvv < V
-        vt = _rows(v, tok, H, h, V, dvv, vm).to(ACC)
-        dot = _rows(do, tok, H, h, V, dvv, vm).to(ACC)
+        vt = head_rows(v, tok, H, h, V, dvv, vm).to(ACC)
+        dot = head_rows(do, tok, H, h, V, dvv, vm).to(ACC)
         dm += _dot(dot, tl.trans(vt), PREC, ACC)
         du = tl.zeros([C, BV], dtype=ACC)
         for k0 in range(0, K, BKT):
             kc, km = key_tile(k0, K, BKT)
-            kd = _rows(k, tok, G, grp, K, kc, km).to(ACC) * e_k[:, None]
+            kd = head_rows(k, tok, G, grp, K, kc, km).to(ACC) * e_k[:, None]
             du += _dot(kd, _state_tile(dstates, row64, c, NJ + 1, NC, NJ + 2, h, H, K, V, kc, km, dvv, vm, ACC), PREC, ACC)
         dvt = _dot(tl.trans(p * weights), dot, PREC, ACC) + _dot(tl.trans(ab), du, PREC, ACC)
         tl.store(dv + (tok[:, None] * H + h) * V + dvv[None, :], dvt, mask=vm[None, :])
@@ -260,40 +252,40 @@ def chunk_grad_delta_kernel(
     d_decay = tl.zeros([], dtype=ACC)
     for k0 in range(0, K, BKT):
         kc, km = key_tile(k0, K, BKT)
-        qtl = _rows(qt, tok, H, h, K, kc, km).to(ACC)
+        qtl = head_rows(qt, tok, H, h, K, kc, km).to(ACC)
         dqt = tl.zeros([C, BKT], dtype=ACC)  # gradient of Qt
         dkd = tl.zeros([C, BKT], dtype=ACC)  # gradient of Kd
         for v0 in range(0, V, BV):
             dvv = v0 + tl.arange(0, BV)
             vm = dvv < V
-            dot = _rows(do, tok, H, h, V, dvv, vm).to(ACC)
+            dot = head_rows(do, tok, H, h, V, dvv, vm).to(ACC)
             for js in range(NJ):
                 if tl_chunk_reads_scan(ca, js, NJ):  # chunk c read lambda_js Qt S_js
                     dread = _dot(dot, tl.trans(_state_tile(states, row64, c, js, NC, NJ, h, H, K, V, kc, km, dvv, vm, ACC)), PREC, ACC)
                     col = tl_scan_level(js, NJ, L, LOG_C)
                     dqt += _column(lam_t, cols, col)[:, None] * dread
                     dlam_t += tl.where(cols[None, :] == col, tl.sum(qtl * dread, 1)[:, None], 0.0)
-            u = _dot(ab, _rows(v, tok, H, h, V, dvv, vm).to(ACC), PREC, ACC)
+            u = _dot(ab, head_rows(v, tok, H, h, V, dvv, vm).to(ACC), PREC, ACC)
             dkd += _dot(u, tl.trans(_state_tile(dstates, row64, c, NJ + 1, NC, NJ + 2, h, H, K, V, kc, km, dvv, vm, ACC)), PREC, ACC)
         dw = -_dot(tl.trans(qk), dqt, PREC, ACC)  # gradient of W
         for k1 in range(0, K, BKT):  # the transitions: dKd -= W D, dW -= Kd D^T
             kc1, km1 = key_tile(k1, K, BKT)
-            kd1 = _rows(k, tok, G, grp, K, kc1, km1).to(ACC) * e_k[:, None]
+            kd1 = head_rows(k, tok, G, grp, K, kc1, km1).to(ACC) * e_k[:, None]
             d_row = _pair_block(pairs, blk, k0, k1, K, BKT)
             dw -= _dot(kd1, tl.trans(d_row), PREC, ACC)
-            dkd -= _dot(_rows(w, tok, H, h, K, kc1, km1).to(ACC), _pair_block(pairs, blk, k1, k0, K, BKT), PREC, ACC)
+            dkd -= _dot(head_rows(w, tok, H, h, K, kc1, km1).to(ACC), _pair_block(pairs, blk, k1, k0, K, BKT), PREC, ACC)
             if k1 == k0:
                 diag = tl.arange(0, BKT)[:, None] == tl.arange(0, BKT)[None, :]
                 d_decay += tl.sum(tl.sum(tl.where(diag, d_row, 0.0), 1), 0)
-        wt = _rows(w, tok, H, h, K, kc, km).to(ACC)
+        wt = head_rows(w, tok, H, h, K, kc, km).to(ACC)
         dqk -= _dot(dqt, tl.trans(wt), PREC, ACC)
-        kt = _rows(k, tok, G, grp, K, kc, km).to(ACC)
+        kt = head_rows(k, tok, G, grp, K, kc, km).to(ACC)
         ke = kt * e_g[:, None]
         dab += _dot(dw, tl.trans(ke), PREC, ACC)
         dke = _dot(tl.trans(ab), dw, PREC, ACC)
         z = tl.sum(kt * e_k[:, None] * dkd, 1)
         z_kd += tl.sum(z, 0)
-        dgt += tl.sum(ke * dke, 1) - z + e_g * tl.sum(_rows(q, tok, G, grp, K, kc, km).to(ACC) * dqt, 1)
+        dgt += tl.sum(ke * dke, 1) - z + e_g * tl.sum(head_rows(q, tok, G, grp, K, kc, km).to(ACC) * dqt, 1)
         qk_off = (tok[:, None] * H + h) * K + kc[None, :]
         tl.store(dq + qk_off, e_g[:, None] * dqt, mask=km[None, :])
         tl.store(dk + qk_off, e_g[:, None] * dke + e_k[:, None] * dkd, mask=km[None, :])
@@ -315,10 +307,10 @@ def chunk_grad_delta_kernel(
     tl.debug_barrier()  # the direct terms stored above, by other threads of this program
     for k0 in range(0, K, BKT):
         kc, km = key_tile(k0, K, BKT)
-        kt = _rows(k, tok, G, grp, K, kc, km).to(ACC)
+        kt = head_rows(k, tok, G, grp, K, kc, km).to(ACC)
         qk_off = (tok[:, None] * H + h) * K + kc[None, :]
         dqq = tl.load(dq + qk_off, mask=km[None, :], other=0.0) + _dot(dqkg, kt, PREC, ACC)
         dkt = tl.load(dk + qk_off, mask=km[None, :], other=0.0) + _dot(dkkg + tl.trans(dkkg), kt, PREC, ACC)
-        dkt += _dot(tl.trans(dqkg), _rows(q, tok, G, grp, K, kc, km).to(ACC), PREC, ACC)
+        dkt += _dot(tl.trans(dqkg), head_rows(q, tok, G, grp, K, kc, km).to(ACC), PREC, ACC)
         tl.store(dq + qk_off, dqq, mask=km[None, :])
         tl.store(dk + qk_off, dkt, mask=km[None, :])

@@ -35,15 +35,7 @@ except ImportError:  # pragma: no cover
     triton = tl = None
 
 from .output_triton import level_weights
-from .scan_triton import chunk_program, mma
-
-
-@triton.jit
-def _tile(ptr, tok, heads, head, width, k0, BKT: tl.constexpr):
-    """[C, BKT] tile (columns k0 ..) of a [slots, heads, width] tensor, its offsets and mask."""
-    kc = k0 + tl.arange(0, BKT)
-    km = kc < width
-    return tl.load(ptr + (tok[:, None] * heads + head) * width + kc[None, :], mask=km[None, :], other=0.0), kc, km
+from .scan_triton import chunk_program, head_rows, key_tile, mma
 
 
 @triton.jit
@@ -77,8 +69,8 @@ def ut_factors_kernel(
     kk = tl.zeros([C, C], dtype=ACC)
     qk = tl.zeros([C, C], dtype=ACC)
     for k0 in tl.static_range(0, K, BKT):
-        kt, _, _ = _tile(k, tok, G, grp, K, k0, BKT)
-        qq, _, _ = _tile(q, tok, G, grp, K, k0, BKT)
+        kc, km = key_tile(k0, K, BKT)
+        kt, qq = head_rows(k, tok, G, grp, K, kc, km), head_rows(q, tok, G, grp, K, kc, km)
         kk += mma(kt, tl.trans(kt), DOT, PREC, ACC)
         qk += mma(qq, tl.trans(kt), DOT, PREC, ACC)
     ab = _inverse(tl.where(lower, kk * gamma * bt[:, None], 0.0), i, LOG_C, PREC, ACC) * bt[None, :]
@@ -94,14 +86,15 @@ def ut_factors_kernel(
 
     e_g = tl.exp(gc)[:, None]
     for k0 in tl.static_range(0, K, BKT):
-        kt, kc, km = _tile(k, tok, G, grp, K, k0, BKT)
-        qq, _, _ = _tile(q, tok, G, grp, K, k0, BKT)
+        kc, km = key_tile(k0, K, BKT)
+        kt, qq = head_rows(k, tok, G, grp, K, kc, km), head_rows(q, tok, G, grp, K, kc, km)
         wt = tl.dot(ab, kt.to(ACC) * e_g, input_precision=PREC, out_dtype=ACC)
         off = (tok[:, None] * H + h) * K + kc[None, :]
         tl.store(w + off, wt.to(w.dtype.element_ty), mask=km[None, :])
         qtt = qq.to(ACC) * e_g - tl.dot(qk, wt, input_precision=PREC, out_dtype=ACC)
         tl.store(qt + off, qtt.to(qt.dtype.element_ty), mask=km[None, :])
     for v0 in tl.static_range(0, V, BV):
-        vt, dv, vm = _tile(v, tok, H, h, V, v0, BV)
+        dv, vm = key_tile(v0, V, BV)
+        vt = head_rows(v, tok, H, h, V, dv, vm)
         ut = tl.dot(ab, vt.to(ACC), input_precision=PREC, out_dtype=ACC)
         tl.store(u + (tok[:, None] * H + h) * V + dv[None, :], ut.to(u.dtype.element_ty), mask=vm[None, :])

@@ -57,13 +57,6 @@ def scan_program(H: tl.constexpr, G: tl.constexpr, K: tl.constexpr, V: tl.conste
 
 
 @triton.jit
-def key_tile(k0, K: tl.constexpr, BKT: tl.constexpr):
-    """Offsets and mask of the key tile starting at ``k0``."""
-    kc = k0 + tl.arange(0, BKT)
-    return kc, kc < K
-
-
-@triton.jit
 def reverse_scan_program(NJ, L, top_exp, H: tl.constexpr, G: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
                          C: tl.constexpr, LOG_C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
     """``scan_program`` plus what the backward scans walking a level in reverse read: whether
@@ -71,6 +64,19 @@ def reverse_scan_program(NJ, L, top_exp, H: tl.constexpr, G: tl.constexpr, K: tl
     row, h, grp, js, dk, dv, km, vm, hv, hvm = scan_program(H, G, K, V, BK, BV)
     level = (js == NJ - 1, tl_scan_level(js, NJ, L, LOG_C), tl_scan_window(js, NJ, top_exp))
     return (row.to(tl.int64), h, grp, js, js.to(tl.int64), dk, dv, km, vm, hv, hvm, tl.arange(0, C)) + level
+
+
+@triton.jit
+def key_tile(k0, K: tl.constexpr, BKT: tl.constexpr):
+    """Offsets and mask of the key tile starting at ``k0`` (or of a value tile: same arithmetic)."""
+    kc = k0 + tl.arange(0, BKT)
+    return kc, kc < K
+
+
+@triton.jit
+def head_rows(ptr, tok, heads, head, width, offs, mask):
+    """[C, B] tile of a [slots, heads, width] tensor for one head (masked columns zero)."""
+    return tl.load(ptr + (tok[:, None] * heads + head) * width + offs[None, :], mask=mask[None, :], other=0.0)
 
 
 @triton.jit
@@ -145,14 +151,14 @@ def _keys_times(kt, vt, e, MASKED: tl.constexpr, DOT: tl.constexpr, PREC: tl.con
 
 @triton.jit
 def _visit(states, hs, cb, c, js, js64, NJ, NC, NSLOT, top_exp, row64, h, H: tl.constexpr, K: tl.constexpr,
-           V: tl.constexpr, hv, hvm, DELTA: tl.constexpr):
+           V: tl.constexpr, hv, hvm):
     """Arriving at row-local chunk c: its absolute index ca, bit js of ca (0: the chunk adds to
     this level), whether it reads this scan, and then the record of the state it reads (stored
     at the first chunk of its slot)."""
     ca = cb + c
     reads = tl_chunk_reads_scan(ca, js64, NJ)
     if reads:
-        slot, first = state_slot(ca, cb, js, NJ, NC, top_exp, DELTA)
+        slot, first = state_slot(ca, cb, js, NJ, NC, top_exp, False)
         if first == c:
             tl.store(states + ((row64 * NSLOT + slot) * H + h) * K * V + hv, hs.to(states.dtype.element_ty), mask=hvm)
     return ca, (ca >> js64) & 1, reads
@@ -162,6 +168,37 @@ def _visit(states, hs, cb, c, js, js64, NJ, NC, NSLOT, top_exp, row64, h, H: tl.
 def _state_in(base, hv, hvm, ACC: tl.constexpr):
     """This program's [BK, BV] tile of the [K, V] state starting at ``base``, in ACC."""
     return tl.load(base + hv, mask=hvm, other=0.0).to(ACC)
+
+
+@triton.jit
+def _walk(base_chunk, row, js, NJ, top_exp, C: tl.constexpr):
+    """What a forward scan walks with: token indices of a chunk, the row's first absolute chunk,
+    the int64 row and scan index, and the scan's bucket window (``tl_scan_window``)."""
+    return tl.arange(0, C), tl.load(base_chunk + row), row.to(tl.int64), js.to(tl.int64), tl_scan_window(js, NJ, top_exp)
+
+
+@triton.jit
+def _start(h0, p0, row64, js, NJ, H: tl.constexpr, h, K: tl.constexpr, V: tl.constexpr, hv, hvm,
+           BK: tl.constexpr, BV: tl.constexpr, HAS_INIT: tl.constexpr, ACC: tl.constexpr, top):
+    """The state a scan starts from (``h0``) and, where ``top`` holds, the top's pending sum
+    (``p0``); zero without an initial state."""
+    hs = tl.zeros([BK, BV], dtype=ACC)
+    ps = tl.zeros([BK, BV], dtype=ACC)
+    if HAS_INIT:
+        hs += _state_in(h0 + ((row64 * NJ + js) * H + h) * K * V, hv, hvm, ACC)
+        if top:
+            ps += _state_in(p0 + (row64 * H + h) * K * V, hv, hvm, ACC)
+    return hs, ps
+
+
+@triton.jit
+def _chunk_tiles(k, v, g_cum, tok, g_end, grp, h, dk, dv, km, vm, G: tl.constexpr, H: tl.constexpr,
+                 K: tl.constexpr, V: tl.constexpr, ACC: tl.constexpr):
+    """The [C, BK] key tile (as stored) and [C, BV] value tile (in ACC) of a chunk's tokens
+    ``tok``, and their decay to the chunk's end e = exp(G_end - G)."""
+    kt = head_rows(k, tok, G, grp, K, dk, km)
+    vt = head_rows(v, tok, H, h, V, dv, vm).to(ACC)
+    return kt, vt, tl.exp(g_end - tl.load(g_cum + tok * H + h).to(ACC))
 
 
 @triton.jit
@@ -185,21 +222,10 @@ def level_scan_kernel(
     row, h, grp, js, dk, dv, km, vm, hv, hvm = scan_program(H, G, K, V, BK, BV)
     if TOP:
         js = NJ - 1
-    i = tl.arange(0, C)
-    cb = tl.load(base_chunk + row)
-    row64 = row.to(tl.int64)
-
-    hs = tl.zeros([BK, BV], dtype=ACC)
-    if HAS_INIT:
-        hs += _state_in(h0 + ((row64 * NJ + js) * H + h) * K * V, hv, hvm, ACC)
-    if TOP:
-        ps = tl.zeros([BK, BV], dtype=ACC)
-        if HAS_INIT:
-            ps += _state_in(p0 + (row64 * H + h) * K * V, hv, hvm, ACC)
-
-    js64, win = js.to(tl.int64), tl_scan_window(js, NJ, top_exp)
+    i, cb, row64, js64, win = _walk(base_chunk, row, js, NJ, top_exp, C)
+    hs, ps = _start(h0, p0, row64, js, NJ, H, h, K, V, hv, hvm, BK, BV, HAS_INIT, ACC, TOP)
     for c in range(NC):
-        ca, bit, reads = _visit(states, hs, cb, c, js, js64, NJ, NC, NSLOT, top_exp, row64, h, H, K, V, hv, hvm, False)
+        ca, bit, reads = _visit(states, hs, cb, c, js, js64, NJ, NC, NSLOT, top_exp, row64, h, H, K, V, hv, hvm)
         if HAS_INIT:
             if c == 0:  # initial levels inside the first chunk enter with its contribution
                 lo = _state_in(low + (row64 * H + h) * K * V, hv, hvm, ACC)
@@ -212,10 +238,7 @@ def level_scan_kernel(
         # A state that adds nothing here only decays: the readers of a level (half the chunks)
         # and the top outside its pending sum skip the loads and the product.
         if TOP or bit == 0:
-            tok = row64 * S + c * C + i
-            kt = tl.load(k + (tok[:, None] * G + grp) * K + dk[None, :], mask=km[None, :], other=0.0)
-            vt = tl.load(v + (tok[:, None] * H + h) * V + dv[None, :], mask=vm[None, :], other=0.0).to(ACC)
-            e = tl.exp(g_end - tl.load(g_cum + tok * H + h).to(ACC))
+            kt, vt, e = _chunk_tiles(k, v, g_cum, row64 * S + c * C + i, g_end, grp, h, dk, dv, km, vm, G, H, K, V, ACC)
             if TOP:
                 ps = decay * ps + _keys_times(kt, vt, e, K < BK, DOT, PREC, ACC)
             else:
@@ -360,11 +383,8 @@ def level_scan_delta_kernel(
     BKT (64, or one tile for fewer keys), so K = 64 .. 256 in steps of 64 holds no masked
     operand tile (a single 256-wide tile at K = 192 wasted a quarter of the products and spilled)."""
     row, h, grp, js, _, dv, _, vm, _, _ = scan_program(H, G, K, V, BKT, BV)
-    i = tl.arange(0, C)
     is_top = js == NJ - 1
-    cb = tl.load(base_chunk + row)
-    row64 = row.to(tl.int64)
-    js64, win = js.to(tl.int64), tl_scan_window(js, NJ, top_exp)
+    i, cb, row64, js64, win = _walk(base_chunk, row, js, NJ, top_exp, C)
 
     z = tl.zeros([BKT, BV], dtype=ACC)
     hs0, hs1, hs2, hs3 = z, z, z, z
@@ -392,7 +412,7 @@ def level_scan_delta_kernel(
             tok = row64 * S + c * C + i
             krows = k + (tok[:, None] * G + grp) * K
             wrows = w + (tok[:, None] * H + h) * K
-            ut = tl.load(u + (tok[:, None] * H + h) * V + dv[None, :], mask=vm[None, :], other=0.0).to(ACC)
+            ut = head_rows(u, tok, H, h, V, dv, vm).to(ACC)
             e = tl.exp(g_end - tl.load(g_cum + tok * H + h).to(ACC))
             if is_top:
                 hs0, hs1, hs2, hs3 = _push(hs0, hs1, hs2, hs3, krows, wrows, ut, e, decay, 0.0, NKT, K, BKT, DOT, PREC, ACC)
