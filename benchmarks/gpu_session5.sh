@@ -1,22 +1,30 @@
-# The branch session5-candidates (main of session 4 + gdn-scan-ktiles, decode-one-reduction,
-# m2-grad-kernel, m2-output-kernel; each passed the interpreter tests and the sm_90 compile test,
-# none has run on a GPU). Two device calls (each under 600 s), from the repository root with
-# .whl carried:   bash benchmarks/gpu_session5.sh a   then   ... b
-# a: whether the GDN forward faults (blocking launches, one process), every check (the --quick
-#    run also times Mamba-2 at L = 15 and 1), the GDN forward times; b: the Mamba-2 table to put
-#    beside main's (RESULTS.md, session 4: same GPU kind and versions), its profile, the decode
-#    sweep. A fault: rerun the failing case under /usr/local/cuda/bin/compute-sanitizer and
-# bisect by merging one branch at a time.
+# Session 5's device calls, in order (`bash benchmarks/gpu_session5.sh a` .. , from the
+# repository root on the device, carrying .whl and .ab_main). The code under test is this
+# commit's: session 4's main plus four branches written without device time (gdn-scan-ktiles,
+# decode-one-reduction, m2-output-kernel, m2-grad-kernel). .ab_main/kernels, when carried, holds
+# session 4's kernels (`git archive 88ebecd kernels | tar -x -C .ab_main`): the same run then
+# times them beside this commit's, so every ratio below comes from one run. Logs land in $OUT,
+# copied to benchmarks/logs/*_h200_2026-11-30f*; RESULTS.md and gpu_notes.md say what each found.
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-mkdir -p /tmp/pkg/hf_loglinear && cp -r hf_loglinear/. /tmp/pkg/hf_loglinear/ && cp -r kernels conversion model_cards /tmp/pkg/hf_loglinear/
-export PYTHONPATH=/tmp/pkg:/tmp/site PYTHONUNBUFFERED=1
+pkg() {  # $1: where; $2: the kernels folder to install
+  mkdir -p "$1/hf_loglinear" && cp -r hf_loglinear/. "$1/hf_loglinear/" && cp -r conversion model_cards "$1/hf_loglinear/"
+  cp -r "$2" "$1/hf_loglinear/kernels"
+}
+pkg /tmp/pkg kernels
+[ -d .ab_main/kernels ] && pkg /tmp/pkg_a .ab_main/kernels
+# the compiled kernels outlive a call while the machine stays warm
+export PYTHONPATH=/tmp/pkg:/tmp/site PYTHONUNBUFFERED=1 TRITON_CACHE_DIR=$PWD/.triton_cache
+A="env PYTHONPATH=/tmp/pkg_a:/tmp/site"  # session 4's kernels
 B=benchmarks/bench_kernels.py
 case "$1" in
-a)  CUDA_LAUNCH_BLOCKING=1 timeout 60 python benchmarks/debug_gdn_forward.py 192 384 bfloat16 2>&1 | tee $OUT/gdn_forward_fault.log | tail -2
-    HF_LOGLINEAR_TRITON_BACKWARD_DELTA=1 timeout 330 python $B --quick --skip-decode 2>&1 | tee $OUT/checks.log | grep "check\|FAIL\|Error\|^  ("
-    timeout 60 python benchmarks/debug_gdn_forward.py 192 384 bfloat16 time 2>&1 | tee $OUT/gdn_forward.log | grep "gdn fwd\|fla" ;;
-b)  timeout 200 python $B --variants mamba2 --skip-checks --skip-decode --lengths 2048,16384,65536 --out $OUT 2>&1 | tee $OUT/mamba2_timing.log | grep "^  ("
-    timeout 60 python $B --profile 2048 2>&1 | tee $OUT/mamba2_profile.log | grep "kernel\|Self CUDA"
-    timeout 150 python benchmarks/sweep_tiles.py step 2>&1 | tee $OUT/sweep_step.log | tail -10 ;;
+a)  # GDN forward (fault check at 192 / 384 bf16, error, times) and the Mamba-2 checks, each new vs old
+    timeout 90 python benchmarks/debug_gdn_forward.py 192 384 bfloat16 time 2>&1 | tee $OUT/gdn_forward.log | grep "ok\|FAIL\|Error\|gdn fwd\|fla"
+    $A timeout 80 python benchmarks/debug_gdn_forward.py 192 384 bfloat16 time 2>&1 | tee $OUT/gdn_forward_old.log | grep "ok\|FAIL\|Error\|gdn fwd\|fla"
+    timeout 220 python $B --variants mamba2 --quick --skip-decode 2>&1 | tee $OUT/mamba2_quick.log | grep "check\|FAIL\|Error\|^  ("
+    $A timeout 110 python $B --variants mamba2 --quick --skip-checks --skip-decode 2>&1 | tee $OUT/mamba2_quick_old.log | grep "Error\|^  (" ;;
+b)  # GDN dense / packed / initial-state checks with the Triton backward; Mamba-2 table beside the anchors; decode
+    HF_LOGLINEAR_TRITON_BACKWARD_DELTA=1 timeout 250 python $B --variants gdn --quick --skip-decode 2>&1 | tee $OUT/gdn_checks.log | grep "check\|FAIL\|Error"
+    timeout 230 python $B --variants mamba2 --skip-checks --skip-decode --lengths 2048,16384,65536 --out $OUT 2>&1 | tee $OUT/mamba2_timing.log | grep "^  (\|Error"
+    timeout 90 python $B --variants mamba2 --skip-checks --lengths '' 2>&1 | tee $OUT/decode.log | grep "decode\|copy\|^| [0-9]" ;;
 *)  echo "usage: bash benchmarks/gpu_session5.sh a|b" >&2; exit 2 ;;
 esac
