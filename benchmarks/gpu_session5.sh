@@ -22,9 +22,16 @@ a)  # GDN forward (fault check at 192 / 384 bf16, error, times) and the Mamba-2 
     $A timeout 80 python benchmarks/debug_gdn_forward.py 192 384 bfloat16 time 2>&1 | tee $OUT/gdn_forward_old.log | grep "ok\|FAIL\|Error\|gdn fwd\|fla"
     timeout 220 python $B --variants mamba2 --quick --skip-decode 2>&1 | tee $OUT/mamba2_quick.log | grep "check\|FAIL\|Error\|^  ("
     $A timeout 110 python $B --variants mamba2 --quick --skip-checks --skip-decode 2>&1 | tee $OUT/mamba2_quick_old.log | grep "Error\|^  (" ;;
-b)  # GDN dense / packed / initial-state checks with the Triton backward; Mamba-2 table beside the anchors; decode
-    HF_LOGLINEAR_TRITON_BACKWARD_DELTA=1 timeout 250 python $B --variants gdn --quick --skip-decode 2>&1 | tee $OUT/gdn_checks.log | grep "check\|FAIL\|Error"
+b)  # run as a command line right after a (the same lines): (Mamba-2 2K / 16K / 64K beside the anchors, decode at every batch):
     timeout 230 python $B --variants mamba2 --skip-checks --skip-decode --lengths 2048,16384,65536 --out $OUT 2>&1 | tee $OUT/mamba2_timing.log | grep "^  (\|Error"
     timeout 90 python $B --variants mamba2 --skip-checks --lengths '' 2>&1 | tee $OUT/decode.log | grep "decode\|copy\|^| [0-9]" ;;
-*)  echo "usage: bash benchmarks/gpu_session5.sh a|b" >&2; exit 2 ;;
+c)  # after call a's fault: gdn-scan-ktiles taken back out (.ab_ktiles: the kernels with it). GDN checks
+    # with the Triton backward, GDN fwd / fwd+bwd beside num_levels=1 and fla, and where the K-tiled scan faults
+    export HF_LOGLINEAR_TRITON_BACKWARD_DELTA=1
+    timeout 240 python $B --variants gdn --quick --skip-decode --lengths '' 2>&1 | tee $OUT/gdn_checks.log | grep "check\|FAIL\|Error"
+    timeout 110 python $B --variants gdn --skip-checks --skip-decode --lengths 2048,8192 --out $OUT 2>&1 | tee $OUT/gdn_timing.log | grep "^  (\|Error"
+    pkg /tmp/pkg_k .ab_ktiles/kernels
+    PYTHONPATH=/tmp/pkg_k:/tmp/site CUDA_LAUNCH_BLOCKING=1 timeout 150 /usr/local/cuda/bin/compute-sanitizer --print-limit 2 \
+      python benchmarks/debug_gdn_forward.py 192 384 bfloat16 2>&1 | grep -v "Host Frame" | tee $OUT/ktiles_sanitizer.log | head -24 ;;
+*)  echo "usage: bash benchmarks/gpu_session5.sh a|b|c" >&2; exit 2 ;;
 esac

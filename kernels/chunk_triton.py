@@ -299,12 +299,11 @@ def _scan(rows, dtype, consts, num_levels, initial_state, chunk):
         low = low.contiguous()
     else:
         low = h0 = p0 = low_sum = states  # never read
-    bv_scan, scan_launch = _scan_tiles(bk, key_dim, value_dim, delta)
+    bv_scan, scan_launch = _scan_tiles(bk, value_dim, delta)
     grid = lambda num_programs: (n * num_heads, num_programs, triton.cdiv(value_dim, bv_scan))  # noqa: E731
-    common = {**consts, **scan_launch, "HAS_INIT": has_init, "DOT": _dot_dtype(dtype), "BV": bv_scan}
+    common = dict(HAS_INIT=has_init, DOT=_dot_dtype(dtype), BV=bv_scan, **consts, **scan_launch)
     args = (g_cum, states, h0, p0, low_sum, base_chunk, slots, nc, num_js, num_slots, top_exp)
     if delta:
-        del common["BK"]  # it walks the keys in tiles (BKT, NKT of scan_launch)
         level_scan_delta_kernel[grid(num_js)](rows.k, factors.u, factors.w, *args, **common)
     else:
         # The inter-chunk levels and the capped top (alone carrying a pending window sum) in two
@@ -339,20 +338,15 @@ def _side_by_side(first, second, device):
     main.wait_stream(side)
 
 
-def _scan_tiles(bk, key_dim, value_dim, delta):
-    """Value tile and launch options of the level scan. The delta rule's scan holds its state (and
-    the top its pending sum) as NKT <= 4 tiles of BKT = 64 keys. Triton 3.9 for sm_90 carries each
-    tile through the loop in three layouts (dot accumulator, dot operand, store), so 8 warps with
-    value tiles of 64 / NKT (rounded down to a power of two) hold it without spilling up to K = 192
-    (K = 256 spills 72 B; benchmarks/compile_sm90.py)."""
+def _scan_tiles(bk, value_dim, delta):
+    """Value tile and launch options of the level scan. The delta rule's scan holds [C, BK]
+    tiles of k and W besides its state: above K = 128 it takes narrow value tiles (32 was the
+    fastest of seven tilings on the H200) and at most double buffering, so that shared memory
+    stays in bounds should triton pipeline its loads (today they sit behind a run-time branch)."""
     bv = min(block_size(value_dim), 64)
-    if not delta:
-        return bv, {}
-    bkt = min(bk, 64)
-    nkt = triton.cdiv(key_dim, bkt)
-    if nkt > 4:
-        raise ValueError(f"the delta rule's Triton scan takes key dimensions up to 256, not {key_dim}")
-    return min(bv, 64 >> (nkt - 1).bit_length()), dict(BKT=bkt, NKT=nkt, num_warps=8)
+    if delta and bk > 128:
+        return 32, dict(num_stages=2)
+    return bv, {}
 
 
 def _forward(q, k, v, g, lam, beta, cu_seqlens, initial_state, output_final_state, chunk=CHUNK):

@@ -137,28 +137,38 @@ def _round_bf16(x):
 
 
 @triton.jit
-def _keys_times(kt, vt, e, MASKED: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr, ACC: tl.constexpr):
+def _keys_times(kt, vt, e, K: tl.constexpr, BK: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr, ACC: tl.constexpr):
     """Kd^T vt for the chunk's keys Kd = e k (e = exp(G_end - G) per token). The decay scales the
     [C, BV] value side, so the loaded key tile goes to the tensor cores as it is, except for a
-    masked key tile: there triton 3.6 on sm_90 faulted (out-of-range shared address, K = 192 in
-    a 256-wide tile) on the loaded, masked, transposed bf16 operand, so those keys are scaled in
-    registers."""
-    if MASKED:
-        return mma(tl.trans(kt.to(ACC) * e[:, None]), vt, DOT, PREC, ACC)
-    else:
+    masked key tile (K < BK): there triton 3.6 on sm_90 faulted (out-of-range shared address,
+    K = 192) on the loaded, masked, transposed bf16 operand, so those keys are scaled in registers."""
+    if K == BK:
         return mma(tl.trans(kt), vt * e[:, None], DOT, PREC, ACC)
+    else:
+        return mma(tl.trans(kt.to(ACC) * e[:, None]), vt, DOT, PREC, ACC)
+
+
+@triton.jit
+def _push(hs, kt, wt, vt, e, decay, add, K: tl.constexpr, BK: tl.constexpr,
+          DELTA: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr, ACC: tl.constexpr):
+    """State [BK, BV] through one chunk, plus ``add`` times the chunk's contribution:
+    decay h + Kd^T (add U - W h) (no W term under scalar decay)."""
+    vnew = add * vt
+    if DELTA:
+        vnew = vnew - mma(wt, hs, DOT, PREC, ACC)
+    return decay * hs + _keys_times(kt, vnew, e, K, BK, DOT, PREC, ACC)
 
 
 @triton.jit
 def _visit(states, hs, cb, c, js, js64, NJ, NC, NSLOT, top_exp, row64, h, H: tl.constexpr, K: tl.constexpr,
-           V: tl.constexpr, hv, hvm):
+           V: tl.constexpr, hv, hvm, DELTA: tl.constexpr):
     """Arriving at row-local chunk c: its absolute index ca, bit js of ca (0: the chunk adds to
     this level), whether it reads this scan, and then the record of the state it reads (stored
     at the first chunk of its slot)."""
     ca = cb + c
     reads = tl_chunk_reads_scan(ca, js64, NJ)
     if reads:
-        slot, first = state_slot(ca, cb, js, NJ, NC, top_exp, False)
+        slot, first = state_slot(ca, cb, js, NJ, NC, top_exp, DELTA)
         if first == c:
             tl.store(states + ((row64 * NSLOT + slot) * H + h) * K * V + hv, hs.to(states.dtype.element_ty), mask=hvm)
     return ca, (ca >> js64) & 1, reads
@@ -180,8 +190,9 @@ def _walk(base_chunk, row, js, NJ, top_exp, C: tl.constexpr):
 @triton.jit
 def _start(h0, p0, row64, js, NJ, H: tl.constexpr, h, K: tl.constexpr, V: tl.constexpr, hv, hvm,
            BK: tl.constexpr, BV: tl.constexpr, HAS_INIT: tl.constexpr, ACC: tl.constexpr, top):
-    """The state a scan starts from (``h0``) and, where ``top`` holds, the top's pending sum
-    (``p0``); zero without an initial state."""
+    """The state a scan starts from (``h0``) and the top's pending sum (``p0``, read where ``top``
+    holds: a constexpr in the scalar kernel, a run-time flag in the delta rule's); zero without
+    an initial state."""
     hs = tl.zeros([BK, BV], dtype=ACC)
     ps = tl.zeros([BK, BV], dtype=ACC)
     if HAS_INIT:
@@ -225,7 +236,7 @@ def level_scan_kernel(
     i, cb, row64, js64, win = _walk(base_chunk, row, js, NJ, top_exp, C)
     hs, ps = _start(h0, p0, row64, js, NJ, H, h, K, V, hv, hvm, BK, BV, HAS_INIT, ACC, TOP)
     for c in range(NC):
-        ca, bit, reads = _visit(states, hs, cb, c, js, js64, NJ, NC, NSLOT, top_exp, row64, h, H, K, V, hv, hvm)
+        ca, bit, reads = _visit(states, hs, cb, c, js, js64, NJ, NC, NSLOT, top_exp, row64, h, H, K, V, hv, hvm, False)
         if HAS_INIT:
             if c == 0:  # initial levels inside the first chunk enter with its contribution
                 lo = _state_in(low + (row64 * H + h) * K * V, hv, hvm, ACC)
@@ -240,9 +251,9 @@ def level_scan_kernel(
         if TOP or bit == 0:
             kt, vt, e = _chunk_tiles(k, v, g_cum, row64 * S + c * C + i, g_end, grp, h, dk, dv, km, vm, G, H, K, V, ACC)
             if TOP:
-                ps = decay * ps + _keys_times(kt, vt, e, K < BK, DOT, PREC, ACC)
+                ps = _push(ps, kt, kt, vt, e, decay, 1.0, K, BK, False, DOT, PREC, ACC)
             else:
-                hs += _keys_times(kt, vt, e, K < BK, DOT, PREC, ACC)
+                hs += _keys_times(kt, vt, e, K, BK, DOT, PREC, ACC)
         if (ca & win) == win:
             if TOP:
                 hs += ps
@@ -251,174 +262,43 @@ def level_scan_kernel(
                 hs = tl.zeros([BK, BV], dtype=ACC)
 
 
-# The delta rule's state as up to four [BKT, BV] key tiles t0..t3 (triton has no arrays of
-# tensors): each helper below works on tile j only where j < NKT, and passes the others through
-# untouched, so they cost nothing.
-
-
-@triton.jit
-def _state_tile(base, j: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BKT: tl.constexpr, dv, vm):
-    """Pointers and mask of key tile j (rows j BKT .. j BKT + BKT - 1) of the [K, V] state at ``base``."""
-    dk, km = key_tile(j * BKT, K, BKT)
-    return base + dk[:, None] * V + dv[None, :], km[:, None] & vm[None, :]
-
-
-@triton.jit
-def _plus_tile(t, base, scale, j: tl.constexpr, NKT: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-               BKT: tl.constexpr, dv, vm, ACC: tl.constexpr):
-    """Tile j plus ``scale`` times its rows of the [K, V] state at ``base``."""
-    if NKT > j:
-        ptrs, mask = _state_tile(base, j, K, V, BKT, dv, vm)
-        t += scale * tl.load(ptrs, mask=mask, other=0.0).to(ACC)
-    return t
-
-
-@triton.jit
-def _plus_state(t0, t1, t2, t3, base, scale, NKT: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-                BKT: tl.constexpr, dv, vm, ACC: tl.constexpr):
-    """The state tiles plus ``scale`` times the [K, V] state at ``base``."""
-    return (_plus_tile(t0, base, scale, 0, NKT, K, V, BKT, dv, vm, ACC),
-            _plus_tile(t1, base, scale, 1, NKT, K, V, BKT, dv, vm, ACC),
-            _plus_tile(t2, base, scale, 2, NKT, K, V, BKT, dv, vm, ACC),
-            _plus_tile(t3, base, scale, 3, NKT, K, V, BKT, dv, vm, ACC))
-
-
-@triton.jit
-def _store_tile(base, t, j: tl.constexpr, NKT: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BKT: tl.constexpr, dv, vm):
-    """Tile j into its rows of the [K, V] state at ``base``."""
-    if NKT > j:
-        ptrs, mask = _state_tile(base, j, K, V, BKT, dv, vm)
-        tl.store(ptrs, t.to(base.dtype.element_ty), mask=mask)
-
-
-@triton.jit
-def _store_state(base, t0, t1, t2, t3, NKT: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BKT: tl.constexpr, dv, vm):
-    """Store the state tiles as the [K, V] state at ``base``."""
-    _store_tile(base, t0, 0, NKT, K, V, BKT, dv, vm)
-    _store_tile(base, t1, 1, NKT, K, V, BKT, dv, vm)
-    _store_tile(base, t2, 2, NKT, K, V, BKT, dv, vm)
-    _store_tile(base, t3, 3, NKT, K, V, BKT, dv, vm)
-
-
-@triton.jit
-def _chunk_keys(rows, j: tl.constexpr, K: tl.constexpr, BKT: tl.constexpr):
-    """Key columns of tile j of the chunk's [C, K] k or W (``rows``: pointers to the [C, 1] row
-    starts); masked only where the tile passes K."""
-    dk, km = key_tile(j * BKT, K, BKT)
-    if (j + 1) * BKT <= K:
-        x = tl.load(rows + dk[None, :])
-    else:
-        x = tl.load(rows + dk[None, :], mask=km[None, :], other=0.0)
-    return x
-
-
-@triton.jit
-def _minus_w_times(vnew, wrows, t, j: tl.constexpr, NKT: tl.constexpr, K: tl.constexpr, BKT: tl.constexpr,
-                   DOT: tl.constexpr, PREC: tl.constexpr, ACC: tl.constexpr):
-    """vnew - W[:, tile j] h_j."""
-    if NKT > j:
-        vnew -= mma(_chunk_keys(wrows, j, K, BKT), t, DOT, PREC, ACC)
-    return vnew
-
-
-@triton.jit
-def _grow(t, krows, vnew, e, decay, j: tl.constexpr, NKT: tl.constexpr, K: tl.constexpr, BKT: tl.constexpr,
-          DOT: tl.constexpr, PREC: tl.constexpr, ACC: tl.constexpr):
-    """decay h_j + Kd[:, tile j]^T vnew."""
-    if NKT > j:
-        t = decay * t + _keys_times(_chunk_keys(krows, j, K, BKT), vnew, e, (j + 1) * BKT > K, DOT, PREC, ACC)
-    return t
-
-
-@triton.jit
-def _push(t0, t1, t2, t3, krows, wrows, ut, e, decay, add, NKT: tl.constexpr, K: tl.constexpr, BKT: tl.constexpr,
-          DOT: tl.constexpr, PREC: tl.constexpr, ACC: tl.constexpr):
-    """The state through one chunk, plus ``add`` times the chunk's contribution: decay h + Kd^T vnew
-    with vnew = add U - W h, summed over the key tiles before any tile changes."""
-    vnew = add * ut
-    vnew = _minus_w_times(vnew, wrows, t0, 0, NKT, K, BKT, DOT, PREC, ACC)
-    vnew = _minus_w_times(vnew, wrows, t1, 1, NKT, K, BKT, DOT, PREC, ACC)
-    vnew = _minus_w_times(vnew, wrows, t2, 2, NKT, K, BKT, DOT, PREC, ACC)
-    vnew = _minus_w_times(vnew, wrows, t3, 3, NKT, K, BKT, DOT, PREC, ACC)
-    return (_grow(t0, krows, vnew, e, decay, 0, NKT, K, BKT, DOT, PREC, ACC),
-            _grow(t1, krows, vnew, e, decay, 1, NKT, K, BKT, DOT, PREC, ACC),
-            _grow(t2, krows, vnew, e, decay, 2, NKT, K, BKT, DOT, PREC, ACC),
-            _grow(t3, krows, vnew, e, decay, 3, NKT, K, BKT, DOT, PREC, ACC))
-
-
-@triton.jit
-def _close_tile(hs, ps, is_top, j: tl.constexpr, NKT: tl.constexpr):
-    """Tile j of the state and the pending sum at the end of a window."""
-    if NKT > j:
-        if is_top:
-            hs += ps
-            ps = tl.zeros_like(ps)
-        else:
-            hs = tl.zeros_like(hs)
-    return hs, ps
-
-
-@triton.jit
-def _close(hs0, hs1, hs2, hs3, ps0, ps1, ps2, ps3, is_top, NKT: tl.constexpr):
-    """The end of a window: the top's pending sum joins its state, the other levels restart."""
-    hs0, ps0 = _close_tile(hs0, ps0, is_top, 0, NKT)
-    hs1, ps1 = _close_tile(hs1, ps1, is_top, 1, NKT)
-    hs2, ps2 = _close_tile(hs2, ps2, is_top, 2, NKT)
-    hs3, ps3 = _close_tile(hs3, ps3, is_top, 3, NKT)
-    return hs0, hs1, hs2, hs3, ps0, ps1, ps2, ps3
-
-
 @triton.jit
 def level_scan_delta_kernel(
     k, u, w, g_cum, states, h0, p0, low, base_chunk,
     S, NC, NJ, NSLOT, top_exp,
     H: tl.constexpr, G: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-    C: tl.constexpr, BKT: tl.constexpr, NKT: tl.constexpr, BV: tl.constexpr,
+    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     HAS_INIT: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr, DOT: tl.constexpr,
 ):
     """The delta rule: every state goes through every chunk's transition. One launch, the top
     found at run time, and the chunk's loads behind a run-time branch: the form an H200 ran
     correctly; with the top launched apart and unconditional loads, bf16 at K = 192 faulted
-    (out-of-range shared address, triton 3.6; gpu_notes.md). The keys come in NKT <= 4 tiles of
-    BKT (64, or one tile for fewer keys), so K = 64 .. 256 in steps of 64 holds no masked
-    operand tile (a single 256-wide tile at K = 192 wasted a quarter of the products and spilled)."""
-    row, h, grp, js, _, dv, _, vm, _, _ = scan_program(H, G, K, V, BKT, BV)
+    (out-of-range shared address, triton 3.6; gpu_notes.md)."""
+    row, h, grp, js, dk, dv, km, vm, hv, hvm = scan_program(H, G, K, V, BK, BV)
     is_top = js == NJ - 1
     i, cb, row64, js64, win = _walk(base_chunk, row, js, NJ, top_exp, C)
-
-    z = tl.zeros([BKT, BV], dtype=ACC)
-    hs0, hs1, hs2, hs3 = z, z, z, z
-    ps0, ps1, ps2, ps3 = z, z, z, z
-    if HAS_INIT:
-        # The initial levels inside the first chunk enter with its contribution: into the levels
-        # the first chunk does not read (so before its record, which they then do not change).
-        head = (row64 * H + h) * K * V
-        first_adds = tl.where(tl_chunk_reads_scan(cb, js64, NJ), 0.0, 1.0)
-        hs0, hs1, hs2, hs3 = _plus_state(hs0, hs1, hs2, hs3, h0 + ((row64 * NJ + js) * H + h) * K * V, 1.0, NKT, K, V, BKT, dv, vm, ACC)
-        hs0, hs1, hs2, hs3 = _plus_state(hs0, hs1, hs2, hs3, low + head, first_adds, NKT, K, V, BKT, dv, vm, ACC)
-        if is_top:
-            ps0, ps1, ps2, ps3 = _plus_state(ps0, ps1, ps2, ps3, p0 + head, 1.0, NKT, K, V, BKT, dv, vm, ACC)
-            ps0, ps1, ps2, ps3 = _plus_state(ps0, ps1, ps2, ps3, low + head, 1.0, NKT, K, V, BKT, dv, vm, ACC)
-
+    hs, ps = _start(h0, p0, row64, js, NJ, H, h, K, V, hv, hvm, BK, BV, HAS_INIT, ACC, is_top)
     for c in range(NC):
-        ca = cb + c
-        bit = (ca >> js64) & 1
-        if tl_chunk_reads_scan(ca, js64, NJ):  # a slot of its own for every reading chunk
-            slot = state_slot(ca, cb, js, NJ, NC, top_exp, True)[0]
-            _store_state(states + ((row64 * NSLOT + slot) * H + h) * K * V, hs0, hs1, hs2, hs3, NKT, K, V, BKT, dv, vm)
+        ca, bit, reads = _visit(states, hs, cb, c, js, js64, NJ, NC, NSLOT, top_exp, row64, h, H, K, V, hv, hvm, True)
+        if HAS_INIT:
+            if c == 0:
+                lo = _state_in(low + (row64 * H + h) * K * V, hv, hvm, ACC)
+                hs += tl.where(reads, 0.0, 1.0) * lo
+                ps += lo
         g_end, decay = _chunk_decay(g_cum, row64, S, c, H, h, C, ACC)
         always = tl.full((), 1, tl.int32)
         if always == 1:
             tok = row64 * S + c * C + i
-            krows = k + (tok[:, None] * G + grp) * K
-            wrows = w + (tok[:, None] * H + h) * K
-            ut = head_rows(u, tok, H, h, V, dv, vm).to(ACC)
-            e = tl.exp(g_end - tl.load(g_cum + tok * H + h).to(ACC))
+            wt = head_rows(w, tok, H, h, K, dk, km)
+            kt, ut, e = _chunk_tiles(k, u, g_cum, tok, g_end, grp, h, dk, dv, km, vm, G, H, K, V, ACC)
             if is_top:
-                hs0, hs1, hs2, hs3 = _push(hs0, hs1, hs2, hs3, krows, wrows, ut, e, decay, 0.0, NKT, K, BKT, DOT, PREC, ACC)
-                ps0, ps1, ps2, ps3 = _push(ps0, ps1, ps2, ps3, krows, wrows, ut, e, decay, 1.0, NKT, K, BKT, DOT, PREC, ACC)
+                hs = _push(hs, kt, wt, ut, e, decay, 0.0, K, BK, True, DOT, PREC, ACC)
+                ps = _push(ps, kt, wt, ut, e, decay, 1.0, K, BK, True, DOT, PREC, ACC)
             else:
-                add = tl.where(bit == 1, 0.0, 1.0)
-                hs0, hs1, hs2, hs3 = _push(hs0, hs1, hs2, hs3, krows, wrows, ut, e, decay, add, NKT, K, BKT, DOT, PREC, ACC)
+                hs = _push(hs, kt, wt, ut, e, decay, tl.where(bit == 1, 0.0, 1.0), K, BK, True, DOT, PREC, ACC)
         if (ca & win) == win:
-            hs0, hs1, hs2, hs3, ps0, ps1, ps2, ps3 = _close(hs0, hs1, hs2, hs3, ps0, ps1, ps2, ps3, is_top, NKT)
+            if is_top:
+                hs += ps
+                ps = tl.zeros([BK, BV], dtype=ACC)
+            else:
+                hs = tl.zeros([BK, BV], dtype=ACC)

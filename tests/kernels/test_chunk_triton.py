@@ -64,8 +64,8 @@ def test_varlen_with_initial_state(delta):
 
 
 def test_delta_scan_key_tiles():
-    """K = 192: the delta rule's scan holds three full 64-key state tiles (no masked one; the
-    other tests' key sizes leave the last tile masked), from an initial state."""
+    """K = 192 (the authors' key size): the delta rule's scan and readout on a 256-wide key tile
+    a quarter masked, from an initial state."""
     x = _inputs(1, 150, 1, 2, 192, 16, 8, True, torch.float64, seed=11)
     _, init = chunk_loglinear_attention(*_inputs(1, 90, 1, 2, 192, 16, 8, True, torch.float64, seed=12), output_final_state=True)
     o, state = chunk_loglinear_attention_triton(*x, initial_state=init, output_final_state=True)
