@@ -41,6 +41,7 @@ from hf_loglinear.ops import LevelState, loglinear_attention, loglinear_attentio
 MAMBA2 = dict(heads=48, groups=1, key_dim=128, value_dim=64)
 GDN = dict(heads=6, groups=6, key_dim=192, value_dim=384)
 DEVICE = "cuda"  # --smoke: "cpu" under TRITON_INTERPRET=1
+CHECK_DTYPES = (torch.float32, torch.bfloat16)  # --check-dtypes
 ROWS: list[str] = []
 FAILED: list[str] = []
 # Max relative error allowed per tensor. The reference runs on the same (rounded) inputs, so what
@@ -89,7 +90,7 @@ def rel(a, b):
 
 def check(name, shape, length, delta, num_levels, varlen=False):
     """Forward, final state and gradients vs the float64 torch chunked form."""
-    for dtype in (torch.float32, torch.bfloat16):
+    for dtype in CHECK_DTYPES:
         x = inputs(1, length, **shape, num_levels=num_levels, delta=delta, dtype=dtype, seed=length)
         kw = {}
         if varlen:
@@ -126,7 +127,7 @@ def check_dense(name, shape, length, num_levels, cu_seqlens=None, delta=False):
     kw = {} if cu_seqlens is None else {"cu_seqlens": torch.tensor(cu_seqlens, device=DEVICE)}
     kind = "dense" if cu_seqlens is None else f"packed {len(cu_seqlens) - 1} docs"
     names = ("o", "dq", "dk", "dv", "dg", "dlam") + (("dbeta",) if delta else ())
-    for dtype in (torch.float32, torch.bfloat16):
+    for dtype in CHECK_DTYPES:
         x = inputs(1, length, **shape, num_levels=num_levels, delta=delta, dtype=dtype, seed=length)
         gen = torch.Generator(device=DEVICE).manual_seed(9)
         do = torch.randn(1, length, shape["heads"], shape["value_dim"], generator=gen, device=DEVICE)
@@ -392,7 +393,10 @@ def main():
     parser.add_argument("--skip-decode", action="store_true", help="no decode-step table")
     parser.add_argument("--variants", default="mamba2,gdn", help="which of mamba2,gdn to check and time")
     parser.add_argument("--profile", default="", help="comma-separated T: per-kernel time of a Mamba-2 fwd+bwd / GDN fwd (--variants), then exit")
+    parser.add_argument("--check-dtypes", default="float32,bfloat16", help="input dtypes of the checks")
     args = parser.parse_args()
+    global CHECK_DTYPES
+    CHECK_DTYPES = tuple(getattr(torch, d) for d in args.check_dtypes.split(","))
     if args.smoke:
         return smoke()
     import triton

@@ -33,5 +33,10 @@ c)  # after call a's fault: gdn-scan-ktiles taken back out (.ab_ktiles: the kern
     pkg /tmp/pkg_k .ab_ktiles/kernels
     PYTHONPATH=/tmp/pkg_k:/tmp/site CUDA_LAUNCH_BLOCKING=1 timeout 150 /usr/local/cuda/bin/compute-sanitizer --print-limit 2 \
       python benchmarks/debug_gdn_forward.py 192 384 bfloat16 2>&1 | grep -v "Host Frame" | tee $OUT/ktiles_sanitizer.log | head -24 ;;
-*)  echo "usage: bash benchmarks/gpu_session5.sh a|b|c" >&2; exit 2 ;;
+d)  # Mamba-2 at 8K / 32K beside the anchors and alone at 128K / 1M; the GDN check with its Triton
+    # backward in bf16 only (with fp32 too it did not finish compiling in 240 s, call c); Mamba-2 profile
+    timeout 200 python $B --variants mamba2 --skip-checks --skip-decode --lengths 8192,32768 --long 131072,1048576 --out $OUT 2>&1 | tee $OUT/mamba2_timing.log | grep "^  (\|long\|T=\|Error"
+    HF_LOGLINEAR_TRITON_BACKWARD_DELTA=1 timeout 240 python $B --variants gdn --quick --skip-decode --check-dtypes bfloat16 2>&1 | tee $OUT/gdn_checks.log | grep "check\|FAIL\|Error"
+    timeout 70 python $B --variants mamba2 --profile 2048 2>&1 | tee $OUT/mamba2_profile.log | grep "kernel\|Self CUDA" ;;
+*)  echo "usage: bash benchmarks/gpu_session5.sh a|b|c|d" >&2; exit 2 ;;
 esac
