@@ -6,9 +6,7 @@
 1. correctness at real shapes against a float64 reference (the torch chunked form run in
    float64 on the GPU): fp32 and bf16 inputs, forward, final state and every gradient,
    max relative error per tensor (max |x - ref| / max |ref|). The "dense" / "packed" checks
-   (no initial or final state) take the Triton backward of log-linear Mamba-2, and the Gated
-   DeltaNet one where HF_LOGLINEAR_TRITON_BACKWARD_DELTA=1 (on CUDA it is opt-in, RESULTS.md);
-   the others the recomputation;
+   (no initial or final state) take the Triton backwards, the others the recomputation;
 2. median times (triton.testing.do_bench) and peak extra memory: ours (log-linear and
    num_levels=1), fla 0.6 chunk_log_linear_attn / chunk_simple_gla / chunk_gated_delta_rule
    when importable, torch SDPA causal; B = 32768 / T;

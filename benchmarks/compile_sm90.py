@@ -1,6 +1,6 @@
 """Compile every Triton kernel for an H100/H200 (sm_90) on a machine without a GPU.
 
-    python benchmarks/compile_sm90.py [--dtypes bfloat16,float32] [--delta-backward]
+    python benchmarks/compile_sm90.py [--dtypes bfloat16,float32]
 
 The interpreter (TRITON_INTERPRET=1, what the tests use) runs the kernels' Python, not their
 compilation: a type error of the compiler, or a kernel asking for more shared memory than the
@@ -9,9 +9,8 @@ CPU tensors with every launch replaced by a compile for sm_90 (nothing executes;
 garbage), at the ANCHORS.md head sizes and at the largest and smallest the kernels support, and
 prints each kernel's shared memory, registers per thread and local-memory stack (spills: 255
 registers and a stack mean the kernel spills; from ``cuobjdump --dump-resource-usage`` on its
-cubin). It exits 1 when a kernel of a default path does not fit the shared memory.
-``--delta-backward`` adds the Gated DeltaNet Triton backward (opt-in on CUDA): compiled,
-reported, and then required to fit. CI runs all of it in bf16 (about 70 s cold, 25 s warm).
+cubin). It exits 1 when a kernel does not fit the shared memory. CI runs it in bf16 (about 70 s
+cold, 25 s warm).
 A kernel that compiles and fits can still fault on the GPU (gpu_notes.md, version 5).
 """
 from __future__ import annotations
@@ -107,8 +106,8 @@ def _inputs(length, G, H, K, V, delta, dtype, num_levels=12):
 
 
 def exercise(variant, dtype, record):
-    """Launch (= compile) what the default paths of ``variant`` launch; returns the kernels of the
-    opt-in delta backward separately."""
+    """Launch (= compile) what ``variant`` launches; returns the forward's and step's kernels, then
+    the training backward's."""
     from hf_loglinear.kernels.chunk_triton import chunk_loglinear_attention_triton
     from hf_loglinear.kernels.step_triton import step_loglinear_attention_triton
     from hf_loglinear.ops import LevelState
@@ -133,13 +132,8 @@ def exercise(variant, dtype, record):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--delta-backward", action="store_true", help="compile the GDN Triton backward; it must fit too")
     parser.add_argument("--dtypes", default="bfloat16,float32", help="input dtypes, comma-separated")
     args = parser.parse_args()
-    from hf_loglinear.kernels import chunk_triton
-
-    # as on CUDA (the tensors here are CPU ones, for which it is on): opt-in
-    chunk_triton._delta_backward_enabled = lambda x: args.delta_backward
     failed = []
     print("| variant | inputs | path | kernel | shared KB | fits sm_90 (227 KB) | registers | stack B |\n"
           "|---|---|---|---|---|---|---|---|")
@@ -148,7 +142,6 @@ def main():
             record = []
             compile_instead_of_launching(record)
             forward, backward = exercise(variant, dtype, record)
-            # without --delta-backward the GDN backward recomputes in torch: no kernel of its own
             for path, kernels in (("forward + step", forward), ("training", backward)):
                 for name, shared, regs, stack in sorted(set(kernels)):
                     fits = shared <= SHARED_LIMIT

@@ -3,15 +3,13 @@ cause: one case per process (an illegal access poisons the CUDA context), launch
 
     CUDA_LAUNCH_BLOCKING=1 python benchmarks/debug_gdn_backward.py K V dtype [ieee]
 """
-import os
 import sys
 import traceback
 
 import torch
 
-os.environ["HF_LOGLINEAR_TRITON_BACKWARD_DELTA"] = "1"
-from hf_loglinear.kernels import chunk_triton  # noqa: E402
-from hf_loglinear.ops import loglinear_attention  # noqa: E402
+from hf_loglinear.kernels import chunk_triton
+from hf_loglinear.ops import loglinear_attention
 
 K, V, dtype = int(sys.argv[1]), int(sys.argv[2]), getattr(torch, sys.argv[3])
 if len(sys.argv) > 4:  # force IEEE fp32 products for half inputs too

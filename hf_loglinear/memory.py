@@ -118,10 +118,10 @@ def prefill_buffer_bytes(shape: Shape, seq_len: int, batch: int = 1, dtype: str 
 def train_op_bytes(shape: Shape, seq_len: int, batch: int = 1, dtype: str = "bfloat16") -> int:
     """Working memory of one layer's sequence-mixing op in a training step (forward + backward):
     under scalar decay the Triton backward of ``kernels/chunk_triton.py`` (``num_levels=1`` for
-    Mamba-2), under the delta rule its Triton backward (opt-in on CUDA; the default there is the
-    torch recomputation, far larger), for attention flash SDPA. Within 3% of what
-    ``bench_kernels.py`` measured on an H200 for log-linear Mamba-2 at 2K x 16 .. 1M tokens once
-    its 256 MiB L2-flush buffer is added (``tests/test_memory.py``)."""
+    Mamba-2), under the delta rule its Triton backward, for attention flash SDPA. Within 3% of what
+    ``bench_kernels.py`` measured on an H200 (log-linear Mamba-2 at 2K x 16 .. 1M tokens, Gated
+    DeltaNet at 2K x 16 and 8K x 4) once its 256 MiB L2-flush buffer is added
+    (``tests/test_memory.py``)."""
     d = DTYPE_BYTES[dtype]
     if shape.kind == "attention":  # o, dO, dq / dk / dv, the fp32 dq accumulator; the fp32 logsumexp
         q_elems = batch * seq_len * shape.heads * shape.head_dim
@@ -193,7 +193,7 @@ def table(shapes: list[Shape], seq_lens: list[int], batch: int, dtype: str) -> s
             )
     note = (f"batch {batch}, {dtype} activations/KV, fp32 recurrent states; training op = the sequence-mixing "
             "op's working memory in a forward + backward with this package's Triton kernels (Mamba-2 and Gated "
-            "DeltaNet: num_levels=1; the delta rule's Triton backward is opt-in on CUDA), flash SDPA for attention")
+            "DeltaNet: num_levels=1), flash SDPA for attention")
     if any(s.kind == "loglinear" for s in shapes):
         note += f"; {max(levels_for_length(n) for n in seq_lens)} levels would be distinct at {max(seq_lens)} tokens"
     return "\n".join(rows) + f"\n\n{note}"

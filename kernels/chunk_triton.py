@@ -21,10 +21,8 @@ tokens into position-aligned rows.
 Gradients: without initial state or final-state output (dense rows or documents packed with
 ``cu_seqlens``: the training case), ``chunk_bwd_triton`` for scalar decay and
 ``chunk_bwd_delta_triton`` for the delta rule (recomputed level states, reverse level scans,
-chunk-parallel gradient kernels; the delta rule's runs on CUDA only with
-HF_LOGLINEAR_TRITON_BACKWARD_DELTA=1: correct on an H200 with fp32 inputs at key 192; with bf16
-ones it runs there since its reverse scan takes bf16 operands, not yet checked at that shape).
-Every other case recomputes the forward with the torch chunked form and differentiates it with
+chunk-parallel gradient kernels; both checked on an H200 against float64 with fp32 and bf16
+inputs, the delta rule's at key 192 / value 384: benchmarks/RESULTS.md). Every other case recomputes the forward with the torch chunked form and differentiates it with
 autograd.
 
 Precision: decay, level weights and states accumulate in fp32 (fp64 for fp64 inputs). The
@@ -496,18 +494,9 @@ def _triton_backward_enabled() -> bool:
     return os.environ.get("HF_LOGLINEAR_TRITON_BACKWARD", "1") != "0"
 
 
-def _delta_backward_enabled(x) -> bool:
-    """The delta-rule Triton backward: the default on CPU tensors (interpreter); on CUDA only with
-    HF_LOGLINEAR_TRITON_BACKWARD_DELTA=1: an H200 validated it with fp32 inputs at key 192 /
-    value 384; with bf16 inputs its tf32 reverse scan faulted there (out-of-range shared
-    address), and with the bf16 operands it now takes it ran, but its numerical check at that
-    shape has not yet completed on a GPU (benchmarks/RESULTS.md)."""
-    return x.device.type != "cuda" or os.environ.get("HF_LOGLINEAR_TRITON_BACKWARD_DELTA") == "1"
-
-
 class _LogLinearAttention(torch.autograd.Function):
     """Triton forward; Triton backward without initial or final state (dense or packed rows: the
-    training case; delta rule gated, see ``_delta_backward_enabled``), otherwise by recomputation
+    training case), otherwise by recomputation
     through the torch chunked form."""
 
     @staticmethod
@@ -529,7 +518,7 @@ class _LogLinearAttention(torch.autograd.Function):
 
         q, k, v, g, lam, beta, levels0, pos0, cu_seqlens = ctx.saved_tensors
         fresh = levels0 is None and not ctx.output_final_state and _triton_backward_enabled()
-        if fresh and (beta is None or _delta_backward_enabled(q)):
+        if fresh:
             if beta is None:
                 grads = _backward_scalar(q, k, v, g, lam, do, cu_seqlens)
             else:

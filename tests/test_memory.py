@@ -68,19 +68,23 @@ def test_memory_cli(tmp_path, capsys):
 
 @pytest.mark.parametrize(
     "source, num_levels, batch, length, measured_gib",
-    [  # peak extra memory of one op's fwd+bwd on the H200 (benchmarks/RESULTS.md, session 3)
+    [  # peak extra memory of one op's fwd+bwd on the H200 (benchmarks/RESULTS.md, sessions 3 and 5)
         ("loglinear-mamba2", 12, 16, 2048, 2.16),
         ("loglinear-mamba2", 17, 1, 65536, 4.02),
         ("loglinear-mamba2", 18, 1, 131072, 7.81),
         ("loglinear-mamba2", 21, 1, 1 << 20, 61.27),
         ("mamba2", 1, 16, 2048, 2.05),
         ("mamba2", 1, 1, 65536, 3.83),
+        ("loglinear-gated-deltanet", 12, 16, 2048, 10.46),
+        ("loglinear-gated-deltanet", 14, 4, 8192, 12.99),
+        ("gated-deltanet", 1, 16, 2048, 5.39),
         ("sdpa", 1, 16, 2048, 0.91),
         ("sdpa", 1, 1, 65536, 1.57),
     ],
 )
 def test_training_op_memory_matches_the_h200_measurements(source, num_levels, batch, length, measured_gib):
-    """The benchmark's shapes (48 heads x 128 x 64, G = 1; attention 16 x 96) in bf16; the measured
+    """The benchmark's shapes (48 heads x 128 x 64, G = 1; Gated DeltaNet 6 x 192 x 384, G = 6;
+    attention 16 x 96) in bf16; the measured
     peak includes triton.testing.do_bench's 256 MiB L2-flush buffer."""
     import dataclasses
 

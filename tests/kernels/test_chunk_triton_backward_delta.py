@@ -6,7 +6,6 @@ As for Mamba-2 (``test_chunk_triton_backward``), the torch recomputation is patc
 chunk (64) and power-of-two boundaries; L = 9 at 260 tokens makes the capped top level close a
 window of two chunks, L = 3 caps every inter-chunk level into the top.
 """
-import types
 
 import pytest
 import torch
@@ -116,13 +115,3 @@ def test_switch_routes_to_recomputation(monkeypatch, inputs):
     x, do = _case(inputs, 70, 1, 2, 5, torch.float64, seed=3, batch=1)
     errors = _errors(_grads(chunk_loglinear_attention_triton, x, do), _grads(chunk_loglinear_attention, x, do))
     assert max(errors.values()) < F64_TOL, errors
-
-
-def test_cuda_needs_the_opt_in(monkeypatch):
-    """Not yet compiled on a GPU: CUDA tensors take it only with HF_LOGLINEAR_TRITON_BACKWARD_DELTA=1."""
-    on_gpu = types.SimpleNamespace(device=torch.device("cuda"))
-    monkeypatch.delenv("HF_LOGLINEAR_TRITON_BACKWARD_DELTA", raising=False)
-    assert chunk_triton._delta_backward_enabled(torch.zeros(1))
-    assert not chunk_triton._delta_backward_enabled(on_gpu)
-    monkeypatch.setenv("HF_LOGLINEAR_TRITON_BACKWARD_DELTA", "1")
-    assert chunk_triton._delta_backward_enabled(on_gpu)
