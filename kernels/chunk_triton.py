@@ -22,8 +22,8 @@ Gradients: without initial state or final-state output (dense rows or documents 
 ``cu_seqlens``: the training case), ``chunk_bwd_triton`` for scalar decay and
 ``chunk_bwd_delta_triton`` for the delta rule (recomputed level states, reverse level scans,
 chunk-parallel gradient kernels; both checked on an H200 against float64 with fp32 and bf16
-inputs, the delta rule's at key 192 / value 384: benchmarks/RESULTS.md). Every other case recomputes the forward with the torch chunked form and differentiates it with
-autograd.
+inputs, the delta rule's at key 192 / value 384: benchmarks/RESULTS.md). Every other case
+recomputes the forward with the torch chunked form and differentiates it with autograd.
 
 Precision: decay, level weights and states accumulate in fp32 (fp64 for fp64 inputs). The
 scans' and the output's products of bf16/fp16 inputs take bf16/fp16 tensor-core operands
