@@ -1,0 +1,27 @@
+# The next session's first device call: the two branches session 5 wrote without device time
+# (gdn-scan-kdt, m2-bwd-buckets; gpu_notes.md), each checked and timed beside main in one run.
+# Here, before the call, put each branch's package files where the device copy will find them
+# (the folders are listed in .git/info/exclude, so they travel only when carried):
+#   for b in gdn-scan-kdt m2-bwd-buckets; do rm -rf .ab_$b && mkdir .ab_$b && git archive $b kernels hf_loglinear | tar -x -C .ab_$b; done
+# then run `bash benchmarks/gpu_session6.sh a` with carry [".whl", ".ab_gdn-scan-kdt", ".ab_m2-bwd-buckets"].
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+pkg() {  # $1: where; $2: the root holding hf_loglinear/ and kernels/ to install
+  mkdir -p "$1" && cp -r "$2/hf_loglinear" "$1/" && cp -r "$2/kernels" conversion model_cards "$1/hf_loglinear/"
+}
+pkg /tmp/pkg .
+for b in gdn-scan-kdt m2-bwd-buckets; do [ -d .ab_$b ] && pkg /tmp/pkg_$b .ab_$b; done
+export PYTHONUNBUFFERED=1 TRITON_CACHE_DIR=$PWD/.triton_cache
+on() { local b=$1; shift; PYTHONPATH=/tmp/pkg_$b:/tmp/site "$@"; }  # run with branch $b's package
+main() { PYTHONPATH=/tmp/pkg:/tmp/site "$@"; }
+B=benchmarks/bench_kernels.py
+case "$1" in
+a)  # GDN: the K-tiled scan reading Kd^T (fault check at 192 / 384 bf16, error, fwd times beside main and fla),
+    # then its bf16 checks; Mamba-2: the atomics-free backward's checks and times beside main's (L = 15)
+    CUDA_LAUNCH_BLOCKING=1 on gdn-scan-kdt timeout 90 python benchmarks/debug_gdn_forward.py 192 384 bfloat16 2>&1 | tee $OUT/kdt_fault.log | tail -3
+    on gdn-scan-kdt timeout 80 python benchmarks/debug_gdn_forward.py 192 384 bfloat16 time 2>&1 | tee $OUT/kdt_forward.log | grep "ok\|FAIL\|Error\|gdn fwd"
+    main timeout 80 python benchmarks/debug_gdn_forward.py 192 384 bfloat16 time 2>&1 | tee $OUT/main_gdn_forward.log | grep "ok\|FAIL\|Error\|gdn fwd"
+    on gdn-scan-kdt timeout 120 python $B --variants gdn --quick --skip-decode --check-dtypes bfloat16 2>&1 | tee $OUT/kdt_checks.log | grep "check\|FAIL\|Error"
+    on m2-bwd-buckets timeout 220 python $B --variants mamba2 --quick --skip-decode 2>&1 | tee $OUT/buckets_quick.log | grep "check\|FAIL\|Error\|^  ("
+    main timeout 110 python $B --variants mamba2 --quick --skip-checks --skip-decode 2>&1 | tee $OUT/main_quick.log | grep "Error\|^  (" ;;
+*)  echo "usage: bash benchmarks/gpu_session6.sh a" >&2; exit 2 ;;
+esac
