@@ -203,6 +203,18 @@ def _start(h0, p0, row64, js, NJ, H: tl.constexpr, h, K: tl.constexpr, V: tl.con
 
 
 @triton.jit
+def _close(hs, ps, top):
+    """A bucket ends: the top's pending sum joins its state (``top``: a constexpr in the scalar
+    scan, a run-time flag in the delta rule's), a level below the top restarts."""
+    if top:
+        hs += ps
+        ps = tl.zeros_like(ps)
+    else:
+        hs = tl.zeros_like(hs)
+    return hs, ps
+
+
+@triton.jit
 def _chunk_tiles(k, v, g_cum, tok, g_end, grp, h, dk, dv, km, vm, G: tl.constexpr, H: tl.constexpr,
                  K: tl.constexpr, V: tl.constexpr, ACC: tl.constexpr):
     """The [C, BK] key tile (as stored) and [C, BV] value tile (in ACC) of a chunk's tokens
@@ -255,11 +267,7 @@ def level_scan_kernel(
             else:
                 hs += _keys_times(kt, vt, e, K, BK, DOT, PREC, ACC)
         if (ca & win) == win:
-            if TOP:
-                hs += ps
-                ps = tl.zeros([BK, BV], dtype=ACC)
-            else:
-                hs = tl.zeros([BK, BV], dtype=ACC)
+            hs, ps = _close(hs, ps, TOP)
 
 
 @triton.jit
@@ -297,8 +305,4 @@ def level_scan_delta_kernel(
             else:
                 hs = _push(hs, kt, wt, ut, e, decay, tl.where(bit == 1, 0.0, 1.0), K, BK, True, DOT, PREC, ACC)
         if (ca & win) == win:
-            if is_top:
-                hs += ps
-                ps = tl.zeros([BK, BV], dtype=ACC)
-            else:
-                hs = tl.zeros([BK, BV], dtype=ACC)
+            hs, ps = _close(hs, ps, is_top)
