@@ -202,6 +202,26 @@ if triton is not None:
         return offset + (chunk >> slot_exp) - (base >> slot_exp), first
 
     @triton.jit
+    def tl_scan_source(chunk, js, num_scans, num_chunks, top_exp):
+        """Where chunk ``chunk`` of a row starting at chunk 0 adds to scan ``js`` (the backward's
+        view): (slot, last, feeds, adds). It adds to the level's sum when bit js of its index is
+        clear, to the top's pending sum always. ``last`` closes that sum: the bucket's last source
+        chunk | (2^js - 1) below the top, the bucket's last chunk | (2^top_exp - 1) at the top. The
+        sum reaches a reader in the row (``feeds``) when last + 1 < num_chunks; its readers' gradient
+        then reaches the chunk decayed from the end of ``last`` to the end of the chunk. One slot per
+        sum, in ``tl_scan_run``'s layout (below the top, the slot its bucket's readers read; at the
+        top, that of the bucket's own run)."""
+        zero = tl.zeros((), dtype=tl.int64)
+        chunk = chunk + zero
+        js64 = js + zero
+        top = js64 == num_scans - 1
+        span = tl.where(top, tl.minimum(top_exp, 62), js64)
+        last = chunk | (((zero + 1) << span) - 1)
+        adds = top | (((chunk >> js64) & 1) == 0)
+        slot, _ = tl_scan_run(chunk, 0, js, num_scans, num_chunks, top_exp)
+        return slot, last, adds & (last + 1 < num_chunks), adds
+
+    @triton.jit
     def tl_scan_window(js, num_scans, top_exp):
         """Low chunk-index bits that span one bucket of scan ``js``: a chunk whose index has them
         all set closes the bucket (2^(js+1) - 1; the top's buckets span 2^top_exp chunks)."""

@@ -8,12 +8,18 @@ chunk c's X_c = Kd_c^T v_c (Kd = k exp(G_end - G)) and decays by exp(G_end) per 
 Three launches:
 1. ``level_scan_bwd_kernel`` (grid like the forward scan: rows x heads x levels x V tiles): the
    forward scan run in reverse on dS[c, js] = (w[:, js] Qt)^T dO, which is formed on the fly.
-   What reaches X_c is added atomically into ``dsrc[c]`` (summed over the levels c feeds).
+   The chunks adding to one sum of a level (a bucket's sources; the top: a bucket's pending sum)
+   get one gradient, that of the state after the sum's last chunk, decayed back by a scalar; the
+   scan stores it once per sum into ``dsum`` (fp32, one [K, V] slot per sum in the recorded states'
+   layout, ``levels.tl_scan_source``), no atomics. It replaced fp32 atomics into a per-chunk
+   buffer (23% of a fwd+bwd at 2K on the H200); the new form is not yet measured on a GPU.
 2. ``readout_grad_kernel`` (grid chunks x heads): the readout's share of dq and dlambda from the
    recomputed states (one per run of reading chunks, decayed to the reader as in the forward).
    It writes dq, the inter-chunk columns of dlambda (zero elsewhere) and q . dq into ``dacc``.
 3. ``chunk_grad_kernel`` (grid chunks x heads): the intra-chunk product's four matmuls and dKd,
-   dv from ``dsrc``; it adds its dq, dlambda and dacc terms to what launch 2 wrote and writes dk.
+   dv from dX_c (the ``dsum`` slots of the levels c feeds, each decayed to c with the float64
+   chunk-start log decay the readout uses); it adds its dq, dlambda and dacc terms to what
+   launch 2 wrote and writes dk.
 Split in two, each chunk kernel keeps about half the tiles live: one kernel holding both spilled
 (255 registers, a 1 KB stack at key 128, value 64, bf16); the intra kernel still spills about
 0.2 KB there, the readout and the reverse scan (8 warps) none. dq and dk of heads sharing a q/k group
@@ -34,7 +40,7 @@ try:  # guarded: transformers checks every remote-code file's imports; this one 
 except ImportError:  # pragma: no cover
     triton = tl = None
 
-from ..levels import tl_chunk_reads_scan, tl_scan_level, tl_scan_run
+from ..levels import tl_chunk_reads_scan, tl_scan_level, tl_scan_run, tl_scan_source
 from .output_triton import _column, level_weights
 from .scan_triton import chunk_program, mma, recorded_decay, reverse_scan_program
 
@@ -96,8 +102,8 @@ def _level_sums(x, i, cols, L, C: tl.constexpr, LOG_C: tl.constexpr, LP: tl.cons
 
 @triton.jit
 def level_scan_bwd_kernel(
-    q, g_cum, lam, do, dsrc,
-    S, NC, NJ, L, top_exp,
+    q, g_cum, lam, do, dsum,
+    S, NC, NJ, NSLOT, L, top_exp,
     H: tl.constexpr, G: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     C: tl.constexpr, LOG_C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     ACC: tl.constexpr, PREC: tl.constexpr, DOT: tl.constexpr,
@@ -106,34 +112,43 @@ def level_scan_bwd_kernel(
         NJ, L, top_exp, H, G, K, V, C, LOG_C, BK, BV
     )
 
-    dh = tl.zeros([BK, BV], dtype=ACC)  # gradient of the level state (top: of its closed part)
-    dp = tl.zeros([BK, BV], dtype=ACC)  # top only: gradient of the pending window sum
+    # Every chunk adding to one sum (a bucket's sources; the top: a bucket's pending sum) gets the
+    # same gradient, the one of the state after the sum's last chunk, decayed back to the chunk by
+    # a scalar: stored once per sum (the chunk kernel decays it), no per-chunk atomics. Below the
+    # top only the reading chunks and that one store do work.
+    dh = tl.zeros([BK, BV], dtype=ACC)  # gradient of the state at the end of chunk c
     for r in range(NC):
         c = NC - 1 - r
         ca = c.to(tl.int64)
-        bit = (ca >> js64) & 1
-        g_end = tl.load(g_cum + (row64 * S + c * C + C - 1) * H + h).to(ACC)
-        decay = tl.exp(g_end)
-        dst = dsrc + ((row64 * NC + c) * H + h) * K * V + hv
-        if is_top:
-            if (ca & win) == win:  # the window's pending sum joined the top state here
-                dp = dh
-            tl.atomic_add(dst, dp, mask=hvm, sem="relaxed")
-            dh = decay * dh
-            dp = decay * dp
-        else:
-            if (ca & win) == win:  # the state was reset after this chunk
-                dh = tl.zeros([BK, BV], dtype=ACC)
-            if bit == 0:
-                tl.atomic_add(dst, dh, mask=hvm, sem="relaxed")
-            dh = decay * dh
+        slot, last, feeds, adds = tl_scan_source(ca, js64, NJ, NC, top_exp)
+        if adds & (ca == last):  # the sum closes after chunk c: what its readers passed back is in dh
+            if feeds:
+                tl.store(dsum + ((row64 * NSLOT + slot) * H + h) * K * V + hv, dh, mask=hvm)
+            dh = tl.where(is_top, dh, 0.0)  # below the top the state restarts here (no earlier reader)
         if tl_chunk_reads_scan(ca, js64, NJ):  # chunk c read this state: dS = (w Qt)^T dO
+            g_end = tl.load(g_cum + (row64 * S + c * C + C - 1) * H + h).to(ACC)
             tok = row64 * S + c * C + i
             gc = tl.load(g_cum + tok * H + h).to(ACC)
             qt = _key_rows(q, tok, grp, G, K, BK, dk, km, ACC)
             wt = tl.load(lam + (tok * H + h) * L + col).to(ACC) * tl.exp(gc)
             dot = tl.load(do + (tok[:, None] * H + h) * V + dv[None, :], mask=vm[None, :], other=0.0).to(ACC)
-            dh += mma(tl.trans(qt), dot * wt[:, None], DOT, PREC, ACC)  # the weight on dO: q goes in as stored
+            dh = tl.exp(g_end) * dh + mma(tl.trans(qt), dot * wt[:, None], DOT, PREC, ACC)  # q goes in as stored
+
+
+@triton.jit
+def _source_grad(dsum, chunk_g, row64, c, h, NC, NJ, NSLOT, top_exp, H: tl.constexpr, K: tl.constexpr,
+                 V: tl.constexpr, hv, hvm, BK: tl.constexpr, BV: tl.constexpr, ACC: tl.constexpr):
+    """dX of chunk c (one [BK, BV] tile): over the sums it adds to that reach a reader, the sum's
+    gradient (``level_scan_bwd_kernel``) decayed from the end of the sum's last chunk to the end of
+    c, exp(G(last + 1) - G(c + 1)) from the float64 chunk-start log decay."""
+    ca = c.to(tl.int64)
+    dx = tl.zeros([BK, BV], dtype=ACC)
+    for js in range(NJ):
+        slot, last, feeds, adds = tl_scan_source(ca, js, NJ, NC, top_exp)
+        if feeds:
+            d = tl.load(dsum + ((row64 * NSLOT + slot) * H + h) * K * V + hv, mask=hvm, other=0.0)
+            dx += recorded_decay(chunk_g, row64, NC, H, h, last + 1, c + 1, ACC) * d
+    return dx
 
 
 @triton.jit
@@ -176,7 +191,7 @@ def readout_grad_kernel(
 
 @triton.jit
 def chunk_grad_kernel(
-    q, k, v, g_cum, lam, do, dsrc, dq, dk, dv, dlam, dacc, S, NC, L,
+    q, k, v, g_cum, lam, do, dsum, chunk_g, dq, dk, dv, dlam, dacc, S, NC, NJ, NSLOT, top_exp, L,
     H: tl.constexpr, G: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, LP: tl.constexpr, LOG_C: tl.constexpr,
     ACC: tl.constexpr, PREC: tl.constexpr, DOT: tl.constexpr,
@@ -204,8 +219,8 @@ def chunk_grad_kernel(
         vt = _value_rows(v, tok, h, H, V, BV, dvv, vm, ACC)
         dot = _value_rows(do, tok, h, H, V, BV, dvv, vm, ACC)
         dm += mma(dot, tl.trans(vt), DOT, PREC, ACC)
-        dx = tl.load(dsrc + ((row64 * NC + c) * H + h) * K * V + dkk[:, None] * V + dvv[None, :],
-                     mask=km[:, None] & vm[None, :], other=0.0).to(ACC)
+        dx = _source_grad(dsum, chunk_g, row64, c, h, NC, NJ, NSLOT, top_exp, H, K, V,
+                          dkk[:, None] * V + dvv[None, :], km[:, None] & vm[None, :], BK, BV, ACC)
         dkd += mma(vt, tl.trans(dx), DOT, PREC, ACC)
         # Kd dx with the decay on the product's rows: k goes in as stored
         dvt = mma(tl.trans(p * weights), dot, DOT, PREC, ACC) + e_k[:, None] * mma(kt, dx, DOT, PREC, ACC)

@@ -422,10 +422,15 @@ def _backward_scalar(q, k, v, g, lam, do, cu_seqlens, chunk=CHUNK):
     b = _Backward(q, k, v, g, lam, None, do, cu_seqlens, chunk)
     rows, nh, nk, nv = b.rows, b.num_heads, b.key_dim, b.value_dim
     dot = _dot_dtype(q.dtype)
-    dsrc = b.new(b.nc, nh, nk, nv).zero_()
-    level_scan_bwd_kernel[(b.n * nh, b.num_js, triton.cdiv(nv, b.bv))](
-        rows.q, b.g_cum, rows.lam, b.do, dsrc, b.slots, b.nc, b.num_js, b.num_levels, b.top_exp,
-        LOG_C=b.log_c, BV=b.bv, DOT=dot, **{**b.consts, "num_warps": 8},  # dh, dp [BK, BV] fp32 spilled at 4
+    states, chunk_g, num_js, num_slots, top_exp = b.recorded.kernel_args()
+    # One fp32 [K, V] gradient per (scan, sum of source chunks), laid out like the recorded states;
+    # the scan writes every slot the chunk kernel reads (``levels.tl_scan_source``): no zero fill.
+    dsum = b.new(num_slots, nh, nk, nv)
+    # 8 warps: chosen when the scan also kept the top's pending-sum gradient (two [BK, BV] fp32
+    # tiles spilled at 4); with one tile 4 may do, not measured.
+    level_scan_bwd_kernel[(b.n * nh, num_js, triton.cdiv(nv, b.bv))](
+        rows.q, b.g_cum, rows.lam, b.do, dsum, b.slots, b.nc, num_js, num_slots, b.num_levels, top_exp,
+        LOG_C=b.log_c, BV=b.bv, DOT=dot, **{**b.consts, "num_warps": 8},
     )
     # dq, dk of the heads sharing a q/k group are summed by fp32 atomics into one [S, G, K] buffer
     # (per-head buffers would take H/G times the memory: 51 GB at 1M tokens, 48 heads, G = 1; on
@@ -435,7 +440,6 @@ def _backward_scalar(q, k, v, g, lam, do, cu_seqlens, chunk=CHUNK):
         dq.zero_(), dk.zero_()
     dv = torch.empty(b.n, b.slots, nh, nv, dtype=v.dtype, device=q.device)
     dlam, dacc = b.new(b.slots, nh, b.num_levels), b.new(nh, b.slots)
-    states, chunk_g, num_js, num_slots, top_exp = b.recorded.kernel_args()
     # The readout's share first: the chunk kernel adds its own to dq (G = H), dlam and dacc.
     launch = dict(LOG_C=b.log_c, LP=block_size(b.num_levels), BV=b.bv, DOT=dot, **{**b.consts, "num_warps": 8})
     readout_grad_kernel[(b.n * b.nc, nh)](
@@ -443,7 +447,8 @@ def _backward_scalar(q, k, v, g, lam, do, cu_seqlens, chunk=CHUNK):
         b.slots, b.nc, num_js, num_slots, top_exp, b.num_levels, **launch,
     )
     chunk_grad_kernel[(b.n * b.nc, nh)](
-        rows.q, rows.k, rows.v, b.g_cum, rows.lam, b.do, dsrc, dq, dk, dv, dlam, dacc, b.slots, b.nc, b.num_levels, **launch,
+        rows.q, rows.k, rows.v, b.g_cum, rows.lam, b.do, dsum, chunk_g, dq, dk, dv, dlam, dacc,
+        b.slots, b.nc, num_js, num_slots, top_exp, b.num_levels, **launch,
     )
     dg = dacc.flip(-1).cumsum(-1).flip(-1).transpose(1, 2)
     return b.tokens((dq, dk, dv, dg, dlam))

@@ -77,6 +77,25 @@ def test_packed_documents(monkeypatch, dtype):
     _check(got, ref, 1e-12 if dtype == torch.float64 else 2e-5)
 
 
+@pytest.mark.parametrize(
+    "docs, num_levels",
+    [((256,), 9), ((513,), 10), ((513,), 11), ((600,), 14), ((100, 513), 10)],
+)
+def test_bucket_edges(monkeypatch, docs, num_levels):
+    """The reverse scan's one gradient per sum of source chunks (``levels.tl_scan_source``) at the
+    bucket edges: 4 chunks with top_exp = 1 (the row ends on a full top bucket, nothing reads its
+    sum); 9 chunks, one past a power of two, with the top capped at windows of 4 and 8 (a last top
+    bucket of one chunk; level buckets whose sources end the row and have no reader); 10 chunks
+    with 14 levels (four scans below a top no chunk reads) and a length not a multiple of 64; a
+    short and a long document packed. float64, G = 1, 2 heads."""
+    x, do = _inputs(sum(docs), 1, 2, num_levels, torch.float64, seed=sum(docs) + num_levels, batch=1)
+    cu = torch.tensor([0, *torch.tensor(docs).cumsum(0).tolist()], dtype=torch.int32) if len(docs) > 1 else None
+    ref = _grads(lambda *a: chunk_loglinear_attention(*a, cu_seqlens=cu), x, do, [True] * 5)
+    _no_recompute(monkeypatch)
+    got = _grads(lambda *a: chunk_loglinear_attention_triton(*a, cu_seqlens=cu), x, do, [True] * 5)
+    _check(got, ref, 1e-12)
+
+
 def test_masked_tiles_and_partial_gradients(monkeypatch):
     """K and V not powers of two, V over two value tiles; only some inputs need gradients."""
     x, do = _inputs(100, 1, 2, 10, torch.float64, seed=11, key_dim=24, value_dim=80, batch=1)
