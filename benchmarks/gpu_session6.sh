@@ -9,7 +9,7 @@ pkg() {  # $1: where; $2: the root holding hf_loglinear/ and kernels/ to install
   mkdir -p "$1" && cp -r "$2/hf_loglinear" "$1/" && cp -r "$2/kernels" conversion model_cards "$1/hf_loglinear/"
 }
 pkg /tmp/pkg .
-for b in gdn-scan-kdt m2-bwd-buckets; do [ -d .ab_$b ] && pkg /tmp/pkg_$b .ab_$b; done
+for b in gdn-scan-kdt m2-bwd-buckets kdt-regs kdt-masked; do [ -d .ab_$b ] && pkg /tmp/pkg_$b .ab_$b; done
 export PYTHONUNBUFFERED=1 TRITON_CACHE_DIR=$PWD/.triton_cache
 on() { local b=$1; shift; PYTHONPATH=/tmp/pkg_$b:/tmp/site "$@"; }  # run with branch $b's package
 main() { PYTHONPATH=/tmp/pkg:/tmp/site "$@"; }
@@ -23,5 +23,22 @@ a)  # GDN: the K-tiled scan reading Kd^T (fault check at 192 / 384 bf16, error, 
     on gdn-scan-kdt timeout 120 python $B --variants gdn --quick --skip-decode --check-dtypes bfloat16 2>&1 | tee $OUT/kdt_checks.log | grep "check\|FAIL\|Error"
     on m2-bwd-buckets timeout 220 python $B --variants mamba2 --quick --skip-decode 2>&1 | tee $OUT/buckets_quick.log | grep "check\|FAIL\|Error\|^  ("
     main timeout 110 python $B --variants mamba2 --quick --skip-checks --skip-decode 2>&1 | tee $OUT/main_quick.log | grep "Error\|^  (" ;;
-*)  echo "usage: bash benchmarks/gpu_session6.sh a" >&2; exit 2 ;;
+b)  # after call a (kdt faulted again, buckets merged into main): the GDN forward with triton's
+    # Hopper wgmma off (DISABLE_MMA_V3=1: mma.sync, operands through registers) for kdt and main;
+    # where kdt faults (compute-sanitizer); merged main's Mamba-2 at 8K / 32K and 128K / 1M
+    DISABLE_MMA_V3=1 CUDA_LAUNCH_BLOCKING=1 on gdn-scan-kdt timeout 90 python benchmarks/debug_gdn_forward.py 192 384 bfloat16 2>&1 | tee $OUT/kdt_v2_fault.log | grep "ok\|FAIL\|Error"
+    DISABLE_MMA_V3=1 on gdn-scan-kdt timeout 80 python benchmarks/debug_gdn_forward.py 192 384 bfloat16 time 2>&1 | tee $OUT/kdt_v2_forward.log | grep "ok\|FAIL\|Error\|gdn fwd"
+    DISABLE_MMA_V3=1 main timeout 80 python benchmarks/debug_gdn_forward.py 192 384 bfloat16 time 2>&1 | tee $OUT/main_v2_forward.log | grep "ok\|FAIL\|Error\|gdn fwd"
+    CUDA_LAUNCH_BLOCKING=1 on gdn-scan-kdt timeout 120 /usr/local/cuda/bin/compute-sanitizer --print-limit 2 \
+      python benchmarks/debug_gdn_forward.py 192 384 bfloat16 2>&1 | grep -v "Host Frame" | tee $OUT/kdt_sanitizer.log | head -24
+    main timeout 200 python $B --variants mamba2 --skip-checks --skip-decode --lengths 8192,32768 --long 131072,1048576 --out $OUT 2>&1 | tee $OUT/mamba2_timing.log | grep "^  (\|long\|T=\|Error" ;;
+c)  # call b: wgmma off is 19x slower everywhere, and kdt faults at the unmasked load of a W key tile
+    # going to wgmma from shared memory. Two workarounds of kdt (folders .ab_kdt-regs: both loaded
+    # tiles scaled by an exact run-time 1 so they reach wgmma from registers; .ab_kdt-masked: every
+    # tile load masked): fault check, then times beside main's
+    for b in kdt-regs kdt-masked; do
+      CUDA_LAUNCH_BLOCKING=1 on $b timeout 90 python benchmarks/debug_gdn_forward.py 192 384 bfloat16 2>&1 | tee $OUT/${b}_fault.log | grep "ok\|FAIL\|Error"
+      grep -q "^ok" $OUT/${b}_fault.log && on $b timeout 80 python benchmarks/debug_gdn_forward.py 192 384 bfloat16 time 2>&1 | tee $OUT/${b}_forward.log | grep "ok\|FAIL\|Error\|gdn fwd"
+    done ;;
+*)  echo "usage: bash benchmarks/gpu_session6.sh a|b|c" >&2; exit 2 ;;
 esac

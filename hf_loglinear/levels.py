@@ -85,6 +85,18 @@ def scan_slot_sizes(num_chunks: int, num_scans: int, top_exp: int) -> list[int]:
     return [((num_chunks - 1) >> e) + 2 for e in exps]
 
 
+def chunks_with_bit(n: int, js: int, bit: int) -> int:
+    """How many chunk indices in [0, n) have bit js equal to ``bit``: below the top, the sources of
+    scan js (bit 0) or its readers (bit 1). A scan walks only those, counting them."""
+    period = 1 << js
+    return ((n >> (js + 1)) << js) + min(max((n & (2 * period - 1)) - bit * period, 0), period)
+
+
+def nth_chunk_with_bit(t: int, js: int, bit: int) -> int:
+    """The t-th chunk index (from 0) whose bit js equals ``bit``: the inverse of ``chunks_with_bit``."""
+    return ((t >> js) << (js + 1)) | (bit << js) | (t & ((1 << js) - 1))
+
+
 # --------------------------------------------------------------------------- torch tensors
 def bit_length(x: torch.Tensor) -> torch.Tensor:
     """Elementwise bit_length of a non-negative int64 tensor, branch-free binary search."""
@@ -220,6 +232,23 @@ if triton is not None:
         adds = top | (((chunk >> js64) & 1) == 0)
         slot, _ = tl_scan_run(chunk, 0, js, num_scans, num_chunks, top_exp)
         return slot, last, adds & (last + 1 < num_chunks), adds
+
+    @triton.jit
+    def tl_chunks_with_bit(n, js, bit):
+        """``chunks_with_bit`` on the device (int64)."""
+        one = tl.full((), 1, tl.int64)
+        n = n + 0 * one
+        js = js + 0 * one
+        period = one << js
+        return ((n >> (js + 1)) << js) + tl.minimum(tl.maximum((n & (2 * period - 1)) - bit * period, 0), period)
+
+    @triton.jit
+    def tl_nth_chunk_with_bit(t, js, bit):
+        """``nth_chunk_with_bit`` on the device (int64)."""
+        one = tl.full((), 1, tl.int64)
+        t = t + 0 * one
+        js = js + 0 * one
+        return ((t >> js) << (js + 1)) | ((bit + 0 * one) << js) | (t & ((one << js) - 1))
 
     @triton.jit
     def tl_scan_window(js, num_scans, top_exp):

@@ -128,3 +128,13 @@ def test_scan_runs_share_a_slot_exactly_when_they_read_the_same_chunks(top_exp):
                 assert first == chunks[0]
                 assert sum(sizes[:js]) <= slot < sum(sizes[: js + 1])
                 assert seen.setdefault(slot, (js, held)) == (js, held)
+
+
+def test_chunks_with_bit_counts_and_enumerates_them():
+    """The walk of a scan over its sources (bit 0) or readers (bit 1) against brute force."""
+    for js in range(5):
+        for bit in (0, 1):
+            chosen = [x for x in range(200) if (x >> js) & 1 == bit]
+            for n in range(200):
+                assert levels.chunks_with_bit(n, js, bit) == sum(x < n for x in chosen)
+            assert [levels.nth_chunk_with_bit(t, js, bit) for t in range(len(chosen))] == chosen
