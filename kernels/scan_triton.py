@@ -2,16 +2,20 @@
 
 Grid ``(N * H, NJ, V / BV)``: ``level_scan_kernel`` for scalar decay (the top, below, in a
 launch of its own), ``level_scan_delta_kernel`` for the delta rule. Program ``js < NJ - 1``
-owns inter-chunk level ``js`` (global level log2(C) + 1 + js): walking the chunks c of its
-sequence (absolute chunk index ``ca``) it
+owns inter-chunk level ``js`` (global level log2(C) + 1 + js). Its buckets are the windows of
+2^(js+1) chunks (absolute chunk index ``ca``): the first 2^js (bit js of ca clear) are its
+sources, the rest its readers, which read the sources' sum. Under the delta rule every chunk's
+transition is a matrix, so the program walks every chunk c of its sequence and
 
-1. records its state h when bit js of ca is set (that chunk reads it), into the slot
-   ``state_slot`` gives: under the delta rule one per reading chunk; under scalar decay one per
-   run of reading chunks (they read the same state, decayed by a scalar: the reader applies
-   exp(G_c - G_first) from the chunk-start cumulative decay), so memory is linear in T;
-2. pushes h through chunk c (decay; for the delta rule also the WY correction);
-3. adds chunk c's own contribution when bit js of ca is 0;
-4. resets h after the last chunk of every window of 2^(js+1) chunks.
+1. records its state h when c reads it, one slot per reading chunk;
+2. pushes h through chunk c (decay and the WY correction), adding c's own contribution when c
+   is a source;
+3. resets h after the last chunk of every bucket.
+
+Under scalar decay a run of readers reads one state, decayed by a scalar (the reader applies
+exp(G_c - G_first) from the chunk-start cumulative decay), so the program walks the sources
+alone, sums each bucket's and records the sum once for its run (``state_slot``): memory linear
+in T, half the chunks walked, and loads without a branch around them.
 
 The last program (``js = NJ - 1``) is the capped top level: everything more than ``top_exp``
 inter-chunk levels away, i.e. all chunks before ca rounded down to a multiple of 2^top_exp.
@@ -32,7 +36,9 @@ try:  # guarded: transformers checks every remote-code file's imports; this one 
 except ImportError:  # pragma: no cover
     triton = tl = None
 
-from ..levels import tl_chunk_reads_scan, tl_scan_level, tl_scan_run, tl_scan_window
+from ..levels import (
+    tl_chunk_reads_scan, tl_chunks_with_bit, tl_nth_chunk_with_bit, tl_scan_level, tl_scan_run, tl_scan_window,
+)
 
 _INTERPRETED = tl.constexpr(os.environ.get("TRITON_INTERPRET") == "1") if tl is not None else False
 
@@ -239,35 +245,74 @@ def level_scan_kernel(
     C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, TOP: tl.constexpr,
     HAS_INIT: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr, DOT: tl.constexpr,
 ):
-    """Scalar decay. Launched twice: the inter-chunk levels (TOP false), then the capped top
-    alone (grid (N * H, 1, V / BV)), which carries the pending sum: a second state tile the
-    other programs then need no registers for."""
+    """Scalar decay. Launched twice: the inter-chunk levels (TOP false, ``_sum_sources``), then
+    the capped top alone (grid (N * H, 1, V / BV), ``_walk_top``), which carries the pending sum:
+    a second state tile the other programs then need no registers for."""
     row, h, grp, js, dk, dv, km, vm, hv, hvm = scan_program(H, G, K, V, BK, BV)
     if TOP:
         js = NJ - 1
     i, cb, row64, js64, win = _walk(base_chunk, row, js, NJ, top_exp, C)
     hs, ps = _start(h0, p0, row64, js, NJ, H, h, K, V, hv, hvm, BK, BV, HAS_INIT, ACC, TOP)
-    for c in range(NC):
-        ca, bit, reads = _visit(states, hs, cb, c, js, js64, NJ, NC, NSLOT, top_exp, row64, h, H, K, V, hv, hvm, False)
-        if HAS_INIT:
-            if c == 0:  # initial levels inside the first chunk enter with its contribution
-                lo = _state_in(low + (row64 * H + h) * K * V, hv, hvm, ACC)
-                if TOP:
-                    ps += lo
-                else:
-                    hs += tl.where(reads, 0.0, 1.0) * lo
+    lo = tl.zeros([BK, BV], dtype=ACC)
+    if HAS_INIT:  # initial levels inside the first chunk: they enter with its contribution
+        lo = _state_in(low + (row64 * H + h) * K * V, hv, hvm, ACC)
+    if TOP:
+        _walk_top(k, v, g_cum, states, hs, ps + lo, cb, row64, h, grp, i, dk, dv, km, vm, hv, hvm, js, js64, win,
+                  S, NC, NJ, NSLOT, top_exp, H, G, K, V, C, BK, DOT, PREC, ACC)
+    else:
+        _sum_sources(k, v, g_cum, states, hs, lo, cb, row64, h, grp, i, dk, dv, km, vm, hv, hvm, js, js64,
+                     S, NC, NJ, NSLOT, top_exp, H, G, K, V, C, BK, BV, DOT, PREC, ACC)
+
+
+@triton.jit
+def _sum_sources(k, v, g_cum, states, hs, lo, cb, row64, h, grp, i, dk, dv, km, vm, hv, hvm, js, js64,
+                 S, NC, NJ, NSLOT, top_exp, H: tl.constexpr, G: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+                 C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr,
+                 ACC: tl.constexpr):
+    """A level below the top: each bucket's 2^js sources (bit js clear) are summed, decayed to the
+    end of the last, and recorded once for the 2^js readers after them. Only the sources are
+    walked (``levels.tl_nth_chunk_with_bit``): half the chunks, and no branch around the loads,
+    so triton pipelines them. The state between buckets restarts from zero."""
+    if tl_chunk_reads_scan(cb, js64, NJ):  # the row starts among readers: they read the initial state
+        _record(states, hs, cb, cb, js, NJ, NC, NSLOT, top_exp, row64, h, H, K, V, hv, hvm)
+        hs = tl.zeros([BK, BV], dtype=ACC)
+    else:
+        hs += lo
+    last_of_run = (tl.full((), 1, tl.int64) << js64) - 1
+    for t in range(tl_chunks_with_bit(cb, js64, 0), tl_chunks_with_bit(cb + NC, js64, 0)):
+        ca = tl_nth_chunk_with_bit(t, js64, 0)
+        c = ca - cb
         g_end, decay = _chunk_decay(g_cum, row64, S, c, H, h, C, ACC)
+        kt, vt, e = _chunk_tiles(k, v, g_cum, row64 * S + c * C + i, g_end, grp, h, dk, dv, km, vm, G, H, K, V, ACC)
+        hs = decay * hs + _keys_times(kt, vt, e, K, BK, DOT, PREC, ACC)
+        if (ca & last_of_run) == last_of_run:  # the bucket's last source: the next chunk reads the sum
+            if c + 1 < NC:
+                _record(states, hs, ca + 1, cb, js, NJ, NC, NSLOT, top_exp, row64, h, H, K, V, hv, hvm)
+            hs = tl.zeros([BK, BV], dtype=ACC)
+
+
+@triton.jit
+def _record(states, hs, ca, cb, js, NJ, NC, NSLOT, top_exp, row64, h, H: tl.constexpr, K: tl.constexpr,
+            V: tl.constexpr, hv, hvm):
+    """Store the state absolute chunk ``ca`` (the first of its run in the row) reads from scan js."""
+    slot = state_slot(ca, cb, js, NJ, NC, top_exp, False)[0]
+    tl.store(states + ((row64 * NSLOT + slot) * H + h) * K * V + hv, hs.to(states.dtype.element_ty), mask=hvm)
+
+
+@triton.jit
+def _walk_top(k, v, g_cum, states, hs, ps, cb, row64, h, grp, i, dk, dv, km, vm, hv, hvm, js, js64, win,
+              S, NC, NJ, NSLOT, top_exp, H: tl.constexpr, G: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+              C: tl.constexpr, BK: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr, ACC: tl.constexpr):
+    """The capped top: every chunk reads it and adds to its pending sum ``ps``, which joins the
+    state ``hs`` when a bucket of 2^top_exp chunks closes."""
+    for c in range(NC):
+        ca = _visit(states, hs, cb, c, js, js64, NJ, NC, NSLOT, top_exp, row64, h, H, K, V, hv, hvm, False)[0]
+        g_end, decay = _chunk_decay(g_cum, row64, S, c, H, h, C, ACC)
+        kt, vt, e = _chunk_tiles(k, v, g_cum, row64 * S + c * C + i, g_end, grp, h, dk, dv, km, vm, G, H, K, V, ACC)
         hs = decay * hs
-        # A state that adds nothing here only decays: the readers of a level (half the chunks)
-        # and the top outside its pending sum skip the loads and the product.
-        if TOP or bit == 0:
-            kt, vt, e = _chunk_tiles(k, v, g_cum, row64 * S + c * C + i, g_end, grp, h, dk, dv, km, vm, G, H, K, V, ACC)
-            if TOP:
-                ps = _push(ps, kt, kt, vt, e, decay, 1.0, K, BK, False, DOT, PREC, ACC)
-            else:
-                hs += _keys_times(kt, vt, e, K, BK, DOT, PREC, ACC)
+        ps = _push(ps, kt, kt, vt, e, decay, 1.0, K, BK, False, DOT, PREC, ACC)
         if (ca & win) == win:
-            hs, ps = _close(hs, ps, TOP)
+            hs, ps = _close(hs, ps, True)
 
 
 @triton.jit
