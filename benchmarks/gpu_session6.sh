@@ -40,5 +40,11 @@ c)  # call b: wgmma off is 19x slower everywhere, and kdt faults at the unmasked
       CUDA_LAUNCH_BLOCKING=1 on $b timeout 90 python benchmarks/debug_gdn_forward.py 192 384 bfloat16 2>&1 | tee $OUT/${b}_fault.log | grep "ok\|FAIL\|Error"
       grep -q "^ok" $OUT/${b}_fault.log && on $b timeout 80 python benchmarks/debug_gdn_forward.py 192 384 bfloat16 time 2>&1 | tee $OUT/${b}_forward.log | grep "ok\|FAIL\|Error\|gdn fwd"
     done ;;
-*)  echo "usage: bash benchmarks/gpu_session6.sh a|b|c" >&2; exit 2 ;;
+d)  # call c: kdt-masked faulted; kdt-regs ran (error 5.6e-3) but took 20.8 ms at 2K (main 10.7): the
+    # K-tiled GDN scan is dropped. Main's Mamba-2 level scans now walk only their sources (forward,
+    # below the top) / readers (reverse): checks and times (2K / 16K / 64K, L = 15; call a holds the
+    # same for the code before), then the full table beside fla and SDPA with 128K and 1M alone
+    main timeout 230 python $B --variants mamba2 --quick --skip-decode 2>&1 | tee $OUT/walk_quick.log | grep "check\|FAIL\|Error\|^  ("
+    main timeout 330 python $B --variants mamba2 --skip-checks --skip-decode --long 131072,1048576 --out $OUT 2>&1 | tee $OUT/mamba2_timing.log | grep "^  (\|long\|T=\|Error" ;;
+*)  echo "usage: bash benchmarks/gpu_session6.sh a|b|c|d" >&2; exit 2 ;;
 esac
