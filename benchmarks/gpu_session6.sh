@@ -46,5 +46,14 @@ d)  # call c: kdt-masked faulted; kdt-regs ran (error 5.6e-3) but took 20.8 ms a
     # same for the code before), then the full table beside fla and SDPA with 128K and 1M alone
     main timeout 230 python $B --variants mamba2 --quick --skip-decode 2>&1 | tee $OUT/walk_quick.log | grep "check\|FAIL\|Error\|^  ("
     main timeout 330 python $B --variants mamba2 --skip-checks --skip-decode --long 131072,1048576 --out $OUT 2>&1 | tee $OUT/mamba2_timing.log | grep "^  (\|long\|T=\|Error" ;;
-*)  echo "usage: bash benchmarks/gpu_session6.sh a|b|c|d" >&2; exit 2 ;;
+e)  # call d's profile at 2K: chunk_grad 3.9 of 8.2 ms, much of it reading the per-sum gradients
+    # (fp32, one per level a chunk adds to); now stored like the recorded states (bf16): bf16 checks,
+    # times beside call d's, and the peaks at 128K / 1M
+    main timeout 150 python $B --variants mamba2 --quick --skip-decode --check-dtypes bfloat16 2>&1 | tee $OUT/dsum16_quick.log | grep "check\|FAIL\|Error\|^  ("
+    main timeout 100 python $B --variants mamba2 --skip-checks --skip-decode --lengths '' --long 131072,1048576 2>&1 | tee $OUT/dsum16_long.log | grep "long\|Error" ;;
+c2) # run right after c (warm): kdt-regs' times, which call c's 80 s limit cut off while compiling
+    on kdt-regs timeout 250 python benchmarks/debug_gdn_forward.py 192 384 bfloat16 time 2>&1 | tee $OUT/kdt-regs_forward.log | grep "ok\|FAIL\|Error\|gdn fwd" ;;
+f)  # run between d and e: where the Mamba-2 fwd+bwd spends its time at 2K after the walk change
+    main timeout 150 python $B --variants mamba2 --profile 2048 2>&1 | tee $OUT/mamba2_profile.log | grep "kernel\|Self CUDA" ;;
+*)  echo "usage: bash benchmarks/gpu_session6.sh a|b|c|c2|d|f|e" >&2; exit 2 ;;
 esac

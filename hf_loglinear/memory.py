@@ -136,8 +136,8 @@ def train_op_bytes(shape: Shape, seq_len: int, batch: int = 1, dtype: str = "bfl
     per_token += heads * (levels + 5) * 4  # dlambda; G, dg, q.dq - k.dk and its reverse cumsum
     if not shape.delta_rule:
         per_token += shape.groups * key * (2 * 4 + 2 * d)  # dq, dk summed per group in fp32, then cast
-        # the recorded states (input dtype) and the reverse scans' gradients of the same slots (fp32)
-        return tokens * per_token + batch * sum(scan_slot_sizes(chunks, scans, top_exp)) * state * (d + 4)
+        # the recorded states and the reverse scans' gradients of the same slots (both the input dtype)
+        return tokens * per_token + batch * sum(scan_slot_sizes(chunks, scans, top_exp)) * state * 2 * d
     # delta rule: W, U, Qt and the per-head fp32 dq, dk, dv; A^-1; recorded states (every chunk
     # and scan, the input dtype); state gradients (scans + 2 slots, fp32); D = [K, K] per chunk
     per_token += heads * (4 * key + 2 * value) * 4 + heads * CHUNK * 4 + shape.groups * key * 2 * d + heads * 2 * 4

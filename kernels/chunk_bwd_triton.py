@@ -10,8 +10,8 @@ Three launches:
    forward scan run in reverse on dS[c, js] = (w[:, js] Qt)^T dO, which is formed on the fly.
    The chunks adding to one sum of a level (a bucket's sources; the top: a bucket's pending sum)
    get one gradient, that of the state after the sum's last chunk, decayed back by a scalar; the
-   scan stores it once per sum into ``dsum`` (fp32, one [K, V] slot per sum in the recorded states'
-   layout, ``levels.tl_scan_source``), no atomics: 1.11x - 1.20x faster fwd+bwd on the H200 than
+   scan stores it once per sum into ``dsum`` (one [K, V] slot per sum in the recorded states'
+   layout and dtype, ``levels.tl_scan_source``), no atomics: 1.11x - 1.20x faster fwd+bwd on the H200 than
    fp32 atomics into a per-chunk buffer. Below the top the scan walks only the reading chunks.
 2. ``readout_grad_kernel`` (grid chunks x heads): the readout's share of dq and dlambda from the
    recomputed states (one per run of reading chunks, decayed to the reader as in the forward).
@@ -122,7 +122,7 @@ def level_scan_bwd_kernel(
             c = (NC - 1 - r).to(tl.int64)
             slot, last, feeds, _ = tl_scan_source(c, js64, NJ, NC, top_exp)
             if feeds & (c == last):  # the sum closes after chunk c: what its readers passed back is in dh
-                tl.store(dst + slot * H * K * V, dh, mask=hvm)
+                tl.store(dst + slot * H * K * V, dh.to(dsum.dtype.element_ty), mask=hvm)
             dh = _read_grad(dh, q, g_cum, lam, do, row64, c, h, grp, col, i, dk, km, dv, vm,
                             S, L, H, G, K, V, C, BK, DOT, PREC, ACC)
     else:  # only the readers (bit js set), in reverse: half the chunks, no branch around the loads
@@ -134,7 +134,7 @@ def level_scan_bwd_kernel(
                             S, L, H, G, K, V, C, BK, DOT, PREC, ACC)
             if (c & first_of_run) == 0:  # the run's first reader: its sum closed after chunk c - 1
                 slot = tl_scan_source(c - 1, js64, NJ, NC, top_exp)[0]
-                tl.store(dst + slot * H * K * V, dh, mask=hvm)
+                tl.store(dst + slot * H * K * V, dh.to(dsum.dtype.element_ty), mask=hvm)
                 dh = tl.zeros([BK, BV], dtype=ACC)  # the state restarted there: no earlier reader
 
 

@@ -423,9 +423,11 @@ def _backward_scalar(q, k, v, g, lam, do, cu_seqlens, chunk=CHUNK):
     rows, nh, nk, nv = b.rows, b.num_heads, b.key_dim, b.value_dim
     dot = _dot_dtype(q.dtype)
     states, chunk_g, num_js, num_slots, top_exp = b.recorded.kernel_args()
-    # One fp32 [K, V] gradient per (scan, sum of source chunks), laid out like the recorded states;
-    # the scan writes every slot the chunk kernel reads (``levels.tl_scan_source``): no zero fill.
-    dsum = b.new(num_slots, nh, nk, nv)
+    # One [K, V] gradient per (scan, sum of source chunks), laid out and stored like the recorded
+    # states (bf16 / fp16 for those inputs: the chunk kernel reads each slot once per chunk that
+    # adds to it, and rounds the decayed sum to that dtype for its products anyway); the scan
+    # writes every slot the chunk kernel reads (``levels.tl_scan_source``): no zero fill.
+    dsum = torch.empty(b.n, num_slots, nh, nk, nv, dtype=states.dtype, device=q.device)
     # 8 warps: chosen when the scan also kept the top's pending-sum gradient (two [BK, BV] fp32
     # tiles spilled at 4); with one tile 4 may do, not measured.
     level_scan_bwd_kernel[(b.n * nh, num_js, triton.cdiv(nv, b.bv))](

@@ -68,13 +68,14 @@ def test_memory_cli(tmp_path, capsys):
 
 @pytest.mark.parametrize(
     "source, num_levels, batch, length, measured_gib",
-    [  # peak extra memory of one op's fwd+bwd on the H200 (benchmarks/RESULTS.md, sessions 3 and 5)
-        ("loglinear-mamba2", 12, 16, 2048, 2.16),
-        ("loglinear-mamba2", 17, 1, 65536, 4.02),
-        ("loglinear-mamba2", 18, 1, 131072, 7.81),
-        ("loglinear-mamba2", 21, 1, 1 << 20, 61.27),
-        ("mamba2", 1, 16, 2048, 2.05),
-        ("mamba2", 1, 1, 65536, 3.83),
+    [  # peak extra memory of one op's fwd+bwd on the H200 (benchmarks/RESULTS.md, sessions 5 and 6)
+        ("loglinear-mamba2", 15, 16, 2048, 1.89),
+        ("loglinear-mamba2", 15, 2, 16384, 1.77),
+        ("loglinear-mamba2", 15, 1, 65536, 3.25),
+        ("loglinear-mamba2", 18, 1, 131072, 6.32),
+        ("loglinear-mamba2", 21, 1, 1 << 20, 49.28),
+        ("mamba2", 1, 16, 2048, 1.69),
+        ("mamba2", 1, 1, 65536, 3.08),
         ("loglinear-gated-deltanet", 12, 16, 2048, 10.46),
         ("loglinear-gated-deltanet", 14, 4, 8192, 12.99),
         ("gated-deltanet", 1, 16, 2048, 5.39),
@@ -101,6 +102,8 @@ def test_training_op_memory_matches_the_h200_measurements(source, num_levels, ba
 def test_training_op_memory_is_linear_in_t_under_scalar_decay():
     from hf_loglinear.memory import load_shape, train_op_bytes
 
+    # Bytes per token settle once the per-scan constant (a row's partial runs) is diluted: at 16K
+    # it adds 1.6%. Per token, a term growing like T log T would grow by 23 / 17 from 128K to 8M.
     shape = load_shape("loglinear-mamba2")
-    per_token = [train_op_bytes(shape, n) / n for n in (1 << 14, 1 << 17, 1 << 20)]
+    per_token = [train_op_bytes(shape, n) / n for n in (1 << 17, 1 << 20, 1 << 23)]
     assert max(per_token) / min(per_token) < 1.01
