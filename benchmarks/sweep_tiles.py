@@ -2,6 +2,7 @@
 
     python benchmarks/sweep_tiles.py scan     # the Gated DeltaNet level scan (chunk_triton._scan_tiles)
     python benchmarks/sweep_tiles.py step     # the decode step (step_triton._step_tiles)
+    python benchmarks/sweep_tiles.py grad     # the Mamba-2 gradient kernels (chunk_triton._grad_tiles)
 
 ``scan``: for each (value tile, pipeline stages, warps) of the delta rule's level scan, the
 forward's max relative error against the float64 torch chunked form (bf16 inputs, T = 1000),
@@ -10,7 +11,11 @@ T = 2K and 8K. ``step``: for each (value tile, warps), the step's output against
 (fp32 state), then its time replayed from a CUDA graph at 48 heads x 128 x 64, 15 levels, for
 batch 16 / 64 / 256 at positions 1023 and 65535 and averaged over 64 consecutive positions from
 65536 (what a serving loop sees: the merge level changes from step to step), against the
-read-once floor. Prints a table last; the chosen configuration goes into the wrapper by hand.
+read-once floor. ``grad``: for each (value tile, warps) of ``chunk_grad_kernel`` and then of
+``readout_grad_kernel`` (the other kept at the default), the largest max relative error over o and
+every gradient against float64 (bf16 inputs, T = 1000, 15 levels), then the median fwd+bwd time
+at the ANCHORS.md Mamba-2 shape (48 heads x 128 / 64, B = 32768 / T) at T = 2K and 8K. Prints a
+table last; the chosen configuration goes into the wrapper by hand.
 """
 from __future__ import annotations
 
@@ -24,7 +29,7 @@ from hf_loglinear.ops import LevelState, loglinear_attention, loglinear_attentio
 from hf_loglinear.kernels import chunk_triton, step_triton
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from bench_kernels import GDN, graphed_time, inputs, rel  # noqa: E402
+from bench_kernels import GDN, MAMBA2, fwd_bwd, graphed_time, inputs, rel  # noqa: E402
 
 
 def sweep_scan():
@@ -98,6 +103,50 @@ def sweep_step():
     return [f"step time / read-once floor (CUDA graph), copy bandwidth {bw / 1e12:.2f} TB/s", head, "|---" * 12 + "|", *rows]
 
 
+def _grads(x, backend, cast):
+    """o and every input gradient of one Mamba-2 call (a fixed random dO)."""
+    leaves = [cast(a).detach().clone().requires_grad_() for a in x[:5]]
+    o = loglinear_attention(*leaves, backend=backend)[0]
+    do = torch.randn(o.shape, generator=torch.Generator(device="cuda").manual_seed(9), device="cuda")
+    (o.double() * do.double()).sum().backward()
+    return [o] + [a.grad for a in leaves]
+
+
+def sweep_grad():
+    base = chunk_triton._grad_tiles
+    default_readout, default_chunk = base(MAMBA2["value_dim"])
+    configs = [(default_readout, default_chunk)]
+    configs += [(default_readout, c) for c in ((32, 8), (64, 4), (32, 4)) if c != default_chunk]
+    configs += [(r, default_chunk) for r in ((32, 8), (64, 4), (32, 4)) if r != default_readout]
+    x = inputs(1, 1000, **MAMBA2, num_levels=15, delta=False, dtype=torch.bfloat16, seed=1)
+    ref = _grads(x, "torch", lambda a: a.double())
+    rows = []
+    for readout, chunk in configs:
+        chunk_triton._grad_tiles = lambda value_dim, readout=readout, chunk=chunk: (readout, chunk)
+        label = f"| {readout[0]} / {readout[1]} | {chunk[0]} / {chunk[1]} |"
+        try:
+            err = max(rel(a, b) for a, b in zip(_grads(x, "triton", lambda a: a), ref))
+        except Exception as e:  # a configuration that does not compile or fit: say so, go on
+            rows.append(f"{label} {type(e).__name__} | - | - |")
+            print(rows[-1], str(e)[:200], flush=True)
+            continue
+        times = []
+        for length in (2048, 8192):
+            xs = inputs(32768 // length, length, **MAMBA2, num_levels=levels_for_length(length), delta=False,
+                        dtype=torch.bfloat16)
+            leaves = [a.detach().clone().requires_grad_() for a in xs[:5]]
+            run = fwd_bwd(lambda leaves=leaves: loglinear_attention(*leaves, backend="triton")[0], leaves)
+            times.append(triton.testing.do_bench(run, return_mode="median"))
+        rows.append(f"{label} {err:.1e} | {times[0]:.2f} ms | {times[1]:.2f} ms |")
+        print(rows[-1], flush=True)
+    chunk_triton._grad_tiles = base
+    head = "| readout_grad BV / warps | chunk_grad BV / warps | max rel. error (bf16, T=1000) | fwd+bwd T=2K B=16 | fwd+bwd T=8K B=4 |"
+    return [head, "|---|---|---|---|---|", *rows]
+
+
 if __name__ == "__main__":
     what = sys.argv[1] if len(sys.argv) > 1 else "scan"
-    print("\n".join(sweep_scan() if what == "scan" else sweep_step()), flush=True)
+    sweeps = {"scan": sweep_scan, "step": sweep_step, "grad": sweep_grad}
+    if what not in sweeps:
+        sys.exit(f"usage: python benchmarks/sweep_tiles.py {' | '.join(sweeps)}")
+    print("\n".join(sweeps[what]()), flush=True)

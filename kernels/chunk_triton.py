@@ -443,17 +443,27 @@ def _backward_scalar(q, k, v, g, lam, do, cu_seqlens, chunk=CHUNK):
     dv = torch.empty(b.n, b.slots, nh, nv, dtype=v.dtype, device=q.device)
     dlam, dacc = b.new(b.slots, nh, b.num_levels), b.new(nh, b.slots)
     # The readout's share first: the chunk kernel adds its own to dq (G = H), dlam and dacc.
-    launch = dict(LOG_C=b.log_c, LP=block_size(b.num_levels), BV=b.bv, DOT=dot, **{**b.consts, "num_warps": 8})
+    (bv_readout, warps_readout), (bv_chunk, warps_chunk) = _grad_tiles(nv)
+    launch = {**b.consts, "LOG_C": b.log_c, "LP": block_size(b.num_levels), "DOT": dot}
     readout_grad_kernel[(b.n * b.nc, nh)](
         rows.q, b.g_cum, rows.lam, b.do, states, chunk_g, dq, dlam, dacc,
-        b.slots, b.nc, num_js, num_slots, top_exp, b.num_levels, **launch,
+        b.slots, b.nc, num_js, num_slots, top_exp, b.num_levels, **{**launch, "BV": bv_readout, "num_warps": warps_readout},
     )
     chunk_grad_kernel[(b.n * b.nc, nh)](
         rows.q, rows.k, rows.v, b.g_cum, rows.lam, b.do, dsum, chunk_g, dq, dk, dv, dlam, dacc,
-        b.slots, b.nc, num_js, num_slots, top_exp, b.num_levels, **launch,
+        b.slots, b.nc, num_js, num_slots, top_exp, b.num_levels, **{**launch, "BV": bv_chunk, "num_warps": warps_chunk},
     )
     dg = dacc.flip(-1).cumsum(-1).flip(-1).transpose(1, 2)
     return b.tokens((dq, dk, dv, dg, dlam))
+
+
+def _grad_tiles(value_dim):
+    """((value tile, warps) of ``readout_grad_kernel``, (value tile, warps) of ``chunk_grad_kernel``).
+    Both take the whole value head (up to 64) at 8 warps: at key 128 / value 64 in bf16, chunk_grad
+    holds 255 registers and spills 192 B there, one program per SM. ``benchmarks/sweep_tiles.py
+    grad`` times the alternatives on a GPU."""
+    bv = min(block_size(value_dim), 64)
+    return (bv, 8), (bv, 8)
 
 
 def _backward_delta(q, k, v, g, lam, beta, do, cu_seqlens, chunk=CHUNK):

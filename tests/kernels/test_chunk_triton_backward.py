@@ -106,6 +106,17 @@ def test_masked_tiles_and_partial_gradients(monkeypatch):
     _check(got, ref, 1e-12)
 
 
+def test_gradient_kernels_take_their_own_value_tiles(monkeypatch):
+    """``chunk_triton._grad_tiles`` (what ``benchmarks/sweep_tiles.py grad`` varies): each gradient
+    kernel walks the value head in its own tile (16 and 32 over V = 48, the last tile masked)."""
+    x, do = _inputs(150, 1, 2, 10, torch.float64, seed=12, value_dim=48, batch=1)
+    ref = _grads(chunk_loglinear_attention, x, do, [True] * 5)
+    _no_recompute(monkeypatch)
+    monkeypatch.setattr(chunk_triton, "_grad_tiles", lambda value_dim: ((16, 4), (32, 4)))
+    got = _grads(chunk_loglinear_attention_triton, x, do, [True] * 5)
+    _check(got, ref, 1e-12)
+
+
 def test_bf16_inputs(monkeypatch):
     """q, k, v in bf16 (decay and level weights fp32), as the models run on GPUs: products take
     bf16 operands (``scan_triton.mma``, the GPU's rounding emulated under the interpreter) and
