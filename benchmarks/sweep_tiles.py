@@ -3,6 +3,7 @@
     python benchmarks/sweep_tiles.py scan     # the Gated DeltaNet level scan (chunk_triton._scan_tiles)
     python benchmarks/sweep_tiles.py step     # the decode step (step_triton._step_tiles)
     python benchmarks/sweep_tiles.py grad     # the Mamba-2 gradient kernels (chunk_triton._grad_tiles)
+    python benchmarks/sweep_tiles.py m2scan   # the Mamba-2 level scans' key / value tiles (_scan_tiles)
 
 ``scan``: for each (value tile, pipeline stages, warps) of the delta rule's level scan, the
 forward's max relative error against the float64 torch chunked form (bf16 inputs, T = 1000),
@@ -13,9 +14,11 @@ batch 16 / 64 / 256 at positions 1023 and 65535 and averaged over 64 consecutive
 65536 (what a serving loop sees: the merge level changes from step to step), against the
 read-once floor. ``grad``: for each (value tile, warps) of ``chunk_grad_kernel`` and then of
 ``readout_grad_kernel`` (the other kept at the default), the largest max relative error over o and
-every gradient against float64 (bf16 inputs, T = 1000, 15 levels), then the median fwd+bwd time
-at the ANCHORS.md Mamba-2 shape (48 heads x 128 / 64, B = 32768 / T) at T = 2K and 8K. Prints a
-table last; the chosen configuration goes into the wrapper by hand.
+every gradient against float64 (bf16 inputs, T = 1000, 15 levels), then the median fwd and
+fwd+bwd time at the ANCHORS.md Mamba-2 shape (48 heads x 128 / 64, B = 32768 / T, at least 1) at
+T = 2K and 8K. ``m2scan``: the same for the key and value tiles of the Mamba-2 forward and
+reverse level scans (key tiles below 128 give a batch of one long row more programs), at 2K and
+64K. Prints a table last; the chosen configuration goes into the wrapper by hand.
 """
 from __future__ import annotations
 
@@ -38,7 +41,7 @@ def sweep_scan():
     for bv, stages, warps in [(32, 2, 8), (32, 1, 8), (16, 2, 4), (16, 2, 8), (64, 2, 8), (32, 2, 4), (32, 3, 8)]:
         def tiles(bk, value_dim, delta, bv=bv, stages=stages, warps=warps):
             if delta and bk > 128:
-                return bv, dict(num_stages=stages, num_warps=warps)
+                return bk, bv, dict(num_stages=stages, num_warps=warps)
             return base(bk, value_dim, delta)
 
         chunk_triton._scan_tiles = tiles
@@ -112,41 +115,56 @@ def _grads(x, backend, cast):
     return [o] + [a.grad for a in leaves]
 
 
-def sweep_grad():
-    base = chunk_triton._grad_tiles
-    default_readout, default_chunk = base(MAMBA2["value_dim"])
-    configs = [(default_readout, default_chunk)]
-    configs += [(default_readout, c) for c in ((32, 8), (64, 4), (32, 4)) if c != default_chunk]
-    configs += [(r, default_chunk) for r in ((32, 8), (64, 4), (32, 4)) if r != default_readout]
+def _sweep_mamba2(hook, configs, lengths, head):
+    """Each configuration of ``chunk_triton.<hook>`` (a (label, tiles function) pair): the largest
+    max relative error over o and every gradient against float64 (bf16, T = 1000, 15 levels),
+    then the median fwd and fwd+bwd time at the ANCHORS.md Mamba-2 shape at ``lengths``."""
+    base = getattr(chunk_triton, hook)
     x = inputs(1, 1000, **MAMBA2, num_levels=15, delta=False, dtype=torch.bfloat16, seed=1)
     ref = _grads(x, "torch", lambda a: a.double())
     rows = []
-    for readout, chunk in configs:
-        chunk_triton._grad_tiles = lambda value_dim, readout=readout, chunk=chunk: (readout, chunk)
-        label = f"| {readout[0]} / {readout[1]} | {chunk[0]} / {chunk[1]} |"
+    for label, tiles in configs:
+        setattr(chunk_triton, hook, tiles)
         try:
             err = max(rel(a, b) for a, b in zip(_grads(x, "triton", lambda a: a), ref))
         except Exception as e:  # a configuration that does not compile or fit: say so, go on
-            rows.append(f"{label} {type(e).__name__} | - | - |")
+            rows.append(f"| {label} | {type(e).__name__} |" + " - |" * 2 * len(lengths))
             print(rows[-1], str(e)[:200], flush=True)
             continue
-        times = []
-        for length in (2048, 8192):
-            xs = inputs(32768 // length, length, **MAMBA2, num_levels=levels_for_length(length), delta=False,
+        cells = []
+        for length in lengths:
+            xs = inputs(max(1, 32768 // length), length, **MAMBA2, num_levels=levels_for_length(length), delta=False,
                         dtype=torch.bfloat16)
             leaves = [a.detach().clone().requires_grad_() for a in xs[:5]]
-            run = fwd_bwd(lambda leaves=leaves: loglinear_attention(*leaves, backend="triton")[0], leaves)
-            times.append(triton.testing.do_bench(run, return_mode="median"))
-        rows.append(f"{label} {err:.1e} | {times[0]:.2f} ms | {times[1]:.2f} ms |")
+            fwd = lambda leaves=leaves: loglinear_attention(*leaves, backend="triton")[0]  # noqa: E731
+            with torch.no_grad():
+                cells.append(triton.testing.do_bench(fwd, return_mode="median"))
+            cells.append(triton.testing.do_bench(fwd_bwd(fwd, leaves), return_mode="median"))
+        rows.append(f"| {label} | {err:.1e} | " + " | ".join(f"{t:.2f} ms" for t in cells) + " |")
         print(rows[-1], flush=True)
-    chunk_triton._grad_tiles = base
-    head = "| readout_grad BV / warps | chunk_grad BV / warps | max rel. error (bf16, T=1000) | fwd+bwd T=2K B=16 | fwd+bwd T=8K B=4 |"
-    return [head, "|---|---|---|---|---|", *rows]
+    setattr(chunk_triton, hook, base)
+    times = " | ".join(f"{op} T={n}" for n in lengths for op in ("fwd", "fwd+bwd"))
+    return [f"| {head} | max rel. error (bf16, T=1000) | {times} |", "|---" * (3 + 2 * len(lengths)) + "|", *rows]
+
+
+def sweep_grad():
+    default_readout, default_chunk = chunk_triton._grad_tiles(MAMBA2["value_dim"])
+    pairs = [(default_readout, default_chunk)]
+    pairs += [(default_readout, c) for c in ((32, 8), (64, 4), (32, 4)) if c != default_chunk]
+    pairs += [(r, default_chunk) for r in ((32, 8), (64, 4), (32, 4)) if r != default_readout]
+    configs = [(f"{r[0]} / {r[1]} | {c[0]} / {c[1]}", lambda value_dim, r=r, c=c: (r, c)) for r, c in pairs]
+    return _sweep_mamba2("_grad_tiles", configs, (2048, 8192), "readout_grad BV / warps | chunk_grad BV / warps")
+
+
+def sweep_m2scan():
+    configs = [(f"{bk} | {bv}", lambda bk_, value_dim, delta, bk=bk, bv=bv: (bk, bv, {}))
+               for bk, bv in ((128, 64), (64, 64), (128, 32), (64, 32), (32, 64))]
+    return _sweep_mamba2("_scan_tiles", configs, (2048, 65536), "key tile | value tile")
 
 
 if __name__ == "__main__":
     what = sys.argv[1] if len(sys.argv) > 1 else "scan"
-    sweeps = {"scan": sweep_scan, "step": sweep_step, "grad": sweep_grad}
+    sweeps = {"scan": sweep_scan, "step": sweep_step, "grad": sweep_grad, "m2scan": sweep_m2scan}
     if what not in sweeps:
         sys.exit(f"usage: python benchmarks/sweep_tiles.py {' | '.join(sweeps)}")
     print("\n".join(sweeps[what]()), flush=True)

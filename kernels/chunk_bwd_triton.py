@@ -61,7 +61,7 @@ def _operand(x, FULL: tl.constexpr, ACC: tl.constexpr):
 @triton.jit
 def _key_rows(x, tok, grp, G: tl.constexpr, K: tl.constexpr, BK: tl.constexpr, dk, km, ACC: tl.constexpr):
     """The chunk's [C, BK] rows of q or k (the head's q/k group)."""
-    return _operand(tl.load(x + (tok[:, None] * G + grp) * K + dk[None, :], mask=km[None, :], other=0.0), K == BK, ACC)
+    return _operand(tl.load(x + (tok[:, None] * G + grp) * K + dk[None, :], mask=km[None, :], other=0.0), K % BK == 0, ACC)
 
 
 @triton.jit
@@ -198,7 +198,7 @@ def readout_grad_kernel(
                 col = tl_scan_level(js, NJ, L, LOG_C)
                 slot, first = tl_scan_run(ca, 0, js, NJ, NC, top_exp)
                 hs = tl.load(states + ((row64 * NSLOT + slot) * H + h) * K * V + hv, mask=hvm, other=0.0)
-                hs = _operand(hs, (K == BK) & (V % BV == 0), ACC)
+                hs = _operand(hs, (K % BK == 0) & (V % BV == 0), ACC)
                 scale = e_q * recorded_decay(chunk_g, row64, NC, H, h, c, first, ACC)
                 dqt += (scale * _column(lam_t, cols, col))[:, None] * mma(dot, tl.trans(hs), DOT, PREC, ACC)
                 read = scale * tl.sum(mma(qt, hs, DOT, PREC, ACC) * dot.to(ACC), 1)

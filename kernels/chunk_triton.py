@@ -297,9 +297,9 @@ def _scan(rows, dtype, consts, num_levels, initial_state, chunk):
         low = low.contiguous()
     else:
         low = h0 = p0 = low_sum = states  # never read
-    bv_scan, scan_launch = _scan_tiles(bk, value_dim, delta)
-    grid = lambda num_programs: (n * num_heads, num_programs, triton.cdiv(value_dim, bv_scan))  # noqa: E731
-    common = dict(HAS_INIT=has_init, DOT=_dot_dtype(dtype), BV=bv_scan, **consts, **scan_launch)
+    bk_scan, bv_scan, scan_launch = _scan_tiles(bk, value_dim, delta)
+    grid = lambda num_programs: (n * num_heads, num_programs, _tiles(key_dim, bk_scan, value_dim, bv_scan))  # noqa: E731
+    common = {**consts, **scan_launch, "HAS_INIT": has_init, "DOT": _dot_dtype(dtype), "BK": bk_scan, "BV": bv_scan}
     args = (g_cum, states, h0, p0, low_sum, base_chunk, slots, nc, num_js, num_slots, top_exp)
     if delta:
         level_scan_delta_kernel[grid(num_js)](rows.k, factors.u, factors.w, *args, **common)
@@ -337,14 +337,21 @@ def _side_by_side(first, second, device):
 
 
 def _scan_tiles(bk, value_dim, delta):
-    """Value tile and launch options of the level scan. The delta rule's scan holds [C, BK]
-    tiles of k and W besides its state: above K = 128 it takes narrow value tiles (32 was the
-    fastest of seven tilings on the H200) and at most double buffering, so that shared memory
-    stays in bounds should triton pipeline its loads (today they sit behind a run-time branch)."""
+    """(key tile, value tile, launch options) of the level scans (under scalar decay also of its
+    reverse scans). The delta rule's scan holds [C, BK] tiles of k and W besides its state:
+    above K = 128 it takes narrow value tiles (32 was the fastest of seven tilings on the H200)
+    and at most double buffering, so that shared memory stays in bounds should triton pipeline
+    its loads (today they sit behind a run-time branch). Scalar decay could split the keys too
+    (``scan_triton.scan_program``); ``benchmarks/sweep_tiles.py m2scan`` times that on a GPU."""
     bv = min(block_size(value_dim), 64)
     if delta and bk > 128:
-        return 32, dict(num_stages=2)
-    return bv, {}
+        return bk, 32, dict(num_stages=2)
+    return bk, bv, {}
+
+
+def _tiles(key_dim, bk, value_dim, bv):
+    """Programs along a scan grid's last axis: key tiles x value tiles."""
+    return triton.cdiv(key_dim, bk) * triton.cdiv(value_dim, bv)
 
 
 def _forward(q, k, v, g, lam, beta, cu_seqlens, initial_state, output_final_state, chunk=CHUNK):
@@ -430,9 +437,10 @@ def _backward_scalar(q, k, v, g, lam, do, cu_seqlens, chunk=CHUNK):
     dsum = torch.empty(b.n, num_slots, nh, nk, nv, dtype=states.dtype, device=q.device)
     # 8 warps: chosen when the scan also kept the top's pending-sum gradient (two [BK, BV] fp32
     # tiles spilled at 4); with one tile 4 may do, not measured.
-    level_scan_bwd_kernel[(b.n * nh, num_js, triton.cdiv(nv, b.bv))](
+    bk_scan, bv_scan, _ = _scan_tiles(b.consts["BK"], nv, False)
+    level_scan_bwd_kernel[(b.n * nh, num_js, _tiles(nk, bk_scan, nv, bv_scan))](
         rows.q, b.g_cum, rows.lam, b.do, dsum, b.slots, b.nc, num_js, num_slots, b.num_levels, top_exp,
-        LOG_C=b.log_c, BV=b.bv, DOT=dot, **{**b.consts, "num_warps": 8},
+        LOG_C=b.log_c, DOT=dot, **{**b.consts, "BK": bk_scan, "BV": bv_scan, "num_warps": 8},
     )
     # dq, dk of the heads sharing a q/k group are summed by fp32 atomics into one [S, G, K] buffer
     # (per-head buffers would take H/G times the memory: 51 GB at 1M tokens, 48 heads, G = 1; on

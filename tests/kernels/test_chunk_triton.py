@@ -63,6 +63,23 @@ def test_varlen_with_initial_state(delta):
     assert torch.equal(state.position, state_ref.position)
 
 
+def test_scalar_scans_split_the_keys(monkeypatch):
+    """Under scalar decay the level scans may walk the state in key tiles (what
+    ``benchmarks/sweep_tiles.py m2scan`` varies): K = 40 in tiles of 16 (the last one masked),
+    value tiles of 16 over V = 24, from an initial state, with a far position and packed rows."""
+    from hf_loglinear.kernels import chunk_triton
+
+    monkeypatch.setattr(chunk_triton, "_scan_tiles", lambda bk, value_dim, delta: (16, 16, {}))
+    x = _inputs(1, 300, 1, 2, 40, 24, 14, False, torch.float64, seed=13)
+    _, init = chunk_loglinear_attention(*_inputs(2, 77, 1, 2, 40, 24, 14, False, torch.float64, seed=14),
+                                        output_final_state=True)
+    init.position[1] += 1 << 30
+    cu = torch.tensor([0, 130, 300])
+    o, state = chunk_loglinear_attention_triton(*x, cu_seqlens=cu, initial_state=init, output_final_state=True)
+    o_ref, state_ref = chunk_loglinear_attention(*x, cu_seqlens=cu, initial_state=init, output_final_state=True)
+    assert _rel(o, o_ref) < 1e-10 and _rel(state.levels, state_ref.levels) < 1e-10
+
+
 def test_delta_scan_key_tiles():
     """K = 192 (the authors' key size): the delta rule's scan and readout on a 256-wide key tile
     a quarter masked, from an initial state."""

@@ -117,6 +117,17 @@ def test_gradient_kernels_take_their_own_value_tiles(monkeypatch):
     _check(got, ref, 1e-12)
 
 
+def test_reverse_scan_splits_the_keys(monkeypatch):
+    """The reverse level scan (and the recomputing forward scan) in key tiles of 16 over K = 40
+    (the last one masked) and value tiles of 16 over V = 24: ``chunk_triton._scan_tiles``."""
+    x, do = _inputs(300, 1, 2, 11, torch.float64, seed=13, key_dim=40, value_dim=24, batch=1)
+    ref = _grads(chunk_loglinear_attention, x, do, [True] * 5)
+    _no_recompute(monkeypatch)
+    monkeypatch.setattr(chunk_triton, "_scan_tiles", lambda bk, value_dim, delta: (16, 16, {}))
+    got = _grads(chunk_loglinear_attention_triton, x, do, [True] * 5)
+    _check(got, ref, 1e-12)
+
+
 def test_bf16_inputs(monkeypatch):
     """q, k, v in bf16 (decay and level weights fp32), as the models run on GPUs: products take
     bf16 operands (``scan_triton.mma``, the GPU's rounding emulated under the interpreter) and
