@@ -28,5 +28,8 @@ b)  # the faster branch's GDN bf16 checks (W=<branch>; the Triton backward recom
     W=${W:-gdn-scan-skip-last}
     on $W timeout 200 python $B --variants gdn --skip-decode --lengths '' --check-dtypes bfloat16 2>&1 | tee $OUT/${W}_checks.log | grep "check\|FAIL\|Error\|done"
     main timeout 300 python benchmarks/sweep_tiles.py grad 2>&1 | tee $OUT/sweep_grad.log | grep "^|" ;;
-*)  echo "usage: bash benchmarks/gpu_session7.sh a|b" >&2; exit 2 ;;
+c)  # the Mamba-2 level scans' key / value tiles (chunk_triton._scan_tiles): key tiles below 128
+    # give a batch of one long row more programs (48 x NJ x 1 at 64K with the default)
+    main timeout 400 python benchmarks/sweep_tiles.py m2scan 2>&1 | tee $OUT/sweep_m2scan.log | grep "^|" ;;
+*)  echo "usage: bash benchmarks/gpu_session7.sh a|b|c" >&2; exit 2 ;;
 esac
