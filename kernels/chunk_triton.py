@@ -467,9 +467,9 @@ def _backward_scalar(q, k, v, g, lam, do, cu_seqlens, chunk=CHUNK):
 
 def _grad_tiles(value_dim):
     """((value tile, warps) of ``readout_grad_kernel``, (value tile, warps) of ``chunk_grad_kernel``).
-    Both take the whole value head (up to 64) at 8 warps: at key 128 / value 64 in bf16, chunk_grad
-    holds 255 registers and spills 256 B there (sm_90, offline), one program per SM. ``benchmarks/sweep_tiles.py
-    grad`` times the alternatives on a GPU."""
+    Both take the whole value head (up to 64) at 8 warps: at key 128 / value 64 in bf16 chunk_grad
+    holds 255 registers and spills 256 B there (sm_90, offline), one program per SM.
+    ``benchmarks/sweep_tiles.py grad`` times the alternatives on a GPU."""
     bv = min(block_size(value_dim), 64)
     return (bv, 8), (bv, 8)
 
