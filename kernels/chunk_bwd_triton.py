@@ -44,7 +44,7 @@ from ..levels import (
     tl_chunk_reads_scan, tl_chunks_with_bit, tl_nth_chunk_with_bit, tl_scan_level, tl_scan_run, tl_scan_source,
 )
 from .output_triton import _column, level_weights
-from .scan_triton import chunk_program, mma, recorded_decay, reverse_scan_program
+from .scan_triton import chunk_program, mma, recorded_decay, reverse_scan_program, slot_tile
 
 
 @triton.jit
@@ -118,13 +118,12 @@ def level_scan_bwd_kernel(
     # same gradient, the one of the state after the sum's last chunk, decayed back to the chunk by
     # a scalar: stored once per sum (the chunk kernel decays it), no per-chunk atomics.
     dh = tl.zeros([BK, BV], dtype=ACC)  # gradient of the state at the end of chunk c
-    dst = dsum + (row64 * NSLOT * H + h) * K * V + hv  # + slot * H * K * V
     if is_top:  # every chunk reads the top and adds to its pending sum
         for r in range(NC):
             c = (NC - 1 - r).to(tl.int64)
             slot, last, feeds, _ = tl_scan_source(c, js64, NJ, NC, top_exp)
             if feeds & (c == last):  # the sum closes after chunk c: what its readers passed back is in dh
-                tl.store(dst + slot * H * K * V, dh.to(dsum.dtype.element_ty), mask=hvm)
+                tl.store(slot_tile(dsum, row64, slot, NSLOT, h, H, K, V) + hv, dh.to(dsum.dtype.element_ty), mask=hvm)
             dh = _read_grad(dh, q, g_cum, lam, do, row64, c, h, grp, col, i, dk, km, dv, vm,
                             S, L, H, G, K, V, C, BK, DOT, PREC, ACC)
     else:  # only the readers (bit js set), in reverse: half the chunks, no branch around the loads
@@ -136,7 +135,7 @@ def level_scan_bwd_kernel(
                             S, L, H, G, K, V, C, BK, DOT, PREC, ACC)
             if (c & first_of_run) == 0:  # the run's first reader: its sum closed after chunk c - 1
                 slot = tl_scan_source(c - 1, js64, NJ, NC, top_exp)[0]
-                tl.store(dst + slot * H * K * V, dh.to(dsum.dtype.element_ty), mask=hvm)
+                tl.store(slot_tile(dsum, row64, slot, NSLOT, h, H, K, V) + hv, dh.to(dsum.dtype.element_ty), mask=hvm)
                 dh = tl.zeros([BK, BV], dtype=ACC)  # the state restarted there: no earlier reader
 
 
@@ -165,7 +164,7 @@ def _source_grad(dsum, chunk_g, row64, c, h, NC, NJ, NSLOT, top_exp, H: tl.const
     for js in range(NJ):
         slot, last, feeds, adds = tl_scan_source(ca, js, NJ, NC, top_exp)
         if feeds:
-            d = tl.load(dsum + ((row64 * NSLOT + slot) * H + h) * K * V + hv, mask=hvm, other=0.0)
+            d = tl.load(slot_tile(dsum, row64, slot, NSLOT, h, H, K, V) + hv, mask=hvm, other=0.0)
             dx += recorded_decay(chunk_g, row64, NC, H, h, last + 1, c + 1, ACC) * d
     return dx
 
@@ -197,7 +196,7 @@ def readout_grad_kernel(
             if tl_chunk_reads_scan(ca, js, NJ):
                 col = tl_scan_level(js, NJ, L, LOG_C)
                 slot, first = tl_scan_run(ca, 0, js, NJ, NC, top_exp)
-                hs = tl.load(states + ((row64 * NSLOT + slot) * H + h) * K * V + hv, mask=hvm, other=0.0)
+                hs = tl.load(slot_tile(states, row64, slot, NSLOT, h, H, K, V) + hv, mask=hvm, other=0.0)
                 hs = _operand(hs, (K % BK == 0) & (V % BV == 0), ACC)
                 scale = e_q * recorded_decay(chunk_g, row64, NC, H, h, c, first, ACC)
                 dqt += (scale * _column(lam_t, cols, col))[:, None] * mma(dot, tl.trans(hs), DOT, PREC, ACC)

@@ -25,7 +25,7 @@ except ImportError:  # pragma: no cover
     triton = tl = None
 
 from ..levels import tl_bit_length, tl_chunk_reads_scan, tl_scan_level
-from .scan_triton import chunk_program, mma, recorded_decay, state_slot
+from .scan_triton import chunk_program, mma, recorded_decay, slot_tile, state_slot
 
 
 @triton.jit
@@ -99,7 +99,7 @@ def chunk_output_kernel(
     for js in range(NJ):
         if tl_chunk_reads_scan(ca, js, NJ):
             slot, first = state_slot(ca, cb, js, NJ, NC, top_exp, DELTA)
-            hs = _state_tile(states + ((row64 * NSLOT + slot) * H + h) * K * V + hv, hvm, K, V, BK, BV)
+            hs = _state_tile(slot_tile(states, row64, slot, NSLOT, h, H, K, V) + hv, hvm, K, V, BK, BV)
             weight = _column(lam_t, cols, tl_scan_level(js, NJ, L, LOG_C)) * eq
             if not DELTA:
                 weight = weight * recorded_decay(chunk_g, row64, NC, H, h, c, first, ACC)

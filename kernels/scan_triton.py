@@ -118,6 +118,13 @@ def state_slot(ca, cb, js, NJ, NC, top_exp, DELTA: tl.constexpr):
 
 
 @triton.jit
+def slot_tile(base, row64, slot, NSLOT, h, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr):
+    """Start of head h's [K, V] state in ``slot`` of row ``row64`` of a [N, NSLOT, H, K, V] buffer:
+    the recorded states, and the reverse scans' per-sum gradients in the same layout."""
+    return base + ((row64 * NSLOT + slot) * H + h) * K * V
+
+
+@triton.jit
 def recorded_decay(chunk_g, row64, NC, H: tl.constexpr, h, c, first, ACC: tl.constexpr):
     """exp(G_c - G_first): the scalar decay from the chunk that recorded a shared state to the
     chunk reading it (``chunk_g`` [N, NC, H] float64, cumulative log decay at chunk starts)."""
@@ -184,7 +191,7 @@ def _visit(states, hs, cb, c, js, js64, NJ, NC, NSLOT, top_exp, row64, h, H: tl.
     if reads:
         slot, first = state_slot(ca, cb, js, NJ, NC, top_exp, DELTA)
         if first == c:
-            tl.store(states + ((row64 * NSLOT + slot) * H + h) * K * V + hv, hs.to(states.dtype.element_ty), mask=hvm)
+            _record(states, hs, slot, row64, NSLOT, h, H, K, V, hv, hvm)
     return ca, (ca >> js64) & 1, reads
 
 
@@ -282,7 +289,7 @@ def _sum_sources(k, v, g_cum, states, hs, lo, cb, row64, h, grp, i, dk, dv, km, 
     walked (``levels.tl_nth_chunk_with_bit``): half the chunks, and no branch around the loads,
     so triton pipelines them. The state between buckets restarts from zero."""
     if tl_chunk_reads_scan(cb, js64, NJ):  # the row starts among readers: they read the initial state
-        _record(states, hs, cb, cb, js, NJ, NC, NSLOT, top_exp, row64, h, H, K, V, hv, hvm)
+        _record(states, hs, state_slot(cb, cb, js, NJ, NC, top_exp, False)[0], row64, NSLOT, h, H, K, V, hv, hvm)
         hs = tl.zeros([BK, BV], dtype=ACC)
     else:
         hs += lo
@@ -295,16 +302,15 @@ def _sum_sources(k, v, g_cum, states, hs, lo, cb, row64, h, grp, i, dk, dv, km, 
         hs = decay * hs + _keys_times(kt, vt, e, K, BK, DOT, PREC, ACC)
         if (ca & last_of_run) == last_of_run:  # the bucket's last source: the next chunk reads the sum
             if c + 1 < NC:
-                _record(states, hs, ca + 1, cb, js, NJ, NC, NSLOT, top_exp, row64, h, H, K, V, hv, hvm)
+                slot = state_slot(ca + 1, cb, js, NJ, NC, top_exp, False)[0]
+                _record(states, hs, slot, row64, NSLOT, h, H, K, V, hv, hvm)
             hs = tl.zeros([BK, BV], dtype=ACC)
 
 
 @triton.jit
-def _record(states, hs, ca, cb, js, NJ, NC, NSLOT, top_exp, row64, h, H: tl.constexpr, K: tl.constexpr,
-            V: tl.constexpr, hv, hvm):
-    """Store the state absolute chunk ``ca`` (the first of its run in the row) reads from scan js."""
-    slot = state_slot(ca, cb, js, NJ, NC, top_exp, False)[0]
-    tl.store(states + ((row64 * NSLOT + slot) * H + h) * K * V + hv, hs.to(states.dtype.element_ty), mask=hvm)
+def _record(states, hs, slot, row64, NSLOT, h, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, hv, hvm):
+    """Store this program's tile of a recorded state into ``slot``."""
+    tl.store(slot_tile(states, row64, slot, NSLOT, h, H, K, V) + hv, hs.to(states.dtype.element_ty), mask=hvm)
 
 
 @triton.jit
