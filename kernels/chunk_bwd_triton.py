@@ -110,7 +110,7 @@ def level_scan_bwd_kernel(
     C: tl.constexpr, LOG_C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     ACC: tl.constexpr, PREC: tl.constexpr, DOT: tl.constexpr,
 ):
-    row64, h, grp, js, js64, dk, dv, km, vm, hv, hvm, i, is_top, col, _ = reverse_scan_program(
+    row64, h, grp, js, js64, dk, dv, km, vm, hv, hvm, i, is_top, col, _window = reverse_scan_program(
         NJ, L, top_exp, H, G, K, V, C, LOG_C, BK, BV
     )
 

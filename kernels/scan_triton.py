@@ -323,10 +323,11 @@ def level_scan_delta_kernel(
     C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     HAS_INIT: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr, DOT: tl.constexpr,
 ):
-    """The delta rule: every state goes through every chunk's transition. One launch, the top
-    found at run time, and the chunk's loads behind a run-time branch: the form an H200 ran
-    correctly; with the top launched apart and unconditional loads, bf16 at K = 192 faulted
-    (out-of-range shared address, triton 3.6; gpu_notes.md)."""
+    """The delta rule: every state goes through every chunk's transition (below the top, except a
+    bucket's last chunk, after which it restarts). One launch, the top found at run time, and the
+    chunk's loads behind a run-time branch: the form an H200 ran correctly; with the top launched
+    apart and unconditional loads, bf16 at K = 192 faulted (out-of-range shared address, triton
+    3.6; gpu_notes.md)."""
     row, h, grp, js, dk, dv, km, vm, hv, hvm = scan_program(H, G, K, V, BK, BV)
     is_top = js == NJ - 1
     i, cb, row64, js64, win = _walk(base_chunk, row, js, NJ, top_exp, C)
@@ -339,8 +340,11 @@ def level_scan_delta_kernel(
                 hs += tl.where(reads, 0.0, 1.0) * lo
                 ps += lo
         g_end, decay = _chunk_decay(g_cum, row64, S, c, H, h, C, ACC)
-        always = tl.full((), 1, tl.int32)
-        if always == 1:
+        closes = (ca & win) == win
+        # Below the top the state restarts after a bucket's last chunk (a reader), so pushing it
+        # through that chunk would be thrown away: half the chunks of level 0 are skipped, a
+        # quarter of level 1's, ... The branch also keeps the loads behind a run-time condition.
+        if is_top | (closes == 0):
             tok = row64 * S + c * C + i
             wt = head_rows(w, tok, H, h, K, dk, km)
             kt, ut, e = _chunk_tiles(k, u, g_cum, tok, g_end, grp, h, dk, dv, km, vm, G, H, K, V, ACC)
@@ -349,5 +353,5 @@ def level_scan_delta_kernel(
                 ps = _push(ps, kt, wt, ut, e, decay, 1.0, K, BK, True, DOT, PREC, ACC)
             else:
                 hs = _push(hs, kt, wt, ut, e, decay, tl.where(bit == 1, 0.0, 1.0), K, BK, True, DOT, PREC, ACC)
-        if (ca & win) == win:
+        if closes:
             hs, ps = _close(hs, ps, is_top)
