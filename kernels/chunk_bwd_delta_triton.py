@@ -126,15 +126,22 @@ def level_scan_bwd_delta_kernel(
                 dh = tl.zeros([BK, BV], dtype=ACC)
         tl.store(_state(dstates, row64, c, js, NC, NJ + 2, h, H, K, V) + hv, dh, mask=hvm)
         tok = row64 * S + c * C + i
-        gc = tl.load(g_cum + tok * H + h).to(ACC)
-        g_end = tl.load(g_cum + (row64 * S + c * C + C - 1) * H + h).to(ACC)
-        kd = head_rows(k, tok, G, grp, K, dk, km).to(ACC) * tl.exp(g_end - gc)[:, None]
-        wt = head_rows(w, tok, H, h, K, dk, km).to(ACC)
-        decay = tl.exp(g_end)
-        if is_top:
-            tl.store(_state(dstates, row64, c, NJ, NC, NJ + 2, h, H, K, V) + hv, dp, mask=hvm)
-            dp = _pull(dp, kd, wt, decay, DOT, PREC, ACC)
-        dh = _pull(dh, kd, wt, decay, DOT, PREC, ACC)
+        # Below the top a bucket's last chunk pulls back a zero gradient (the level restarted after
+        # it) and its first chunk's pull is thrown away (the level started there): both skipped,
+        # which leaves level 0 no pulls at all.
+        pos = ca & win
+        if is_top | ((pos != win) & (pos != 0)):
+            gc = tl.load(g_cum + tok * H + h).to(ACC)
+            g_end = tl.load(g_cum + (row64 * S + c * C + C - 1) * H + h).to(ACC)
+            kd = head_rows(k, tok, G, grp, K, dk, km).to(ACC) * tl.exp(g_end - gc)[:, None]
+            wt = head_rows(w, tok, H, h, K, dk, km).to(ACC)
+            decay = tl.exp(g_end)
+            if is_top:
+                tl.store(_state(dstates, row64, c, NJ, NC, NJ + 2, h, H, K, V) + hv, dp, mask=hvm)
+                dp = _pull(dp, kd, wt, decay, DOT, PREC, ACC)
+            dh = _pull(dh, kd, wt, decay, DOT, PREC, ACC)
+        else:
+            dh = tl.zeros([BK, BV], dtype=ACC)
         if tl_chunk_reads_scan(ca, js64, NJ):  # chunk c read this state: dS = (lambda Qt)^T dO
             wq = head_rows(qt, tok, H, h, K, dk, km).to(ACC) * tl.load(lam + (tok * H + h) * L + col).to(ACC)[:, None]
             dh += mma(tl.trans(wq), head_rows(do, tok, H, h, V, dv, vm), DOT, PREC, ACC)

@@ -170,13 +170,15 @@ def _keys_times(kt, vt, e, K: tl.constexpr, BK: tl.constexpr, DOT: tl.constexpr,
 
 
 @triton.jit
-def _push(hs, kt, wt, vt, e, decay, add, K: tl.constexpr, BK: tl.constexpr,
+def _push(hs, kt, wt, vt, e, decay, add, fresh, K: tl.constexpr, BK: tl.constexpr,
           DELTA: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr, ACC: tl.constexpr):
     """State [BK, BV] through one chunk, plus ``add`` times the chunk's contribution:
-    decay h + Kd^T (add U - W h) (no W term under scalar decay)."""
+    decay h + Kd^T (add U - W h) (no W term under scalar decay, nor where ``fresh`` says h is
+    zero: a level's first chunk after it restarted)."""
     vnew = add * vt
     if DELTA:
-        vnew = vnew - mma(wt, hs, DOT, PREC, ACC)
+        if fresh == 0:
+            vnew = vnew - mma(wt, hs, DOT, PREC, ACC)
     return decay * hs + _keys_times(kt, vnew, e, K, BK, DOT, PREC, ACC)
 
 
@@ -324,7 +326,7 @@ def _walk_top(k, v, g_cum, states, hs, ps, cb, row64, h, grp, i, dk, dv, km, vm,
         g_end, decay = _chunk_decay(g_cum, row64, S, c, H, h, C, ACC)
         kt, vt, e = _chunk_tiles(k, v, g_cum, row64 * S + c * C + i, g_end, grp, h, dk, dv, km, vm, G, H, K, V, ACC)
         hs = decay * hs
-        ps = _push(ps, kt, kt, vt, e, decay, 1.0, K, BK, False, DOT, PREC, ACC)
+        ps = _push(ps, kt, kt, vt, e, decay, 1.0, False, K, BK, False, DOT, PREC, ACC)
         if (ca & win) == win:
             hs, ps = _close(hs, ps, True)
 
@@ -337,10 +339,11 @@ def level_scan_delta_kernel(
     C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     HAS_INIT: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr, DOT: tl.constexpr,
 ):
-    """The delta rule: every state goes through every chunk's transition. One launch, the top
-    found at run time, and the chunk's loads behind a run-time branch: the form an H200 ran
-    correctly; with the top launched apart and unconditional loads, bf16 at K = 192 faulted
-    (out-of-range shared address, triton 3.6; gpu_notes.md)."""
+    """The delta rule: every state goes through every chunk's transition (below the top, except a
+    bucket's last chunk, after which it restarts). One launch, the top found at run time, and the
+    chunk's loads behind a run-time branch: the form an H200 ran correctly; with the top launched
+    apart and unconditional loads, bf16 at K = 192 faulted (out-of-range shared address, triton
+    3.6; gpu_notes.md)."""
     row, h, grp, js, dk, dv, km, vm, hv, hvm = scan_program(H, G, K, V, BK, BV)
     is_top = js == NJ - 1
     i, cb, row64, js64, win = _walk(base_chunk, row, js, NJ, top_exp, C)
@@ -353,15 +356,21 @@ def level_scan_delta_kernel(
                 hs += tl.where(reads, 0.0, 1.0) * lo
                 ps += lo
         g_end, decay = _chunk_decay(g_cum, row64, S, c, H, h, C, ACC)
-        always = tl.full((), 1, tl.int32)
-        if always == 1:
+        closes = (ca & win) == win
+        # Below the top the state restarts after a bucket's last chunk (a reader), so pushing it
+        # through that chunk would be thrown away: half the chunks of level 0 are skipped, a
+        # quarter of level 1's, ... The branch also keeps the loads behind a run-time condition.
+        if is_top | (closes == 0):
             tok = row64 * S + c * C + i
             wt = head_rows(w, tok, H, h, K, dk, km)
             kt, ut, e = _chunk_tiles(k, u, g_cum, tok, g_end, grp, h, dk, dv, km, vm, G, H, K, V, ACC)
             if is_top:
-                hs = _push(hs, kt, wt, ut, e, decay, 0.0, K, BK, True, DOT, PREC, ACC)
-                ps = _push(ps, kt, wt, ut, e, decay, 1.0, K, BK, True, DOT, PREC, ACC)
+                hs = _push(hs, kt, wt, ut, e, decay, 0.0, False, K, BK, True, DOT, PREC, ACC)
+                ps = _push(ps, kt, wt, ut, e, decay, 1.0, False, K, BK, True, DOT, PREC, ACC)
             else:
-                hs = _push(hs, kt, wt, ut, e, decay, tl.where(bit == 1, 0.0, 1.0), K, BK, True, DOT, PREC, ACC)
-        if (ca & win) == win:
+                # A bucket's first chunk finds the level restarted (zero), except the row's first
+                # chunk when it starts from initial levels.
+                fresh = ((ca & win) == 0) & ((c > 0) | (not HAS_INIT))
+                hs = _push(hs, kt, wt, ut, e, decay, tl.where(bit == 1, 0.0, 1.0), fresh, K, BK, True, DOT, PREC, ACC)
+        if closes:
             hs, ps = _close(hs, ps, is_top)
