@@ -392,7 +392,11 @@ def main():
     parser.add_argument("--variants", default="mamba2,gdn", help="which of mamba2,gdn to check and time")
     parser.add_argument("--profile", default="", help="comma-separated T: per-kernel time of a Mamba-2 fwd+bwd / GDN fwd (--variants), then exit")
     parser.add_argument("--check-dtypes", default="float32,bfloat16", help="input dtypes of the checks")
+    parser.add_argument("--mamba2-groups", type=int, default=MAMBA2["groups"],
+                        help="q/k groups of the Mamba-2 shape (1 as in ANCHORS.md; 48 gives every head its own q/k rows, "
+                             "so dq / dk are stored instead of added atomically across heads)")
     args = parser.parse_args()
+    MAMBA2["groups"] = args.mamba2_groups
     global CHECK_DTYPES
     CHECK_DTYPES = tuple(getattr(torch, d) for d in args.check_dtypes.split(","))
     if args.smoke:

@@ -133,11 +133,12 @@ def exercise(variant, dtype, record):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dtypes", default="bfloat16,float32", help="input dtypes, comma-separated")
+    parser.add_argument("--shapes", default=",".join(SHAPES), help="which of " + ", ".join(SHAPES) + ", comma-separated")
     args = parser.parse_args()
     failed = []
     print("| variant | inputs | path | kernel | shared KB | fits sm_90 (227 KB) | registers | stack B |\n"
           "|---|---|---|---|---|---|---|---|")
-    for variant in SHAPES:
+    for variant in args.shapes.split(","):
         for dtype in (getattr(torch, name) for name in args.dtypes.split(",")):
             record = []
             compile_instead_of_launching(record)

@@ -148,11 +148,11 @@ def _sweep_mamba2(hook, configs, lengths, head):
 
 
 def sweep_grad():
-    default_readout, default_chunk = chunk_triton._grad_tiles(MAMBA2["value_dim"])
+    default_readout, default_chunk = chunk_triton._grad_tiles(MAMBA2["value_dim"], triton.language.bfloat16)
     pairs = [(default_readout, default_chunk)]
     pairs += [(default_readout, c) for c in ((32, 8), (64, 4), (32, 4)) if c != default_chunk]
     pairs += [(r, default_chunk) for r in ((32, 8), (64, 4), (32, 4)) if r != default_readout]
-    configs = [(f"{r[0]} / {r[1]} | {c[0]} / {c[1]}", lambda value_dim, r=r, c=c: (r, c)) for r, c in pairs]
+    configs = [(f"{r[0]} / {r[1]} | {c[0]} / {c[1]}", lambda value_dim, dot, r=r, c=c: (r, c)) for r, c in pairs]
     return _sweep_mamba2("_grad_tiles", configs, (2048, 8192), "readout_grad BV / warps | chunk_grad BV / warps")
 
 

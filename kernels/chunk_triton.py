@@ -451,7 +451,7 @@ def _backward_scalar(q, k, v, g, lam, do, cu_seqlens, chunk=CHUNK):
     dv = torch.empty(b.n, b.slots, nh, nv, dtype=v.dtype, device=q.device)
     dlam, dacc = b.new(b.slots, nh, b.num_levels), b.new(nh, b.slots)
     # The readout's share first: the chunk kernel adds its own to dq (G = H), dlam and dacc.
-    (bv_readout, warps_readout), (bv_chunk, warps_chunk) = _grad_tiles(nv)
+    (bv_readout, warps_readout), (bv_chunk, warps_chunk) = _grad_tiles(nv, dot)
     launch = {**b.consts, "LOG_C": b.log_c, "LP": block_size(b.num_levels), "DOT": dot}
     readout_grad_kernel[(b.n * b.nc, nh)](
         rows.q, b.g_cum, rows.lam, b.do, states, chunk_g, dq, dlam, dacc,
@@ -465,13 +465,15 @@ def _backward_scalar(q, k, v, g, lam, do, cu_seqlens, chunk=CHUNK):
     return b.tokens((dq, dk, dv, dg, dlam))
 
 
-def _grad_tiles(value_dim):
-    """((value tile, warps) of ``readout_grad_kernel``, (value tile, warps) of ``chunk_grad_kernel``).
-    Both take the whole value head (up to 64) at 8 warps: at key 128 / value 64 in bf16 chunk_grad
-    holds 255 registers and spills 256 B there (sm_90, offline), one program per SM.
-    ``benchmarks/sweep_tiles.py grad`` times the alternatives on a GPU."""
+def _grad_tiles(value_dim, dot):
+    """((value tile, warps) of ``readout_grad_kernel``, (value tile, warps) of ``chunk_grad_kernel``)
+    for operands of dtype ``dot``. Both take the whole value head (up to 64). With half operands
+    chunk_grad runs at 4 warps: on an H200 at key 128 / value 64 that is 12% faster in fwd+bwd
+    than 8 warps (7.00 vs 7.99 ms at T=2048; ``benchmarks/sweep_tiles.py grad``, RESULTS.md)
+    although it spills more (792 B against 256 B, sm_90 offline): two programs then share an SM.
+    fp32 operands keep 8 warps: at 4 their sm_90 stack grows from 10 to 38 KB a thread."""
     bv = min(block_size(value_dim), 64)
-    return (bv, 8), (bv, 8)
+    return (bv, 8), (bv, 8 if dot == tl.float32 else 4)
 
 
 def _backward_delta(q, k, v, g, lam, beta, do, cu_seqlens, chunk=CHUNK):

@@ -112,7 +112,7 @@ def test_gradient_kernels_take_their_own_value_tiles(monkeypatch):
     x, do = _inputs(150, 1, 2, 10, torch.float64, seed=12, value_dim=48, batch=1)
     ref = _grads(chunk_loglinear_attention, x, do, [True] * 5)
     _no_recompute(monkeypatch)
-    monkeypatch.setattr(chunk_triton, "_grad_tiles", lambda value_dim: ((16, 4), (32, 4)))
+    monkeypatch.setattr(chunk_triton, "_grad_tiles", lambda value_dim, dot: ((16, 4), (32, 4)))
     got = _grads(chunk_loglinear_attention_triton, x, do, [True] * 5)
     _check(got, ref, 1e-12)
 
