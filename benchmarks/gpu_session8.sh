@@ -13,7 +13,14 @@ a)  main timeout 200 python $B --variants mamba2 --skip-decode --lengths '' --ch
     for g in 1 48; do
       main timeout 150 python $B --variants mamba2 --profile 2048 --mamba2-groups $g 2>&1 | tee $OUT/m2_profile_g$g.log | grep -v "^-" | head -22
     done ;;
-b)  # the GDN level scan's tiles after the skips (session 4's sweep chose BV 32, 2 stages, 8 warps)
+b)  # the GDN level scan's tiles after the skips (session 4's sweep chose BV 32, 2 stages, 8 warps);
+    # run twice, the second time with the list now in sweep_tiles.py: BV 64, 1 stage, 8 warps won
     main timeout 400 python benchmarks/sweep_tiles.py scan 2>&1 | tee $OUT/sweep_scan.log | grep "^|" ;;
-*)  echo "usage: bash benchmarks/gpu_session8.sh a|b" >&2; exit 2 ;;
+c)  # the final tables: GDN (value tiles of 64 in its level scan, call b) bf16 checks, times at 2K / 8K
+    # and profile; Mamba-2 (chunk_grad at 4 warps) every T beside fla and SDPA, then 128K and 1M
+    main timeout 150 python $B --variants gdn --skip-decode --lengths '' --check-dtypes bfloat16 2>&1 | tee $OUT/gdn_checks.log | grep "check\|FAIL\|Error\|done"
+    main timeout 150 python $B --variants gdn --skip-checks --skip-decode --lengths 2048,8192 2>&1 | tee $OUT/gdn_timing.log | grep "^  (\|Error"
+    main timeout 100 python $B --variants gdn --profile 2048 2>&1 | tee $OUT/gdn_profile.log | grep "kernel\|Self CUDA"
+    main timeout 330 python $B --variants mamba2 --skip-checks --skip-decode --long 131072,1048576 --out $OUT 2>&1 | tee $OUT/mamba2_timing.log | grep "^  (\|long\|Error" ;;
+*)  echo "usage: bash benchmarks/gpu_session8.sh a|b|c" >&2; exit 2 ;;
 esac

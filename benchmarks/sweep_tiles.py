@@ -38,11 +38,11 @@ from bench_kernels import GDN, MAMBA2, fwd_bwd, graphed_time, inputs, rel  # noq
 def sweep_scan():
     rows = []
     base = chunk_triton._scan_tiles
-    for bv, stages, warps in [(32, 2, 8), (32, 1, 8), (16, 2, 4), (16, 2, 8), (64, 2, 8), (32, 2, 4), (32, 3, 8)]:
-        def tiles(bk, value_dim, delta, bv=bv, stages=stages, warps=warps):
+    for bv, stages, warps in [(32, 2, 8), (64, 2, 8), (64, 1, 8), (64, 2, 16), (64, 2, 4), (128, 1, 8), (128, 1, 16)]:
+        def tiles(bk, value_dim, delta, dot, bv=bv, stages=stages, warps=warps):
             if delta and bk > 128:
                 return bk, bv, dict(num_stages=stages, num_warps=warps)
-            return base(bk, value_dim, delta)
+            return base(bk, value_dim, delta, dot)
 
         chunk_triton._scan_tiles = tiles
         x = inputs(1, 1000, **GDN, num_levels=12, delta=True, dtype=torch.bfloat16, seed=1)
@@ -157,7 +157,7 @@ def sweep_grad():
 
 
 def sweep_m2scan():
-    configs = [(f"{bk} | {bv}", lambda bk_, value_dim, delta, bk=bk, bv=bv: (bk, bv, {}))
+    configs = [(f"{bk} | {bv}", lambda bk_, value_dim, delta, dot, bk=bk, bv=bv: (bk, bv, {}))
                for bk, bv in ((128, 64), (64, 64), (128, 32), (64, 32), (32, 64))]
     return _sweep_mamba2("_scan_tiles", configs, (2048, 65536), "key tile | value tile")
 

@@ -297,7 +297,7 @@ def _scan(rows, dtype, consts, num_levels, initial_state, chunk):
         low = low.contiguous()
     else:
         low = h0 = p0 = low_sum = states  # never read
-    bk_scan, bv_scan, scan_launch = _scan_tiles(bk, value_dim, delta)
+    bk_scan, bv_scan, scan_launch = _scan_tiles(bk, value_dim, delta, _dot_dtype(dtype))
     grid = lambda num_programs: (n * num_heads, num_programs, _tiles(key_dim, bk_scan, value_dim, bv_scan))  # noqa: E731
     common = {**consts, **scan_launch, "HAS_INIT": has_init, "DOT": _dot_dtype(dtype), "BK": bk_scan, "BV": bv_scan}
     args = (g_cum, states, h0, p0, low_sum, base_chunk, slots, nc, num_js, num_slots, top_exp)
@@ -336,16 +336,19 @@ def _side_by_side(first, second, device):
     main.wait_stream(side)
 
 
-def _scan_tiles(bk, value_dim, delta):
-    """(key tile, value tile, launch options) of the level scans (under scalar decay also of its
-    reverse scans). The delta rule's scan holds [C, BK] tiles of k and W besides its state:
-    above K = 128 it takes narrow value tiles (32 was the fastest of seven tilings on the H200)
-    and at most double buffering, so that shared memory stays in bounds should triton pipeline
-    its loads (today they sit behind a run-time branch). Scalar decay could split the keys too
-    (``scan_triton.scan_program``); ``benchmarks/sweep_tiles.py m2scan`` times that on a GPU."""
+def _scan_tiles(bk, value_dim, delta, dot):
+    """(key tile, value tile, launch options) of the level scans for operands of dtype ``dot``
+    (under scalar decay also of its reverse scans): the whole key head and value tiles of up to
+    64. The delta rule's scan holds [C, BK] tiles of k and W besides its state: above K = 128 it
+    runs unpipelined (one stage), and with fp32 operands in value tiles of 32, so that shared
+    memory stays in bounds (fp32 at 64 with an initial state would take 272 KB at K = 192; sm_90
+    offline). On the H200 at 192 / 384 in bf16, value tiles of 64 beat 32 by 9% (forward 6.94 vs
+    7.62 ms at 2K); 16 or 128, or 4 or 16 warps, were 1.5x - 2x slower
+    (``benchmarks/sweep_tiles.py scan``). Scalar decay could split the keys too
+    (``scan_triton.scan_program``); ``sweep_tiles.py m2scan`` found no gain at 2K or 64K."""
     bv = min(block_size(value_dim), 64)
     if delta and bk > 128:
-        return bk, 32, dict(num_stages=2)
+        return bk, bv if dot != tl.float32 else min(bv, 32), dict(num_stages=1)
     return bk, bv, {}
 
 
@@ -437,7 +440,7 @@ def _backward_scalar(q, k, v, g, lam, do, cu_seqlens, chunk=CHUNK):
     dsum = torch.empty(b.n, num_slots, nh, nk, nv, dtype=states.dtype, device=q.device)
     # 8 warps: chosen when the scan also kept the top's pending-sum gradient (two [BK, BV] fp32
     # tiles spilled at 4); with one tile 4 may do, not measured.
-    bk_scan, bv_scan, _ = _scan_tiles(b.consts["BK"], nv, False)
+    bk_scan, bv_scan, _ = _scan_tiles(b.consts["BK"], nv, False, dot)
     level_scan_bwd_kernel[(b.n * nh, num_js, _tiles(nk, bk_scan, nv, bv_scan))](
         rows.q, b.g_cum, rows.lam, b.do, dsum, b.slots, b.nc, num_js, num_slots, b.num_levels, top_exp,
         LOG_C=b.log_c, DOT=dot, **{**b.consts, "BK": bk_scan, "BV": bv_scan, "num_warps": 8},

@@ -69,7 +69,7 @@ def test_scalar_scans_split_the_keys(monkeypatch):
     value tiles of 16 over V = 24, from an initial state, with a far position and packed rows."""
     from hf_loglinear.kernels import chunk_triton
 
-    monkeypatch.setattr(chunk_triton, "_scan_tiles", lambda bk, value_dim, delta: (16, 16, {}))
+    monkeypatch.setattr(chunk_triton, "_scan_tiles", lambda bk, value_dim, delta, dot: (16, 16, {}))
     x = _inputs(1, 300, 1, 2, 40, 24, 14, False, torch.float64, seed=13)
     _, init = chunk_loglinear_attention(*_inputs(2, 77, 1, 2, 40, 24, 14, False, torch.float64, seed=14),
                                         output_final_state=True)

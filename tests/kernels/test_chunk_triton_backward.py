@@ -123,7 +123,7 @@ def test_reverse_scan_splits_the_keys(monkeypatch):
     x, do = _inputs(300, 1, 2, 11, torch.float64, seed=13, key_dim=40, value_dim=24, batch=1)
     ref = _grads(chunk_loglinear_attention, x, do, [True] * 5)
     _no_recompute(monkeypatch)
-    monkeypatch.setattr(chunk_triton, "_scan_tiles", lambda bk, value_dim, delta: (16, 16, {}))
+    monkeypatch.setattr(chunk_triton, "_scan_tiles", lambda bk, value_dim, delta, dot: (16, 16, {}))
     got = _grads(chunk_loglinear_attention_triton, x, do, [True] * 5)
     _check(got, ref, 1e-12)
 
