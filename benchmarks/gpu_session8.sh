@@ -22,5 +22,8 @@ c)  # the final tables: GDN (value tiles of 64 in its level scan, call b) bf16 c
     main timeout 150 python $B --variants gdn --skip-checks --skip-decode --lengths 2048,8192 2>&1 | tee $OUT/gdn_timing.log | grep "^  (\|Error"
     main timeout 100 python $B --variants gdn --profile 2048 2>&1 | tee $OUT/gdn_profile.log | grep "kernel\|Self CUDA"
     main timeout 330 python $B --variants mamba2 --skip-checks --skip-decode --long 131072,1048576 --out $OUT 2>&1 | tee $OUT/mamba2_timing.log | grep "^  (\|long\|Error" ;;
-*)  echo "usage: bash benchmarks/gpu_session8.sh a|b|c" >&2; exit 2 ;;
+d)  # the fp32 GDN checks (dense, packed, initial state, varlen) at 192 / 384: never run on a GPU
+    # before (the fp32 kernels take ~210 s to compile there)
+    main timeout 450 python $B --variants gdn --skip-decode --lengths '' --check-dtypes float32 2>&1 | tee $OUT/gdn_checks_fp32.log | grep "check\|FAIL\|Error\|done" ;;
+*)  echo "usage: bash benchmarks/gpu_session8.sh a|b|c|d" >&2; exit 2 ;;
 esac
