@@ -346,9 +346,13 @@ def graphed_time(step, steps=20):
         return float("nan")
 
 
-def run_checks(quick, smoke=False, variants=("mamba2", "gdn")):
+GDN_CASES = ("dense", "packed", "init", "varlen")
+
+
+def run_checks(quick, smoke=False, variants=("mamba2", "gdn"), gdn_cases=GDN_CASES):
     """The correctness checks; ``smoke`` runs them on tiny shapes (CPU, Triton's interpreter) so
-    that CI exercises this script."""
+    that CI exercises this script. ``gdn_cases`` picks Gated DeltaNet cases: in fp32 each compiles
+    its own kernel variants for ~210 s on the device, so a call can run them in parallel processes."""
     m2, gdn = (dict(heads=4, groups=2, key_dim=16, value_dim=16), dict(heads=2, groups=2, key_dim=24, value_dim=32)) \
         if smoke else (MAMBA2, GDN)
     scale = 16 if smoke else 1  # lengths / 16 keep the same chunk-boundary crossings per 64 x 16
@@ -358,11 +362,17 @@ def run_checks(quick, smoke=False, variants=("mamba2", "gdn")):
         check_dense("mamba2", m2, 3000 // scale, 13, cu_seqlens=[0, 1, 700 // scale, 2049 // scale, 3000 // scale])
         check("mamba2", m2, 1024 // scale, False, 12)
         check("mamba2", m2, 700 // scale, False, 15, varlen=True)
-    if "gdn" in variants:
+    if "gdn" not in variants:
+        return
+    if "dense" in gdn_cases:
         check_dense("gdn", gdn, 1000 // scale, 12, delta=True)
-    if not quick and "gdn" in variants:
+    if quick:
+        return
+    if "packed" in gdn_cases:
         check_dense("gdn", gdn, 1500 // scale, 11, cu_seqlens=[0, 1, 700 // scale, 1500 // scale], delta=True)
+    if "init" in gdn_cases:
         check("gdn", gdn, 512 // scale, True, 12)
+    if "varlen" in gdn_cases:
         check("gdn", gdn, 400 // scale, True, 4, varlen=True)
 
 
@@ -392,6 +402,7 @@ def main():
     parser.add_argument("--variants", default="mamba2,gdn", help="which of mamba2,gdn to check and time")
     parser.add_argument("--profile", default="", help="comma-separated T: per-kernel time of a Mamba-2 fwd+bwd / GDN fwd (--variants), then exit")
     parser.add_argument("--check-dtypes", default="float32,bfloat16", help="input dtypes of the checks")
+    parser.add_argument("--gdn-checks", default=",".join(GDN_CASES), help="which Gated DeltaNet checks: " + ", ".join(GDN_CASES))
     parser.add_argument("--mamba2-groups", type=int, default=MAMBA2["groups"],
                         help="q/k groups of the Mamba-2 shape (1 as in ANCHORS.md; 48 gives every head its own q/k rows, "
                              "so dq / dk are stored instead of added atomically across heads)")
@@ -414,7 +425,7 @@ def main():
         return profile_ops([int(t) for t in args.profile.split(",")], args.variants.split(","))
     t0 = time.time()
     if not args.skip_checks:
-        run_checks(args.quick, variants=args.variants.split(","))
+        run_checks(args.quick, variants=args.variants.split(","), gdn_cases=args.gdn_checks.split(","))
     log(f"checks done in {time.time() - t0:.0f} s")
     if FAILED:
         print("\n".join(["CHECKS FAILED:", *FAILED]), flush=True)
