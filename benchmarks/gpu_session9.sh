@@ -1,24 +1,24 @@
 # The next session's device calls (gpu_notes.md, version 8, "Next session's first GPU calls").
-# Branch m2-readout-in-scan (written in session 7 without device time): the Mamba-2 backward without
-# readout_grad_kernel, whose work moved into the reverse level scan. Here, before call a, put the
-# branch's package files where the device copy will find them:
-#   b=m2-readout-in-scan; rm -rf .ab_$b && mkdir .ab_$b && git archive $b kernels hf_loglinear | tar -x -C .ab_$b
-#   grep -q "^.ab_m2-readout" .git/info/exclude || echo '.ab_m2-readout-in-scan/' >> .git/info/exclude
-# then `bash benchmarks/gpu_session9.sh a` with carry [".whl", ".ab_m2-readout-in-scan"].
+# Two branches written in session 7 without device time: m2-readout-in-scan (the Mamba-2 backward
+# without readout_grad_kernel, whose work moved into the reverse level scan) and gdn-top-empty (the
+# GDN top scan skips its empty closed part and its pending sum's useless products). Here, before
+# the first call, put each branch's package files where the device copy will find them:
+#   for b in m2-readout-in-scan gdn-top-empty; do rm -rf .ab_$b && mkdir .ab_$b && git archive $b kernels hf_loglinear | tar -x -C .ab_$b; done
+#   grep -q "^.ab_m2-readout" .git/info/exclude || printf '.ab_m2-readout-in-scan/\n.ab_gdn-top-empty/\n' >> .git/info/exclude
+# then `bash benchmarks/gpu_session9.sh a` with carry [".whl", ".ab_m2-readout-in-scan", ".ab_gdn-top-empty"].
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 pkg() {  # $1: where; $2: the root holding hf_loglinear/ and kernels/ to install
   mkdir -p "$1" && cp -r "$2/hf_loglinear" "$1/" && cp -r "$2/kernels" conversion model_cards "$1/hf_loglinear/"
 }
 pkg /tmp/pkg .
-b=m2-readout-in-scan
-[ -d .ab_$b ] && pkg /tmp/pkg_$b .ab_$b
+for b in m2-readout-in-scan gdn-top-empty; do [ -d .ab_$b ] && pkg /tmp/pkg_$b .ab_$b; done
 export PYTHONUNBUFFERED=1 TRITON_CACHE_DIR=$PWD/.triton_cache
 on() { local b=$1; shift; PYTHONPATH=/tmp/pkg_$b:/tmp/site "$@"; }  # run with branch $b's package
 main() { PYTHONPATH=/tmp/pkg:/tmp/site "$@"; }
 B=benchmarks/bench_kernels.py
 case "$1" in
-a)  # the branch's Mamba-2 checks (fp32 and bf16), then fwd / fwd+bwd at 2K / 8K / 64K for it and
-    # for main in the same run, then the branch's profile at 2K
+a)  b=m2-readout-in-scan  # its Mamba-2 checks (fp32 and bf16), then fwd / fwd+bwd at 2K / 8K / 64K
+    # for it and for main in the same run, then its profile at 2K
     on $b timeout 200 python $B --variants mamba2 --skip-decode --lengths '' 2>&1 | tee $OUT/${b}_checks.log | grep "check\|FAIL\|Error\|done"
     for who in "on $b" main; do
       $who timeout 120 python $B --variants mamba2 --skip-checks --skip-decode --lengths 2048,8192,65536 2>&1 | tee -a $OUT/mamba2_ab_timing.log | grep "ours\|Error"
@@ -32,5 +32,13 @@ b)  # the fp32 GDN checks beyond the dense case (never run on a GPU: ~210 s of c
     done
     wait
     grep -h "check\|FAIL\|Error\|done" $OUT/gdn_checks_fp32_*.log ;;
-*)  echo "usage: bash benchmarks/gpu_session9.sh a|b" >&2; exit 2 ;;
+c)  b=gdn-top-empty  # fault check at 192 / 384 bf16, the bf16 GDN checks, then GDN fwd / fwd+bwd at
+    # 2K / 8K for it and for main in the same run
+    CUDA_LAUNCH_BLOCKING=1 on $b timeout 90 python benchmarks/debug_gdn_forward.py 192 384 bfloat16 2>&1 | tee $OUT/${b}_fault.log | grep "ok\|FAIL\|Error"
+    grep -q "^ok" $OUT/${b}_fault.log || exit 1
+    on $b timeout 150 python $B --variants gdn --skip-decode --lengths '' --check-dtypes bfloat16 2>&1 | tee $OUT/${b}_checks.log | grep "check\|FAIL\|Error\|done"
+    for who in "on $b" main; do
+      $who timeout 150 python $B --variants gdn --skip-checks --skip-decode --lengths 2048,8192 2>&1 | tee -a $OUT/gdn_ab_timing.log | grep "ours\|Error"
+    done ;;
+*)  echo "usage: bash benchmarks/gpu_session9.sh a|b|c" >&2; exit 2 ;;
 esac
