@@ -297,9 +297,10 @@ def _scan(rows, dtype, consts, num_levels, initial_state, chunk):
         low = low.contiguous()
     else:
         low = h0 = p0 = low_sum = states  # never read
-    bk_scan, bv_scan, scan_launch = _scan_tiles(bk, value_dim, delta, _dot_dtype(dtype))
+    dot = _dot_dtype(dtype)
+    bk_scan, bv_scan, scan_launch = _scan_tiles(bk, value_dim, delta, dot)
     grid = lambda num_programs: (n * num_heads, num_programs, _tiles(key_dim, bk_scan, value_dim, bv_scan))  # noqa: E731
-    common = {**consts, **scan_launch, "HAS_INIT": has_init, "DOT": _dot_dtype(dtype), "BK": bk_scan, "BV": bv_scan}
+    common = {**consts, **scan_launch, "HAS_INIT": has_init, "DOT": dot, "BK": bk_scan, "BV": bv_scan}
     args = (g_cum, states, h0, p0, low_sum, base_chunk, slots, nc, num_js, num_slots, top_exp)
     if delta:
         level_scan_delta_kernel[grid(num_js)](rows.k, factors.u, factors.w, *args, **common)

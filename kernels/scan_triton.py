@@ -301,7 +301,7 @@ def _sum_sources(k, v, g_cum, states, hs, lo, cb, row64, h, grp, i, dk, dv, km, 
         c = ca - cb
         g_end, decay = _chunk_decay(g_cum, row64, S, c, H, h, C, ACC)
         kt, vt, e = _chunk_tiles(k, v, g_cum, row64 * S + c * C + i, g_end, grp, h, dk, dv, km, vm, G, H, K, V, ACC)
-        hs = decay * hs + _keys_times(kt, vt, e, K, BK, DOT, PREC, ACC)
+        hs = _push(hs, kt, kt, vt, e, decay, 1.0, False, K, BK, False, DOT, PREC, ACC)
         if (ca & last_of_run) == last_of_run:  # the bucket's last source: the next chunk reads the sum
             if c + 1 < NC:
                 slot = state_slot(ca + 1, cb, js, NJ, NC, top_exp, False)[0]
