@@ -111,21 +111,25 @@ def level_scan_bwd_kernel(
     C: tl.constexpr, LOG_C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     ACC: tl.constexpr, PREC: tl.constexpr, DOT: tl.constexpr,
 ):
-    row64, h, grp, js, js64, dk, dv, km, vm, hv, hvm, i, is_top, col, _window = reverse_scan_program(
+    row64, h, grp, js, js64, dk, dv, km, vm, hv, hvm, i, is_top, col, window = reverse_scan_program(
         NJ, L, top_exp, H, G, K, V, C, LOG_C, BK, BV
     )
 
     # Every chunk adding to one sum (a bucket's sources; the top: a bucket's pending sum) gets the
     # same gradient, the one of the state after the sum's last chunk, decayed back to the chunk by
     # a scalar: stored once per sum (the chunk kernel decays it), no per-chunk atomics.
-    # The walk visits exactly the chunks that read the level (``tl_chunk_reads_scan``): all at the
-    # top, below it only bit js set (half the chunks), so every state it loads was recorded. One
-    # loop for both: triton gives each loop's pipelined loads shared memory of their own (two
-    # took 226 KB in bf16 at key 128, value 64, and fp32 did not fit sm_90).
-    num_read = tl.where(is_top, NC, tl_chunks_with_bit(NC, js64, 1))
+    # The walk visits the chunks that read the level (``tl_chunk_reads_scan``) and whose state
+    # holds something: below the top those with bit js set (half the chunks); at the top those
+    # after its first window (``window``: the last chunk of the first window), before whose close
+    # its state is zero: its read there adds nothing to the readout's gradients, and its dS
+    # reaches no sum (no window closed earlier). Half the top's chunks at the bench lengths, where
+    # the top is the longest walk. Every state loaded was recorded. One loop for both: triton
+    # gives each loop's pipelined loads shared memory of their own (two took 226 KB in bf16 at
+    # key 128, value 64, and fp32 did not fit sm_90).
+    num_read = tl.where(is_top, tl.maximum(NC - 1 - window, 0), tl_chunks_with_bit(NC, js64, 1))
     dh = tl.zeros([BK, BV], dtype=ACC)  # gradient of the state at the end of chunk c
     for t in range(num_read):  # in reverse, no branch around the loads
-        c = tl.where(is_top, num_read - 1 - t, tl_nth_chunk_with_bit(num_read - 1 - t, js64, 1))
+        c = tl.where(is_top, NC - 1 - t, tl_nth_chunk_with_bit(num_read - 1 - t, js64, 1))
         slot, first = tl_scan_run(c, 0, js, NJ, NC, top_exp)  # the state c reads
         dh = _read_grad(dh, q, g_cum, lam, do, states, chunk_g, dq, dlam, dacc, row64, c, slot, first, h, grp,
                         col, i, dk, km, dv, vm, hv, hvm, S, NC, NSLOT, L, H, G, K, V, C, BK, BV, DOT, PREC, ACC)
