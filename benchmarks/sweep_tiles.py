@@ -2,7 +2,7 @@
 
     python benchmarks/sweep_tiles.py scan     # the Gated DeltaNet level scan (chunk_triton._scan_tiles)
     python benchmarks/sweep_tiles.py step     # the decode step (step_triton._step_tiles)
-    python benchmarks/sweep_tiles.py grad     # the Mamba-2 gradient kernels (chunk_triton._grad_tiles)
+    python benchmarks/sweep_tiles.py grad     # the Mamba-2 chunk gradient kernel (chunk_triton._grad_tiles)
     python benchmarks/sweep_tiles.py m2scan   # the Mamba-2 level scans' key / value tiles (_scan_tiles)
 
 ``scan``: for each (value tile, pipeline stages, warps) of the delta rule's level scan, the
@@ -12,13 +12,13 @@ T = 2K and 8K. ``step``: for each (value tile, warps), the step's output against
 (fp32 state), then its time replayed from a CUDA graph at 48 heads x 128 x 64, 15 levels, for
 batch 16 / 64 / 256 at positions 1023 and 65535 and averaged over 64 consecutive positions from
 65536 (what a serving loop sees: the merge level changes from step to step), against the
-read-once floor. ``grad``: for each (value tile, warps) of ``chunk_grad_kernel`` and then of
-``readout_grad_kernel`` (the other kept at the default), the largest max relative error over o and
-every gradient against float64 (bf16 inputs, T = 1000, 15 levels), then the median fwd and
-fwd+bwd time at the ANCHORS.md Mamba-2 shape (48 heads x 128 / 64, B = 32768 / T, at least 1) at
-T = 2K and 8K. ``m2scan``: the same for the key and value tiles of the Mamba-2 forward and
-reverse level scans (key tiles below 128 give a batch of one long row more programs), at 2K and
-64K. Prints a table last; the chosen configuration goes into the wrapper by hand.
+read-once floor. ``grad``: for each (value tile, warps) of ``chunk_grad_kernel``, the largest
+max relative error over o and every gradient against float64 (bf16 inputs, T = 1000, 15
+levels), then the median fwd and fwd+bwd time at the ANCHORS.md Mamba-2 shape (48 heads x
+128 / 64, B = 32768 / T, at least 1) at T = 2K and 8K. ``m2scan``: the same for the key and
+value tiles of the Mamba-2 forward and reverse level scans (key tiles below 128 give a batch of
+one long row more programs; the reverse scan also takes the readout's gradient), at 2K and 64K.
+Prints a table last; the chosen configuration goes into the wrapper by hand.
 """
 from __future__ import annotations
 
@@ -148,12 +148,10 @@ def _sweep_mamba2(hook, configs, lengths, head):
 
 
 def sweep_grad():
-    default_readout, default_chunk = chunk_triton._grad_tiles(MAMBA2["value_dim"], triton.language.bfloat16)
-    pairs = [(default_readout, default_chunk)]
-    pairs += [(default_readout, c) for c in ((32, 8), (64, 4), (32, 4)) if c != default_chunk]
-    pairs += [(r, default_chunk) for r in ((32, 8), (64, 4), (32, 4)) if r != default_readout]
-    configs = [(f"{r[0]} / {r[1]} | {c[0]} / {c[1]}", lambda value_dim, dot, r=r, c=c: (r, c)) for r, c in pairs]
-    return _sweep_mamba2("_grad_tiles", configs, (2048, 8192), "readout_grad BV / warps | chunk_grad BV / warps")
+    default = chunk_triton._grad_tiles(MAMBA2["value_dim"], triton.language.bfloat16)
+    tiles = [default] + [t for t in ((32, 8), (64, 8), (32, 4), (64, 4)) if t != default]
+    configs = [(f"{bv} / {warps}", lambda value_dim, dot, t=(bv, warps): t) for bv, warps in tiles]
+    return _sweep_mamba2("_grad_tiles", configs, (2048, 8192), "chunk_grad BV / warps")
 
 
 def sweep_m2scan():

@@ -5,25 +5,27 @@ Forward per head (SPEC §4, ``output_triton``): o_t = sum_{s in chunk} lambda_t[
 S[c, js] the state of inter-chunk level js read by chunk c (``scan_triton``); each level's scan adds
 chunk c's X_c = Kd_c^T v_c (Kd = k exp(G_end - G)) and decays by exp(G_end) per chunk.
 
-Three launches:
-1. ``level_scan_bwd_kernel`` (grid like the forward scan: rows x heads x levels x V tiles): the
-   forward scan run in reverse on dS[c, js] = (w[:, js] Qt)^T dO, which is formed on the fly.
-   The chunks adding to one sum of a level (a bucket's sources; the top: a bucket's pending sum)
-   get one gradient, that of the state after the sum's last chunk, decayed back by a scalar; the
-   scan stores it once per sum into ``dsum`` (one [K, V] slot per sum in the recorded states'
-   layout and dtype, ``levels.tl_scan_source``), no atomics: fwd+bwd 1.11x - 1.20x faster on
-   the H200 than fp32 atomics into a per-chunk buffer. Below the top it walks only the readers.
-2. ``readout_grad_kernel`` (grid chunks x heads): the readout's share of dq and dlambda from the
-   recomputed states (one per run of reading chunks, decayed to the reader as in the forward).
-   It writes dq, the inter-chunk columns of dlambda (zero elsewhere) and q . dq into ``dacc``.
-3. ``chunk_grad_kernel`` (grid chunks x heads): the intra-chunk product's four matmuls and dKd,
+Two launches:
+1. ``level_scan_bwd_kernel`` (grid like the forward scan: rows x heads x levels x key x value
+   tiles): the forward scan run in reverse on dS[c, js] = (w[:, js] Qt)^T dO, which is formed on
+   the fly. The chunks adding to one sum of a level (a bucket's sources; the top: a bucket's
+   pending sum) get one gradient, that of the state after the sum's last chunk, decayed back by a
+   scalar; the scan stores it once per sum into ``dsum`` (one [K, V] slot per sum in the recorded
+   states' layout and dtype, ``levels.tl_scan_source``), no atomics: fwd+bwd 1.11x - 1.20x faster
+   on the H200 than fp32 atomics into a per-chunk buffer. Below the top it walks only the readers.
+   At each reader it also takes the readout's share of dq and dlambda, with the q and dO rows it
+   loaded for dS and its tile of the recorded state the reader read (decayed to the reader as in
+   the forward): partial sums over the tile's keys and values, added atomically into dq, the
+   level's column of dlambda and q . dq into ``dacc`` (all three zero-filled by the caller).
+2. ``chunk_grad_kernel`` (grid chunks x heads): the intra-chunk product's four matmuls and dKd,
    dv from dX_c (the ``dsum`` slots of the levels c feeds, each decayed to c with the float64
    chunk-start log decay the readout uses); it adds its dq, dlambda and dacc terms to what
-   launch 2 wrote and writes dk.
-Split in two, each chunk kernel keeps about half the tiles live: one kernel holding both spilled
-(255 registers, a 1 KB stack at key 128, value 64, bf16); the intra kernel still spills about
-0.2 KB there, the readout and the reverse scan (8 warps) none. dq and dk of heads sharing a q/k group
-are added atomically into the group's row.
+   launch 1 wrote and writes dk.
+The readout's gradient is taken in the scan, not in a chunk-parallel kernel of its own: such a
+kernel loaded q and dO a second time (1.50 ms of the 2K backward on the H200 at 48 heads, key
+128, value 64). The chunk kernel spills (255 registers, a 792 B stack at 4 warps, key 128, value
+64, bf16); the reverse scan (8 warps, 218 registers) does not. dq and dk of heads sharing a q/k
+group are added atomically into the group's row.
 
 The decay needs no reverse pass of its own: o and every state depend on the cumulative log
 decay A_t only through q_t exp(A_t) and k_t exp(-A_t), so dL/dA_t = q_t . dq_t - k_t . dk_t
@@ -40,10 +42,8 @@ try:  # guarded: transformers checks every remote-code file's imports; this one 
 except ImportError:  # pragma: no cover
     triton = tl = None
 
-from ..levels import (
-    tl_chunk_reads_scan, tl_chunks_with_bit, tl_nth_chunk_with_bit, tl_scan_level, tl_scan_run, tl_scan_source,
-)
-from .output_triton import _column, level_weights
+from ..levels import tl_chunks_with_bit, tl_nth_chunk_with_bit, tl_scan_run, tl_scan_source
+from .output_triton import level_weights
 from .scan_triton import chunk_program, mma, recorded_decay, reverse_scan_program, slot_tile
 
 
@@ -72,8 +72,9 @@ def _value_rows(x, tok, h, H: tl.constexpr, V: tl.constexpr, BV: tl.constexpr, d
 
 @triton.jit
 def _write_keys(dst, off, x, km, ATOMIC: tl.constexpr, ADD: tl.constexpr):
-    """x [C, BK] into the chunk's rows of dq or dk: atomically where the heads of a q/k group share
-    the row (ATOMIC), else stored, plus what the row holds when ADD (the other chunk kernel's share)."""
+    """x [C, BK] into the chunk's rows of dq or dk: atomically where several programs add to the
+    row (ATOMIC: the heads of a q/k group; in the reverse scan also its levels and value tiles),
+    else stored, plus what the row holds when ADD (the reverse scan's share)."""
     if ATOMIC:
         tl.atomic_add(dst + off, x, mask=km[None, :], sem="relaxed")
     else:
@@ -104,53 +105,77 @@ def _level_sums(x, i, cols, L, C: tl.constexpr, LOG_C: tl.constexpr, LP: tl.cons
 
 @triton.jit
 def level_scan_bwd_kernel(
-    q, g_cum, lam, do, dsum,
+    q, g_cum, lam, do, states, chunk_g, dsum, dq, dlam, dacc,
     S, NC, NJ, NSLOT, L, top_exp,
     H: tl.constexpr, G: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     C: tl.constexpr, LOG_C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     ACC: tl.constexpr, PREC: tl.constexpr, DOT: tl.constexpr,
 ):
-    row64, h, grp, js, js64, dk, dv, km, vm, hv, hvm, i, is_top, col, _window = reverse_scan_program(
+    row64, h, grp, js, js64, dk, dv, km, vm, hv, hvm, i, is_top, col, window = reverse_scan_program(
         NJ, L, top_exp, H, G, K, V, C, LOG_C, BK, BV
     )
 
     # Every chunk adding to one sum (a bucket's sources; the top: a bucket's pending sum) gets the
     # same gradient, the one of the state after the sum's last chunk, decayed back to the chunk by
     # a scalar: stored once per sum (the chunk kernel decays it), no per-chunk atomics.
+    # The walk visits the chunks that read the level (``tl_chunk_reads_scan``) and whose state
+    # holds something: below the top those with bit js set (half the chunks); at the top those
+    # after its first window (``window``: the last chunk of the first window), before whose close
+    # its state is zero: its read there adds nothing to the readout's gradients, and its dS
+    # reaches no sum (no window closed earlier). Half the top's chunks at the bench lengths, where
+    # the top is the longest walk. Every state loaded was recorded. One loop for both: triton
+    # gives each loop's pipelined loads shared memory of their own (two took 226 KB in bf16 at
+    # key 128, value 64, and fp32 did not fit sm_90).
+    num_read = tl.where(is_top, tl.maximum(NC - 1 - window, 0), tl_chunks_with_bit(NC, js64, 1))
     dh = tl.zeros([BK, BV], dtype=ACC)  # gradient of the state at the end of chunk c
-    if is_top:  # every chunk reads the top and adds to its pending sum
-        for r in range(NC):
-            c = (NC - 1 - r).to(tl.int64)
-            slot, last, feeds, _ = tl_scan_source(c, js64, NJ, NC, top_exp)
-            if feeds & (c == last):  # the sum closes after chunk c: what its readers passed back is in dh
-                tl.store(slot_tile(dsum, row64, slot, NSLOT, h, H, K, V) + hv, dh.to(dsum.dtype.element_ty), mask=hvm)
-            dh = _read_grad(dh, q, g_cum, lam, do, row64, c, h, grp, col, i, dk, km, dv, vm,
-                            S, L, H, G, K, V, C, BK, DOT, PREC, ACC)
-    else:  # only the readers (bit js set), in reverse: half the chunks, no branch around the loads
-        num_read = tl_chunks_with_bit(NC, js64, 1)
-        first_of_run = (tl.full((), 1, tl.int64) << js64) - 1
-        for t in range(num_read):
-            c = tl_nth_chunk_with_bit(num_read - 1 - t, js64, 1)
-            dh = _read_grad(dh, q, g_cum, lam, do, row64, c, h, grp, col, i, dk, km, dv, vm,
-                            S, L, H, G, K, V, C, BK, DOT, PREC, ACC)
-            if (c & first_of_run) == 0:  # the run's first reader: its sum closed after chunk c - 1
-                slot = tl_scan_source(c - 1, js64, NJ, NC, top_exp)[0]
-                tl.store(slot_tile(dsum, row64, slot, NSLOT, h, H, K, V) + hv, dh.to(dsum.dtype.element_ty), mask=hvm)
-                dh = tl.zeros([BK, BV], dtype=ACC)  # the state restarted there: no earlier reader
+    for t in range(num_read):  # in reverse, no branch around the loads
+        c = tl.where(is_top, NC - 1 - t, tl_nth_chunk_with_bit(num_read - 1 - t, js64, 1))
+        slot, first = tl_scan_run(c, 0, js, NJ, NC, top_exp)  # the state c reads
+        dh = _read_grad(dh, q, g_cum, lam, do, states, chunk_g, dq, dlam, dacc, row64, c, slot, first, h, grp,
+                        col, i, dk, km, dv, vm, hv, hvm, S, NC, NSLOT, L, H, G, K, V, C, BK, BV, DOT, PREC, ACC)
+        if (c == first) & (c > 0):  # c's run starts here: the sum it reads closed after chunk c - 1
+            sum_slot = tl_scan_source(c - 1, js64, NJ, NC, top_exp)[0]
+            tl.store(slot_tile(dsum, row64, sum_slot, NSLOT, h, H, K, V) + hv, dh.to(dsum.dtype.element_ty), mask=hvm)
+            if is_top == 0:  # below the top the state restarted there: no earlier reader
+                dh = tl.zeros([BK, BV], dtype=ACC)
 
 
 @triton.jit
-def _read_grad(dh, q, g_cum, lam, do, row64, c, h, grp, col, i, dk, km, dv, vm, S, L, H: tl.constexpr,
-               G: tl.constexpr, K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, BK: tl.constexpr,
+def _read_grad(dh, q, g_cum, lam, do, states, chunk_g, dq, dlam, dacc, row64, c, slot, first, h, grp, col, i,
+               dk, km, dv, vm, hv, hvm, S, NC, NSLOT, L, H: tl.constexpr, G: tl.constexpr, K: tl.constexpr,
+               V: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                DOT: tl.constexpr, PREC: tl.constexpr, ACC: tl.constexpr):
-    """dh carried back through chunk c, which read the state: plus dS = (w Qt)^T dO."""
+    """Chunk c read the state: dh carried back through c, plus dS = (w Qt)^T dO; and the readout's
+    share of dq, dlambda and dacc (``_readout_grad``), from the same loads of c's rows."""
     g_end = tl.load(g_cum + (row64 * S + c * C + C - 1) * H + h).to(ACC)
     tok = row64 * S + c * C + i
-    gc = tl.load(g_cum + tok * H + h).to(ACC)
+    e_q = tl.exp(tl.load(g_cum + tok * H + h).to(ACC))  # Qt = e_q q
+    w = tl.load(lam + (tok * H + h) * L + col).to(ACC)  # the level's lambda column
     qt = _key_rows(q, tok, grp, G, K, BK, dk, km, ACC)
-    wt = tl.load(lam + (tok * H + h) * L + col).to(ACC) * tl.exp(gc)
-    dot = tl.load(do + (tok[:, None] * H + h) * V + dv[None, :], mask=vm[None, :], other=0.0).to(ACC)
-    return tl.exp(g_end) * dh + mma(tl.trans(qt), dot * wt[:, None], DOT, PREC, ACC)  # q goes in as stored
+    dot = _value_rows(do, tok, h, H, V, BV, dv, vm, ACC)
+    _readout_grad(states, chunk_g, dq, dlam, dacc, qt, dot, e_q, w, row64, c, tok, slot, first, h, grp, col, i,
+                  dk, km, hv, hvm, S, NC, NSLOT, L, H, G, K, V, C, BK, BV, DOT, PREC, ACC)
+    return tl.exp(g_end) * dh + mma(tl.trans(qt), dot.to(ACC) * (w * e_q)[:, None], DOT, PREC, ACC)  # q goes in as stored
+
+
+@triton.jit
+def _readout_grad(states, chunk_g, dq, dlam, dacc, qt, dot, e_q, w, row64, c, tok, slot, first, h, grp, col, i,
+                  dk, km, hv, hvm, S, NC, NSLOT, L, H: tl.constexpr, G: tl.constexpr, K: tl.constexpr,
+                  V: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                  DOT: tl.constexpr, PREC: tl.constexpr, ACC: tl.constexpr):
+    """The readout o_t += w_t exp(G_t) q_t^T S (S: the state in ``slot``, recorded at chunk
+    ``first`` and decayed to c) differentiated in q and w, from this program's [BK, BV] tile of S:
+    a partial sum over its keys and values, added atomically to what the other tiles' and levels'
+    programs add (dq, dlam, dacc start at zero)."""
+    hs = tl.load(slot_tile(states, row64, slot, NSLOT, h, H, K, V) + hv, mask=hvm, other=0.0)
+    hs = _operand(hs, (K % BK == 0) & (V % BV == 0), ACC)
+    scale = e_q * recorded_decay(chunk_g, row64, NC, H, h, c, first, ACC)
+    dqt = (scale * w)[:, None] * mma(dot, tl.trans(hs), DOT, PREC, ACC)
+    _write_keys(dq, (tok[:, None] * G + grp) * K + dk[None, :], dqt, km, True, False)
+    read = scale * tl.sum(mma(qt, hs, DOT, PREC, ACC) * dot.to(ACC), 1)  # d o_t / d w_t, this tile's share
+    tl.atomic_add(dlam + (tok * H + h) * L + col, read, sem="relaxed")
+    # q_t . dq_t = w_t read_t: no [C, BK] product and sum for dacc
+    tl.atomic_add(dacc + (row64 * H + h) * S + c * C + i, w * read, sem="relaxed")  # [N, H, S]
 
 
 @triton.jit
@@ -167,44 +192,6 @@ def _source_grad(dsum, chunk_g, row64, c, h, NC, NJ, NSLOT, top_exp, H: tl.const
             d = tl.load(slot_tile(dsum, row64, slot, NSLOT, h, H, K, V) + hv, mask=hvm, other=0.0)
             dx += recorded_decay(chunk_g, row64, NC, H, h, last + 1, c + 1, ACC) * d
     return dx
-
-
-@triton.jit
-def readout_grad_kernel(
-    q, g_cum, lam, do, states, chunk_g, dq, dlam, dacc,
-    S, NC, NJ, NSLOT, top_exp, L,
-    H: tl.constexpr, G: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, LP: tl.constexpr, LOG_C: tl.constexpr,
-    ACC: tl.constexpr, PREC: tl.constexpr, DOT: tl.constexpr,
-):
-    row64, c, h, grp, i, tok, dkk, km = chunk_program(S, NC, H, G, K, C, BK)
-    cols = tl.arange(0, LP)
-    ca = c.to(tl.int64)
-    qt = _key_rows(q, tok, grp, G, K, BK, dkk, km, ACC)
-    e_q = tl.exp(tl.load(g_cum + tok * H + h).to(ACC))  # Qt = e_q q: scaled after the product, q stays exact
-    lam_t = tl.load(lam + (tok[:, None] * H + h) * L + cols[None, :], mask=cols[None, :] < L, other=0.0).to(ACC)
-
-    dqt = tl.zeros([C, BK], dtype=ACC)
-    dlam_t = tl.zeros([C, LP], dtype=ACC)
-    for v0 in range(0, V, BV):
-        dvv = v0 + tl.arange(0, BV)
-        vm = dvv < V
-        hv = dkk[:, None] * V + dvv[None, :]
-        hvm = km[:, None] & vm[None, :]
-        dot = _value_rows(do, tok, h, H, V, BV, dvv, vm, ACC)
-        for js in range(NJ):
-            if tl_chunk_reads_scan(ca, js, NJ):
-                col = tl_scan_level(js, NJ, L, LOG_C)
-                slot, first = tl_scan_run(ca, 0, js, NJ, NC, top_exp)
-                hs = tl.load(slot_tile(states, row64, slot, NSLOT, h, H, K, V) + hv, mask=hvm, other=0.0)
-                hs = _operand(hs, (K % BK == 0) & (V % BV == 0), ACC)
-                scale = e_q * recorded_decay(chunk_g, row64, NC, H, h, c, first, ACC)
-                dqt += (scale * _column(lam_t, cols, col))[:, None] * mma(dot, tl.trans(hs), DOT, PREC, ACC)
-                read = scale * tl.sum(mma(qt, hs, DOT, PREC, ACC) * dot.to(ACC), 1)
-                dlam_t += tl.where(cols[None, :] == col, read[:, None], 0.0)
-    _write_keys(dq, (tok[:, None] * G + grp) * K + dkk[None, :], dqt, km, G < H, False)
-    tl.store(dlam + (tok[:, None] * H + h) * L + cols[None, :], dlam_t.to(dlam.dtype.element_ty), mask=cols[None, :] < L)
-    tl.store(dacc + (row64 * H + h) * S + c * C + i, tl.sum(qt.to(ACC) * dqt, 1))  # [N, H, S]
 
 
 @triton.jit
@@ -250,7 +237,7 @@ def chunk_grad_kernel(
     qk_off = (tok[:, None] * G + grp) * K + dkk[None, :]
     dqt = mma(dp, kt, DOT, PREC, ACC)
     own = tl.sum(qt.to(ACC) * dqt, 1)  # this kernel's share of dacc
-    _write_keys(dq, qk_off, dqt, km, G < H, True)  # added to the readout's share
+    _write_keys(dq, qk_off, dqt, km, G < H, True)  # added to the readout's share (the scan's)
     dkt = mma(tl.trans(dp), qt, DOT, PREC, ACC) + e_k[:, None] * dkd
     own -= tl.sum(kt.to(ACC) * dkt, 1)
     _write_keys(dk, qk_off, dkt, km, G < H, False)

@@ -423,12 +423,13 @@ def _backward_scalar(q, k, v, g, lam, do, cu_seqlens, chunk=CHUNK):
     """Gradients of (q, k, v, g, lam) for scalar decay without initial or final state, dense
     rows or documents packed with ``cu_seqlens`` (each its own row of slots, as in the forward).
 
-    Recomputes the level states (one scan launch), then runs the reverse level scans and the
-    two chunk-parallel gradient kernels of ``chunk_bwd_triton``; dg is the reverse cumulative sum of
-    q.dq - k.dk per head (see that module), taken per row: null slots add zero to it.
+    Recomputes the level states (one scan launch), then runs the reverse level scans (which also
+    take the readout's share of dq, dlambda and dg) and the chunk-parallel gradient kernel of
+    ``chunk_bwd_triton``; dg is the reverse cumulative sum of q.dq - k.dk per head (see that
+    module), taken per row: null slots add zero to it.
     """
 
-    from .chunk_bwd_triton import chunk_grad_kernel, level_scan_bwd_kernel, readout_grad_kernel
+    from .chunk_bwd_triton import chunk_grad_kernel, level_scan_bwd_kernel
 
     b = _Backward(q, k, v, g, lam, None, do, cu_seqlens, chunk)
     rows, nh, nk, nv = b.rows, b.num_heads, b.key_dim, b.value_dim
@@ -439,45 +440,45 @@ def _backward_scalar(q, k, v, g, lam, do, cu_seqlens, chunk=CHUNK):
     # adds to it, and rounds the decayed sum to that dtype for its products anyway); the scan
     # writes every slot the chunk kernel reads (``levels.tl_scan_source``): no zero fill.
     dsum = torch.empty(b.n, num_slots, nh, nk, nv, dtype=states.dtype, device=q.device)
-    # 8 warps: chosen when the scan also kept the top's pending-sum gradient (two [BK, BV] fp32
-    # tiles spilled at 4); with one tile 4 may do, not measured.
-    bk_scan, bv_scan, _ = _scan_tiles(b.consts["BK"], nv, False, dot)
-    level_scan_bwd_kernel[(b.n * nh, num_js, _tiles(nk, bk_scan, nv, bv_scan))](
-        rows.q, b.g_cum, rows.lam, b.do, dsum, b.slots, b.nc, num_js, num_slots, b.num_levels, top_exp,
-        LOG_C=b.log_c, DOT=dot, **{**b.consts, "BK": bk_scan, "BV": bv_scan, "num_warps": 8},
-    )
     # dq, dk of the heads sharing a q/k group are summed by fp32 atomics into one [S, G, K] buffer
     # (per-head buffers would take H/G times the memory: 51 GB at 1M tokens, 48 heads, G = 1; on
-    # the H200 the atomics cost no measurable time against them).
-    dq, dk = (b.new(b.slots, b.consts["G"], nk) for _ in range(2))
-    if b.consts["G"] < nh:
-        dq.zero_(), dk.zero_()
-    dv = torch.empty(b.n, b.slots, nh, nv, dtype=v.dtype, device=q.device)
-    dlam, dacc = b.new(b.slots, nh, b.num_levels), b.new(nh, b.slots)
-    # The readout's share first: the chunk kernel adds its own to dq (G = H), dlam and dacc.
-    (bv_readout, warps_readout), (bv_chunk, warps_chunk) = _grad_tiles(nv, dot)
-    launch = {**b.consts, "LOG_C": b.log_c, "LP": block_size(b.num_levels), "DOT": dot}
-    readout_grad_kernel[(b.n * b.nc, nh)](
-        rows.q, b.g_cum, rows.lam, b.do, states, chunk_g, dq, dlam, dacc,
-        b.slots, b.nc, num_js, num_slots, top_exp, b.num_levels, **{**launch, "BV": bv_readout, "num_warps": warps_readout},
+    # the H200 the atomics cost no measurable time against them). dq, dlam and dacc are zero-filled:
+    # every program of the scan (levels, key and value tiles) adds its readout share atomically.
+    groups = b.consts["G"]
+    shapes = ((b.slots, groups, nk), (b.slots, nh, b.num_levels), (nh, b.slots))
+    dq, dlam, dacc = (b.new(*shape).zero_() for shape in shapes)
+    dk = b.new(b.slots, groups, nk)
+    if groups < nh:
+        dk.zero_()
+    # 8 warps: chosen when the scan also kept the top's pending-sum gradient (two [BK, BV] fp32
+    # tiles spilled at 4); it has one such tile now, but also the readout's state tile and its
+    # [C, BK] share of dq: 4 not measured.
+    bk_scan, bv_scan, _ = _scan_tiles(b.consts["BK"], nv, False, dot)
+    level_scan_bwd_kernel[(b.n * nh, num_js, _tiles(nk, bk_scan, nv, bv_scan))](
+        rows.q, b.g_cum, rows.lam, b.do, states, chunk_g, dsum, dq, dlam, dacc,
+        b.slots, b.nc, num_js, num_slots, b.num_levels, top_exp,
+        LOG_C=b.log_c, DOT=dot, **{**b.consts, "BK": bk_scan, "BV": bv_scan, "num_warps": 8},
     )
+    dv = torch.empty(b.n, b.slots, nh, nv, dtype=v.dtype, device=q.device)
+    # The chunk kernel adds its own share to dq (G = H), dlam and dacc: the scan's is complete.
+    bv_chunk, warps_chunk = _grad_tiles(nv, dot)
     chunk_grad_kernel[(b.n * b.nc, nh)](
         rows.q, rows.k, rows.v, b.g_cum, rows.lam, b.do, dsum, chunk_g, dq, dk, dv, dlam, dacc,
-        b.slots, b.nc, num_js, num_slots, top_exp, b.num_levels, **{**launch, "BV": bv_chunk, "num_warps": warps_chunk},
+        b.slots, b.nc, num_js, num_slots, top_exp, b.num_levels,
+        LOG_C=b.log_c, LP=block_size(b.num_levels), DOT=dot, **{**b.consts, "BV": bv_chunk, "num_warps": warps_chunk},
     )
     dg = dacc.flip(-1).cumsum(-1).flip(-1).transpose(1, 2)
     return b.tokens((dq, dk, dv, dg, dlam))
 
 
 def _grad_tiles(value_dim, dot):
-    """((value tile, warps) of ``readout_grad_kernel``, (value tile, warps) of ``chunk_grad_kernel``)
-    for operands of dtype ``dot``. Both take the whole value head (up to 64). With half operands
-    chunk_grad runs at 4 warps: on an H200 at key 128 / value 64 that is 12% faster in fwd+bwd
-    than 8 warps (7.00 vs 7.99 ms at T=2048; ``benchmarks/sweep_tiles.py grad``, RESULTS.md)
-    although it spills more (792 B against 256 B, sm_90 offline): two programs then share an SM.
-    fp32 operands keep 8 warps: at 4 their sm_90 stack grows from 10 to 38 KB a thread."""
-    bv = min(block_size(value_dim), 64)
-    return (bv, 8), (bv, 8 if dot == tl.float32 else 4)
+    """(value tile, warps) of ``chunk_grad_kernel`` for operands of dtype ``dot``: the whole value
+    head (up to 64). With half operands it runs at 4 warps: on an H200 at key 128 / value 64 that
+    is 12% faster in fwd+bwd than 8 warps (7.00 vs 7.99 ms at T=2048; ``benchmarks/sweep_tiles.py
+    grad``, RESULTS.md) although it spills more (792 B against 256 B, sm_90 offline): two programs
+    then share an SM. fp32 operands keep 8 warps: at 4 their sm_90 stack grows from 10 to 38 KB a
+    thread."""
+    return min(block_size(value_dim), 64), 8 if dot == tl.float32 else 4
 
 
 def _backward_delta(q, k, v, g, lam, beta, do, cu_seqlens, chunk=CHUNK):

@@ -106,13 +106,15 @@ def test_masked_tiles_and_partial_gradients(monkeypatch):
     _check(got, ref, 1e-12)
 
 
-def test_gradient_kernels_take_their_own_value_tiles(monkeypatch):
-    """``chunk_triton._grad_tiles`` (what ``benchmarks/sweep_tiles.py grad`` varies): each gradient
-    kernel walks the value head in its own tile (16 and 32 over V = 48, the last tile masked)."""
+@pytest.mark.parametrize("value_tile", [16, 32])
+def test_chunk_gradient_takes_its_own_value_tile(monkeypatch, value_tile):
+    """``chunk_triton._grad_tiles`` (what ``benchmarks/sweep_tiles.py grad`` varies): the chunk
+    gradient kernel walks the value head in its own tile (16 or 32 over V = 48, the last tile
+    masked), the reverse scan, which takes the readout's gradient, in its one masked tile of 64."""
     x, do = _inputs(150, 1, 2, 10, torch.float64, seed=12, value_dim=48, batch=1)
     ref = _grads(chunk_loglinear_attention, x, do, [True] * 5)
     _no_recompute(monkeypatch)
-    monkeypatch.setattr(chunk_triton, "_grad_tiles", lambda value_dim, dot: ((16, 4), (32, 4)))
+    monkeypatch.setattr(chunk_triton, "_grad_tiles", lambda value_dim, dot: (value_tile, 4))
     got = _grads(chunk_loglinear_attention_triton, x, do, [True] * 5)
     _check(got, ref, 1e-12)
 
@@ -125,6 +127,20 @@ def test_reverse_scan_splits_the_keys(monkeypatch):
     _no_recompute(monkeypatch)
     monkeypatch.setattr(chunk_triton, "_scan_tiles", lambda bk, value_dim, delta, dot: (16, 16, {}))
     got = _grads(chunk_loglinear_attention_triton, x, do, [True] * 5)
+    _check(got, ref, 1e-12)
+
+
+def test_readout_gradient_from_split_scan_tiles_in_packed_rows(monkeypatch):
+    """The readout's share of dq, dlambda and dg, which every program of the reverse scan (level,
+    key tile, value tile) adds atomically: documents of 70, 131 and 65 tokens packed (rows of
+    unequal length, none a multiple of 64), G = 1 over 2 heads (dq shared by the group), K = 24
+    and V = 24 in tiles of 16 (the last of each masked)."""
+    x, do = _inputs(266, 1, 2, 10, torch.float64, seed=14, key_dim=24, value_dim=24, batch=1)
+    cu = torch.tensor([0, 70, 201, 266], dtype=torch.int32)
+    ref = _grads(lambda *a: chunk_loglinear_attention(*a, cu_seqlens=cu), x, do, [True] * 5)
+    _no_recompute(monkeypatch)
+    monkeypatch.setattr(chunk_triton, "_scan_tiles", lambda bk, value_dim, delta, dot: (16, 16, {}))
+    got = _grads(lambda *a: chunk_loglinear_attention_triton(*a, cu_seqlens=cu), x, do, [True] * 5)
     _check(got, ref, 1e-12)
 
 
