@@ -128,8 +128,12 @@ def level_scan_bwd_delta_kernel(
         tok = row64 * S + c * C + i
         # Below the top a bucket's last chunk pulls back a zero gradient (the level restarted after
         # it) and its first chunk's pull is thrown away (the level started there): both skipped,
-        # which leaves level 0 no pulls at all.
+        # which leaves level 0 no pulls at all. The same first-chunk rule holds for the top's
+        # pending sum. The top's closed part is zero up to its first window's close (ca <= win; no
+        # initial state here): its gradient there meets only that zero state (state_pairs_kernel),
+        # so it is neither pulled nor formed.
         pos = ca & win
+        top_empty = is_top & (ca <= win)
         if is_top | ((pos != win) & (pos != 0)):
             gc = tl.load(g_cum + tok * H + h).to(ACC)
             g_end = tl.load(g_cum + (row64 * S + c * C + C - 1) * H + h).to(ACC)
@@ -138,11 +142,15 @@ def level_scan_bwd_delta_kernel(
             decay = tl.exp(g_end)
             if is_top:
                 tl.store(_state(dstates, row64, c, NJ, NC, NJ + 2, h, H, K, V) + hv, dp, mask=hvm)
-                dp = _pull(dp, kd, wt, decay, DOT, PREC, ACC)
-            dh = _pull(dh, kd, wt, decay, DOT, PREC, ACC)
+                if pos != 0:
+                    dp = _pull(dp, kd, wt, decay, DOT, PREC, ACC)
+            if top_empty:
+                dh = tl.zeros([BK, BV], dtype=ACC)
+            else:
+                dh = _pull(dh, kd, wt, decay, DOT, PREC, ACC)
         else:
             dh = tl.zeros([BK, BV], dtype=ACC)
-        if tl_chunk_reads_scan(ca, js64, NJ):  # chunk c read this state: dS = (lambda Qt)^T dO
+        if tl_chunk_reads_scan(ca, js64, NJ) & (top_empty == 0):  # chunk c read this state: dS = (lambda Qt)^T dO
             wq = head_rows(qt, tok, H, h, K, dk, km).to(ACC) * tl.load(lam + (tok * H + h) * L + col).to(ACC)[:, None]
             dh += mma(tl.trans(wq), head_rows(do, tok, H, h, V, dv, vm), DOT, PREC, ACC)
 

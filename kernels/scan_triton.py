@@ -364,13 +364,17 @@ def level_scan_delta_kernel(
             tok = row64 * S + c * C + i
             wt = head_rows(w, tok, H, h, K, dk, km)
             kt, ut, e = _chunk_tiles(k, u, g_cum, tok, g_end, grp, h, dk, dv, km, vm, G, H, K, V, ACC)
+            # A bucket's first chunk finds its sum restarted (zero: the level's state, the top's
+            # pending sum), except the row's first chunk when it starts from initial levels.
+            fresh = ((ca & win) == 0) & ((c > 0) | (not HAS_INIT))
             if is_top:
-                hs = _push(hs, kt, wt, ut, e, decay, 0.0, False, K, BK, True, DOT, PREC, ACC)
-                ps = _push(ps, kt, wt, ut, e, decay, 1.0, False, K, BK, True, DOT, PREC, ACC)
+                # The top's closed part holds the windows before ca's, none up to the first close
+                # (ca <= win), initial levels or not: no push through those chunks (at the bench
+                # lengths half the row).
+                if ca > win:
+                    hs = _push(hs, kt, wt, ut, e, decay, 0.0, False, K, BK, True, DOT, PREC, ACC)
+                ps = _push(ps, kt, wt, ut, e, decay, 1.0, fresh, K, BK, True, DOT, PREC, ACC)
             else:
-                # A bucket's first chunk finds the level restarted (zero), except the row's first
-                # chunk when it starts from initial levels.
-                fresh = ((ca & win) == 0) & ((c > 0) | (not HAS_INIT))
                 hs = _push(hs, kt, wt, ut, e, decay, tl.where(bit == 1, 0.0, 1.0), fresh, K, BK, True, DOT, PREC, ACC)
         if closes:
             hs, ps = _close(hs, ps, is_top)

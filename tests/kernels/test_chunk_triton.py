@@ -114,6 +114,22 @@ def test_ops_backend_triton(delta):
     assert _rel(o.double(), o_ref) < 1e-5
 
 
+@pytest.mark.parametrize("num_levels", [9, 10])
+def test_delta_top_windows(num_levels):
+    """The delta rule over 7 chunks with the top's windows of 2 (L = 9) and 4 chunks (L = 10): the
+    top's closed part is empty until its first window closes and is read after it; its pending
+    sum restarts with every window. Fresh, and from an initial state at position 5000, where the
+    closed part starts full."""
+    x = _inputs(1, 64 * 6 + 5, 1, 2, 16, 16, num_levels, True, torch.float64, seed=num_levels)
+    prefix = _inputs(1, 300, 1, 2, 16, 16, num_levels, True, torch.float64, seed=2)
+    init = LevelState(torch.zeros(1, 2, num_levels, 16, 16, dtype=torch.float64), torch.tensor([4700]))
+    _, init = chunk_loglinear_attention(*prefix, initial_state=init, output_final_state=True)
+    for start in (None, init):
+        o, state = chunk_loglinear_attention_triton(*x, initial_state=start, output_final_state=True)
+        o_ref, state_ref = chunk_loglinear_attention(*x, initial_state=start, output_final_state=True)
+        assert _rel(o, o_ref) < 1e-10 and _rel(state.levels, state_ref.levels) < 1e-10
+
+
 @pytest.mark.parametrize("num_levels", [9, 14])
 def test_long_rows_share_recorded_states(num_levels):
     """Scalar decay over 38 chunks, where one recorded state serves a whole run of reading chunks
