@@ -23,7 +23,7 @@ K, V, dtype = int(sys.argv[1]), int(sys.argv[2]), getattr(torch, sys.argv[3])
 TIME = sys.argv[-1] == "time"
 if len(sys.argv) > 4 and not TIME:
     tiles = chunk_triton._scan_tiles
-    chunk_triton._scan_tiles = lambda *a: (*tiles(*a)[:2], {**tiles(*a)[2], "num_stages": int(sys.argv[4])})
+    chunk_triton._scan_tiles = lambda *a: (tiles(*a)[0], {**tiles(*a)[1], "num_stages": int(sys.argv[4])})
 gen = torch.Generator(device="cuda").manual_seed(0)
 rand = lambda *s: torch.randn(*s, device="cuda", generator=gen)  # noqa: E731
 q, k = (torch.nn.functional.normalize(rand(1, 1000, 2, K), dim=-1).to(dtype) for _ in range(2))

@@ -3,7 +3,7 @@
     python benchmarks/sweep_tiles.py scan     # the Gated DeltaNet level scan (chunk_triton._scan_tiles)
     python benchmarks/sweep_tiles.py step     # the decode step (step_triton._step_tiles)
     python benchmarks/sweep_tiles.py grad     # the Mamba-2 chunk gradient kernel (chunk_triton._grad_tiles)
-    python benchmarks/sweep_tiles.py m2scan   # the Mamba-2 level scans' key / value tiles (_scan_tiles)
+    python benchmarks/sweep_tiles.py m2bwd    # the Mamba-2 reverse level scan (chunk_triton._reverse_scan_launch)
 
 ``scan``: for each (value tile, pipeline stages, warps) of the delta rule's level scan, the
 forward's max relative error against the float64 torch chunked form (bf16 inputs, T = 1000),
@@ -15,9 +15,8 @@ batch 16 / 64 / 256 at positions 1023 and 65535 and averaged over 64 consecutive
 read-once floor. ``grad``: for each (value tile, warps) of ``chunk_grad_kernel``, the largest
 max relative error over o and every gradient against float64 (bf16 inputs, T = 1000, 15
 levels), then the median fwd and fwd+bwd time at the ANCHORS.md Mamba-2 shape (48 heads x
-128 / 64, B = 32768 / T, at least 1) at T = 2K and 8K. ``m2scan``: the same for the key and
-value tiles of the Mamba-2 forward and reverse level scans (key tiles below 128 give a batch of
-one long row more programs; the reverse scan also takes the readout's gradient), at 2K and 64K.
+128 / 64, B = 32768 / T, at least 1) at T = 2K and 8K. ``m2bwd``: the same for the warps and
+pipeline stages of the Mamba-2 reverse level scan (which also takes the readout's gradient).
 Prints a table last; the chosen configuration goes into the wrapper by hand.
 """
 from __future__ import annotations
@@ -154,15 +153,17 @@ def sweep_grad():
     return _sweep_mamba2("_grad_tiles", configs, (2048, 8192), "chunk_grad BV / warps")
 
 
-def sweep_m2scan():
-    configs = [(f"{bk} | {bv}", lambda bk_, value_dim, delta, dot, bk=bk, bv=bv: (bk, bv, {}))
-               for bk, bv in ((128, 64), (64, 64), (128, 32), (64, 32), (32, 64))]
-    return _sweep_mamba2("_scan_tiles", configs, (2048, 65536), "key tile | value tile")
+def sweep_m2bwd():
+    default = chunk_triton._reverse_scan_launch(triton.language.bfloat16)
+    launches = [default] + [o for o in (dict(num_warps=8, num_stages=2), dict(num_warps=4), dict(num_warps=4, num_stages=2),
+                                        dict(num_warps=16, num_stages=2)) if o != default]
+    configs = [(f"{o['num_warps']} / {o.get('num_stages', 'default')}", lambda dot, o=o: o) for o in launches]
+    return _sweep_mamba2("_reverse_scan_launch", configs, (2048, 8192), "reverse scan warps / stages")
 
 
 if __name__ == "__main__":
     what = sys.argv[1] if len(sys.argv) > 1 else "scan"
-    sweeps = {"scan": sweep_scan, "step": sweep_step, "grad": sweep_grad, "m2scan": sweep_m2scan}
+    sweeps = {"scan": sweep_scan, "step": sweep_step, "grad": sweep_grad, "m2bwd": sweep_m2bwd}
     if what not in sweeps:
         sys.exit(f"usage: python benchmarks/sweep_tiles.py {' | '.join(sweeps)}")
     print("\n".join(sweeps[what]()), flush=True)

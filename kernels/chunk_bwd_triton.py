@@ -6,8 +6,8 @@ S[c, js] the state of inter-chunk level js read by chunk c (``scan_triton``); ea
 chunk c's X_c = Kd_c^T v_c (Kd = k exp(G_end - G)) and decays by exp(G_end) per chunk.
 
 Two launches:
-1. ``level_scan_bwd_kernel`` (grid like the forward scan: rows x heads x levels x key x value
-   tiles): the forward scan run in reverse on dS[c, js] = (w[:, js] Qt)^T dO, which is formed on
+1. ``level_scan_bwd_kernel`` (grid like the forward scan: rows x heads x levels x value tiles):
+   the forward scan run in reverse on dS[c, js] = (w[:, js] Qt)^T dO, which is formed on
    the fly. The chunks adding to one sum of a level (a bucket's sources; the top: a bucket's
    pending sum) get one gradient, that of the state after the sum's last chunk, decayed back by a
    scalar; the scan stores it once per sum into ``dsum`` (one [K, V] slot per sum in the recorded
@@ -15,7 +15,7 @@ Two launches:
    on the H200 than fp32 atomics into a per-chunk buffer. Below the top it walks only the readers.
    At each reader it also takes the readout's share of dq and dlambda, with the q and dO rows it
    loaded for dS and its tile of the recorded state the reader read (decayed to the reader as in
-   the forward): partial sums over the tile's keys and values, added atomically into dq, the
+   the forward): partial sums over the tile's values, added atomically into dq, the
    level's column of dlambda and q . dq into ``dacc`` (all three zero-filled by the caller).
 2. ``chunk_grad_kernel`` (grid chunks x heads): the intra-chunk product's four matmuls and dKd,
    dv from dX_c (the ``dsum`` slots of the levels c feeds, each decayed to c with the float64

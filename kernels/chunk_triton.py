@@ -298,9 +298,9 @@ def _scan(rows, dtype, consts, num_levels, initial_state, chunk):
     else:
         low = h0 = p0 = low_sum = states  # never read
     dot = _dot_dtype(dtype)
-    bk_scan, bv_scan, scan_launch = _scan_tiles(bk, value_dim, delta, dot)
-    grid = lambda num_programs: (n * num_heads, num_programs, _tiles(key_dim, bk_scan, value_dim, bv_scan))  # noqa: E731
-    common = {**consts, **scan_launch, "HAS_INIT": has_init, "DOT": dot, "BK": bk_scan, "BV": bv_scan}
+    bv_scan, scan_launch = _scan_tiles(bk, value_dim, delta, dot)
+    grid = lambda num_programs: (n * num_heads, num_programs, triton.cdiv(value_dim, bv_scan))  # noqa: E731
+    common = {**consts, **scan_launch, "HAS_INIT": has_init, "DOT": dot, "BV": bv_scan}
     args = (g_cum, states, h0, p0, low_sum, base_chunk, slots, nc, num_js, num_slots, top_exp)
     if delta:
         level_scan_delta_kernel[grid(num_js)](rows.k, factors.u, factors.w, *args, **common)
@@ -338,24 +338,28 @@ def _side_by_side(first, second, device):
 
 
 def _scan_tiles(bk, value_dim, delta, dot):
-    """(key tile, value tile, launch options) of the level scans for operands of dtype ``dot``
-    (under scalar decay also of its reverse scans): the whole key head and value tiles of up to
-    64. The delta rule's scan holds [C, BK] tiles of k and W besides its state: above K = 128 it
+    """(value tile, launch options) of the level scans for operands of dtype ``dot`` (under scalar
+    decay also of its reverse scan): each program holds the whole key head and a value tile of up
+    to 64. The delta rule's scan holds [C, BK] tiles of k and W besides its state: above K = 128 it
     runs unpipelined (one stage), and with fp32 operands in value tiles of 32, so that shared
     memory stays in bounds (fp32 at 64 with an initial state would take 272 KB at K = 192; sm_90
     offline). On the H200 at 192 / 384 in bf16, value tiles of 64 beat 32 by 9% (forward 6.94 vs
     7.62 ms at 2K); 16 or 128, or 4 or 16 warps, were 1.5x - 2x slower
-    (``benchmarks/sweep_tiles.py scan``). Scalar decay could split the keys too
-    (``scan_triton.scan_program``); ``sweep_tiles.py m2scan`` found no gain at 2K or 64K."""
+    (``benchmarks/sweep_tiles.py scan``). Splitting the keys of the scalar-decay scans (their rows
+    evolve independently) gained nothing at 2K and 3% of the forward alone at 64K in session 7's
+    sweep, and was removed."""
     bv = min(block_size(value_dim), 64)
     if delta and bk > 128:
-        return bk, bv if dot != tl.float32 else min(bv, 32), dict(num_stages=1)
-    return bk, bv, {}
+        return bv if dot != tl.float32 else min(bv, 32), dict(num_stages=1)
+    return bv, {}
 
 
-def _tiles(key_dim, bk, value_dim, bv):
-    """Programs along a scan grid's last axis: key tiles x value tiles."""
-    return triton.cdiv(key_dim, bk) * triton.cdiv(value_dim, bv)
+def _reverse_scan_launch(dot):
+    """Launch options of the scalar-decay reverse level scan (``level_scan_bwd_kernel``): 8 warps,
+    chosen when it also kept the top's pending-sum gradient (two [BK, BV] fp32 tiles spilled at
+    4); it holds one such tile now, besides the readout's state tile and its [C, BK] share of dq
+    (``benchmarks/sweep_tiles.py m2bwd`` times the alternatives)."""
+    return dict(num_warps=8)
 
 
 def _forward(q, k, v, g, lam, beta, cu_seqlens, initial_state, output_final_state, chunk=CHUNK):
@@ -450,14 +454,11 @@ def _backward_scalar(q, k, v, g, lam, do, cu_seqlens, chunk=CHUNK):
     dk = b.new(b.slots, groups, nk)
     if groups < nh:
         dk.zero_()
-    # 8 warps: chosen when the scan also kept the top's pending-sum gradient (two [BK, BV] fp32
-    # tiles spilled at 4); it has one such tile now, but also the readout's state tile and its
-    # [C, BK] share of dq: 4 not measured.
-    bk_scan, bv_scan, _ = _scan_tiles(b.consts["BK"], nv, False, dot)
-    level_scan_bwd_kernel[(b.n * nh, num_js, _tiles(nk, bk_scan, nv, bv_scan))](
+    bv_scan, _ = _scan_tiles(b.consts["BK"], nv, False, dot)
+    level_scan_bwd_kernel[(b.n * nh, num_js, triton.cdiv(nv, bv_scan))](
         rows.q, b.g_cum, rows.lam, b.do, states, chunk_g, dsum, dq, dlam, dacc,
         b.slots, b.nc, num_js, num_slots, b.num_levels, top_exp,
-        LOG_C=b.log_c, DOT=dot, **{**b.consts, "BK": bk_scan, "BV": bv_scan, "num_warps": 8},
+        LOG_C=b.log_c, DOT=dot, **{**b.consts, "BV": bv_scan, **_reverse_scan_launch(dot)},
     )
     dv = torch.empty(b.n, b.slots, nh, nv, dtype=v.dtype, device=q.device)
     # The chunk kernel adds its own share to dq (G = H), dlam and dacc: the scan's is complete.

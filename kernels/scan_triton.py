@@ -51,20 +51,12 @@ def block_size(n: int) -> int:
 
 @triton.jit
 def scan_program(H: tl.constexpr, G: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
-    """What a program of the grid (sequences x heads, scans, key x value tiles) works on: its row,
-    head, q/k group, scan index, and the key / value offsets and masks of its [BK, BV] state tile.
-    Shared by the forward scan and its backward so both walk the same tiles. Under scalar decay
-    the state's rows (keys) evolve independently, so its scans may split the keys too (BK < K);
-    the delta rule's couple every key (W h) and take BK >= K: one key tile."""
-    pid_nh, js, pid_kv = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    """What a program of the grid (sequences x heads, scans, value tiles) works on: its row, head,
+    q/k group, scan index, and the key / value offsets and masks of its [BK, BV] state tile (BK
+    covers the whole key head). Shared by the forward scans and their backward."""
+    pid_nh, js, pid_v = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     row, h = pid_nh // H, pid_nh % H
-    if BK >= K:  # one key tile: the grid's last axis is the value tiles alone
-        dk = tl.arange(0, BK)
-        pid_v = pid_kv
-    else:
-        dk = pid_kv // tl.cdiv(V, BV) * BK + tl.arange(0, BK)
-        pid_v = pid_kv % tl.cdiv(V, BV)
-    dv = pid_v * BV + tl.arange(0, BV)
+    dk, dv = tl.arange(0, BK), pid_v * BV + tl.arange(0, BV)
     km, vm = dk < K, dv < V
     return row, h, h // (H // G), js, dk, dv, km, vm, dk[:, None] * V + dv[None, :], km[:, None] & vm[None, :]
 

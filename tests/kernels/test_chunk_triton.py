@@ -63,13 +63,12 @@ def test_varlen_with_initial_state(delta):
     assert torch.equal(state.position, state_ref.position)
 
 
-def test_scalar_scans_split_the_keys(monkeypatch):
-    """Under scalar decay the level scans may walk the state in key tiles (what
-    ``benchmarks/sweep_tiles.py m2scan`` varies): K = 40 in tiles of 16 (the last one masked),
-    value tiles of 16 over V = 24, from an initial state, with a far position and packed rows."""
+def test_scalar_scans_in_value_tiles(monkeypatch):
+    """The scalar-decay level scans over value tiles of 16 across V = 24 (the last one masked) and
+    K = 40 on a 64-wide key tile, from an initial state, with a far position and packed rows."""
     from hf_loglinear.kernels import chunk_triton
 
-    monkeypatch.setattr(chunk_triton, "_scan_tiles", lambda bk, value_dim, delta, dot: (16, 16, {}))
+    monkeypatch.setattr(chunk_triton, "_scan_tiles", lambda bk, value_dim, delta, dot: (16, {}))
     x = _inputs(1, 300, 1, 2, 40, 24, 14, False, torch.float64, seed=13)
     _, init = chunk_loglinear_attention(*_inputs(2, 77, 1, 2, 40, 24, 14, False, torch.float64, seed=14),
                                         output_final_state=True)

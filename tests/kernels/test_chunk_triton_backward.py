@@ -119,27 +119,27 @@ def test_chunk_gradient_takes_its_own_value_tile(monkeypatch, value_tile):
     _check(got, ref, 1e-12)
 
 
-def test_reverse_scan_splits_the_keys(monkeypatch):
-    """The reverse level scan (and the recomputing forward scan) in key tiles of 16 over K = 40
-    (the last one masked) and value tiles of 16 over V = 24: ``chunk_triton._scan_tiles``."""
+def test_reverse_scan_in_value_tiles(monkeypatch):
+    """The reverse level scan (and the recomputing forward scan) in value tiles of 16 over V = 24
+    (the last one masked), K = 40 on a 64-wide key tile: ``chunk_triton._scan_tiles``."""
     x, do = _inputs(300, 1, 2, 11, torch.float64, seed=13, key_dim=40, value_dim=24, batch=1)
     ref = _grads(chunk_loglinear_attention, x, do, [True] * 5)
     _no_recompute(monkeypatch)
-    monkeypatch.setattr(chunk_triton, "_scan_tiles", lambda bk, value_dim, delta, dot: (16, 16, {}))
+    monkeypatch.setattr(chunk_triton, "_scan_tiles", lambda bk, value_dim, delta, dot: (16, {}))
     got = _grads(chunk_loglinear_attention_triton, x, do, [True] * 5)
     _check(got, ref, 1e-12)
 
 
-def test_readout_gradient_from_split_scan_tiles_in_packed_rows(monkeypatch):
+def test_readout_gradient_from_value_tiles_in_packed_rows(monkeypatch):
     """The readout's share of dq, dlambda and dg, which every program of the reverse scan (level,
-    key tile, value tile) adds atomically: documents of 70, 131 and 65 tokens packed (rows of
-    unequal length, none a multiple of 64), G = 1 over 2 heads (dq shared by the group), K = 24
-    and V = 24 in tiles of 16 (the last of each masked)."""
+    value tile) adds atomically: documents of 70, 131 and 65 tokens packed (rows of unequal
+    length, none a multiple of 64), G = 1 over 2 heads (dq shared by the group), K = 24 on a
+    32-wide key tile and V = 24 in tiles of 16 (the last one masked)."""
     x, do = _inputs(266, 1, 2, 10, torch.float64, seed=14, key_dim=24, value_dim=24, batch=1)
     cu = torch.tensor([0, 70, 201, 266], dtype=torch.int32)
     ref = _grads(lambda *a: chunk_loglinear_attention(*a, cu_seqlens=cu), x, do, [True] * 5)
     _no_recompute(monkeypatch)
-    monkeypatch.setattr(chunk_triton, "_scan_tiles", lambda bk, value_dim, delta, dot: (16, 16, {}))
+    monkeypatch.setattr(chunk_triton, "_scan_tiles", lambda bk, value_dim, delta, dot: (16, {}))
     got = _grads(lambda *a: chunk_loglinear_attention_triton(*a, cu_seqlens=cu), x, do, [True] * 5)
     _check(got, ref, 1e-12)
 
