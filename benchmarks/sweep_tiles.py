@@ -4,6 +4,7 @@
     python benchmarks/sweep_tiles.py step     # the decode step (step_triton._step_tiles)
     python benchmarks/sweep_tiles.py grad     # the Mamba-2 chunk gradient kernel (chunk_triton._grad_tiles)
     python benchmarks/sweep_tiles.py m2bwd    # the Mamba-2 reverse level scan (chunk_triton._reverse_scan_launch)
+    python benchmarks/sweep_tiles.py m2fwd    # the Mamba-2 forward level scans' warps / stages (_scan_tiles)
 
 ``scan``: for each (value tile, pipeline stages, warps) of the delta rule's level scan, the
 forward's max relative error against the float64 torch chunked form (bf16 inputs, T = 1000),
@@ -15,8 +16,9 @@ batch 16 / 64 / 256 at positions 1023 and 65535 and averaged over 64 consecutive
 read-once floor. ``grad``: for each (value tile, warps) of ``chunk_grad_kernel``, the largest
 max relative error over o and every gradient against float64 (bf16 inputs, T = 1000, 15
 levels), then the median fwd and fwd+bwd time at the ANCHORS.md Mamba-2 shape (48 heads x
-128 / 64, B = 32768 / T, at least 1) at T = 2K and 8K. ``m2bwd``: the same for the warps and
-pipeline stages of the Mamba-2 reverse level scan (which also takes the readout's gradient).
+128 / 64, B = 32768 / T, at least 1) at T = 2K and 8K. ``m2bwd`` / ``m2fwd``: the same for the
+warps and pipeline stages of the Mamba-2 reverse level scan (which also takes the readout's
+gradient) / forward level scans.
 Prints a table last; the chosen configuration goes into the wrapper by hand.
 """
 from __future__ import annotations
@@ -155,15 +157,29 @@ def sweep_grad():
 
 def sweep_m2bwd():
     default = chunk_triton._reverse_scan_launch(triton.language.bfloat16)
-    launches = [default] + [o for o in (dict(num_warps=8, num_stages=2), dict(num_warps=4), dict(num_warps=4, num_stages=2),
-                                        dict(num_warps=16, num_stages=2)) if o != default]
-    configs = [(f"{o['num_warps']} / {o.get('num_stages', 'default')}", lambda dot, o=o: o) for o in launches]
+    others = [dict(num_warps=w, num_stages=s) for w, s in ((8, 3), (8, 2), (4, 3), (4, 2), (4, 1), (2, 2), (16, 2))]
+    configs = [(_launch_label(o), lambda dot, o=o: o) for o in [default] + [o for o in others if o != default]]
     return _sweep_mamba2("_reverse_scan_launch", configs, (2048, 8192), "reverse scan warps / stages")
+
+
+def sweep_m2fwd():
+    base = chunk_triton._scan_tiles
+
+    def launch(options):
+        return lambda bk, value_dim, delta, dot: base(bk, value_dim, delta, dot) if delta else (base(bk, value_dim, delta, dot)[0], options)
+
+    others = [dict(num_warps=w, num_stages=s) for w, s in ((4, 2), (4, 1), (8, 3), (8, 2), (2, 2))]
+    configs = [("4 / 3 (default)", base)] + [(_launch_label(o), launch(o)) for o in others]
+    return _sweep_mamba2("_scan_tiles", configs, (2048, 8192), "forward scan warps / stages (the top: 1 stage)")
+
+
+def _launch_label(options):
+    return f"{options.get('num_warps', '-')} / {options.get('num_stages', 'default')}"
 
 
 if __name__ == "__main__":
     what = sys.argv[1] if len(sys.argv) > 1 else "scan"
-    sweeps = {"scan": sweep_scan, "step": sweep_step, "grad": sweep_grad, "m2bwd": sweep_m2bwd}
+    sweeps = {"scan": sweep_scan, "step": sweep_step, "grad": sweep_grad, "m2bwd": sweep_m2bwd, "m2fwd": sweep_m2fwd}
     if what not in sweeps:
         sys.exit(f"usage: python benchmarks/sweep_tiles.py {' | '.join(sweeps)}")
     print("\n".join(sweeps[what]()), flush=True)

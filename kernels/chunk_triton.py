@@ -355,11 +355,13 @@ def _scan_tiles(bk, value_dim, delta, dot):
 
 
 def _reverse_scan_launch(dot):
-    """Launch options of the scalar-decay reverse level scan (``level_scan_bwd_kernel``): 8 warps,
-    chosen when it also kept the top's pending-sum gradient (two [BK, BV] fp32 tiles spilled at
-    4); it holds one such tile now, besides the readout's state tile and its [C, BK] share of dq
-    (``benchmarks/sweep_tiles.py m2bwd`` times the alternatives)."""
-    return dict(num_warps=8)
+    """Launch options of the scalar-decay reverse level scan (``level_scan_bwd_kernel``). Half
+    operands: 4 warps, loads double-buffered. On the H200 at key 128 / value 64 in bf16 that
+    takes the fwd+bwd from 6.40 to 6.23 ms at 2K and 7.68 to 7.50 at 8K against 8 warps with
+    the default three stages; 4 warps with three stages were slower (6.85), one stage 6.31, 8
+    warps with two 6.56, 16 warps 6.93 (``benchmarks/sweep_tiles.py m2bwd``, two runs). fp32
+    operands keep 8 warps (not timed: twice the tile bytes a thread)."""
+    return dict(num_warps=8) if dot == tl.float32 else dict(num_warps=4, num_stages=2)
 
 
 def _forward(q, k, v, g, lam, beta, cu_seqlens, initial_state, output_final_state, chunk=CHUNK):
