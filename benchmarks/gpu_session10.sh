@@ -26,10 +26,12 @@ c)  # after the Mamba-2 key split's removal (sm_90 offline: every kernel's regis
 d)  # c's winner (4 warps, 2 stages: 6.24 against 6.41 ms at 2K) again among more options, and the
     # forward level scans' warps / stages
     for s in m2bwd m2fwd; do main timeout 250 python benchmarks/sweep_tiles.py $s 2>&1 | tee $OUT/sweep_$s.log | grep "^|"; done ;;
+f)  # chunk_grad's pipeline stages (only its warps and value tile were swept before)
+    main timeout 250 python benchmarks/sweep_tiles.py grad 2>&1 | tee $OUT/sweep_grad.log | grep "^|" ;;
 e)  # the final Mamba-2 kernels (reverse scan at 4 warps / 2 stages for half operands): bf16 checks,
     # then every T beside fla and SDPA, then 128K and 1M
     main timeout 120 python $B --variants mamba2 --skip-decode --lengths '' --check-dtypes bfloat16 2>&1 | tee $OUT/mamba2_checks.log | grep "check\|FAIL\|Error\|done"
     grep -q "CHECKS FAILED" $OUT/mamba2_checks.log && exit 1
     main timeout 200 python $B --variants mamba2 --skip-checks --skip-decode --long 131072,1048576 --out $OUT 2>&1 | tee $OUT/mamba2_timing.log | grep "^  (\|long\|Error" ;;
-*)  echo "usage: bash benchmarks/gpu_session10.sh a|b|c|d|e" >&2; exit 2 ;;
+*)  echo "usage: bash benchmarks/gpu_session10.sh a|b|c|d|e|f" >&2; exit 2 ;;
 esac

@@ -13,7 +13,7 @@ T = 2K and 8K. ``step``: for each (value tile, warps), the step's output against
 (fp32 state), then its time replayed from a CUDA graph at 48 heads x 128 x 64, 15 levels, for
 batch 16 / 64 / 256 at positions 1023 and 65535 and averaged over 64 consecutive positions from
 65536 (what a serving loop sees: the merge level changes from step to step), against the
-read-once floor. ``grad``: for each (value tile, warps) of ``chunk_grad_kernel``, the largest
+read-once floor. ``grad``: for each (value tile, warps, stages) of ``chunk_grad_kernel``, the largest
 max relative error over o and every gradient against float64 (bf16 inputs, T = 1000, 15
 levels), then the median fwd and fwd+bwd time at the ANCHORS.md Mamba-2 shape (48 heads x
 128 / 64, B = 32768 / T, at least 1) at T = 2K and 8K. ``m2bwd`` / ``m2fwd``: the same for the
@@ -150,9 +150,10 @@ def _sweep_mamba2(hook, configs, lengths, head):
 
 def sweep_grad():
     default = chunk_triton._grad_tiles(MAMBA2["value_dim"], triton.language.bfloat16)
-    tiles = [default] + [t for t in ((32, 8), (64, 8), (32, 4), (64, 4)) if t != default]
-    configs = [(f"{bv} / {warps}", lambda value_dim, dot, t=(bv, warps): t) for bv, warps in tiles]
-    return _sweep_mamba2("_grad_tiles", configs, (2048, 8192), "chunk_grad BV / warps")
+    others = [(bv, dict(num_warps=w, num_stages=st)) for bv, w, st in ((64, 4, 3), (64, 4, 2), (64, 4, 1), (64, 8, 2), (32, 4, 3))]
+    configs = [(f"{bv} / {_launch_label(o)}", lambda value_dim, dot, t=(bv, o): t)
+               for bv, o in [default] + [t for t in others if t != default]]
+    return _sweep_mamba2("_grad_tiles", configs, (2048, 8192), "chunk_grad BV / warps / stages")
 
 
 def sweep_m2bwd():

@@ -464,24 +464,24 @@ def _backward_scalar(q, k, v, g, lam, do, cu_seqlens, chunk=CHUNK):
     )
     dv = torch.empty(b.n, b.slots, nh, nv, dtype=v.dtype, device=q.device)
     # The chunk kernel adds its own share to dq (G = H), dlam and dacc: the scan's is complete.
-    bv_chunk, warps_chunk = _grad_tiles(nv, dot)
+    bv_chunk, grad_launch = _grad_tiles(nv, dot)
     chunk_grad_kernel[(b.n * b.nc, nh)](
         rows.q, rows.k, rows.v, b.g_cum, rows.lam, b.do, dsum, chunk_g, dq, dk, dv, dlam, dacc,
         b.slots, b.nc, num_js, num_slots, top_exp, b.num_levels,
-        LOG_C=b.log_c, LP=block_size(b.num_levels), DOT=dot, **{**b.consts, "BV": bv_chunk, "num_warps": warps_chunk},
+        LOG_C=b.log_c, LP=block_size(b.num_levels), DOT=dot, **{**b.consts, "BV": bv_chunk, **grad_launch},
     )
     dg = dacc.flip(-1).cumsum(-1).flip(-1).transpose(1, 2)
     return b.tokens((dq, dk, dv, dg, dlam))
 
 
 def _grad_tiles(value_dim, dot):
-    """(value tile, warps) of ``chunk_grad_kernel`` for operands of dtype ``dot``: the whole value
+    """(value tile, launch options) of ``chunk_grad_kernel`` for operands of dtype ``dot``: the whole value
     head (up to 64). With half operands it runs at 4 warps: on an H200 at key 128 / value 64 that
     is 12% faster in fwd+bwd than 8 warps (7.00 vs 7.99 ms at T=2048; ``benchmarks/sweep_tiles.py
     grad``, RESULTS.md) although it spills more (792 B against 256 B, sm_90 offline): two programs
     then share an SM. fp32 operands keep 8 warps: at 4 their sm_90 stack grows from 10 to 38 KB a
     thread."""
-    return min(block_size(value_dim), 64), 8 if dot == tl.float32 else 4
+    return min(block_size(value_dim), 64), dict(num_warps=8 if dot == tl.float32 else 4)
 
 
 def _backward_delta(q, k, v, g, lam, beta, do, cu_seqlens, chunk=CHUNK):

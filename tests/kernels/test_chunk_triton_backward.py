@@ -114,7 +114,7 @@ def test_chunk_gradient_takes_its_own_value_tile(monkeypatch, value_tile):
     x, do = _inputs(150, 1, 2, 10, torch.float64, seed=12, value_dim=48, batch=1)
     ref = _grads(chunk_loglinear_attention, x, do, [True] * 5)
     _no_recompute(monkeypatch)
-    monkeypatch.setattr(chunk_triton, "_grad_tiles", lambda value_dim, dot: (value_tile, 4))
+    monkeypatch.setattr(chunk_triton, "_grad_tiles", lambda value_dim, dot: (value_tile, dict(num_warps=4)))
     got = _grads(chunk_loglinear_attention_triton, x, do, [True] * 5)
     _check(got, ref, 1e-12)
 
