@@ -24,7 +24,8 @@ Two launches:
 The readout's gradient is taken in the scan, not in a chunk-parallel kernel of its own: such a
 kernel loaded q and dO a second time (1.50 ms of the 2K backward on the H200 at 48 heads, key
 128, value 64). The chunk kernel spills (255 registers, a 792 B stack at 4 warps, key 128, value
-64, bf16); the reverse scan (8 warps, 218 registers) does not. dq and dk of heads sharing a q/k
+64, bf16); so does the reverse scan (4 warps, 255 registers, 48 B; faster than 8 warps without a
+spill, ``chunk_triton._reverse_scan_launch``). dq and dk of heads sharing a q/k
 group are added atomically into the group's row.
 
 The decay needs no reverse pass of its own: o and every state depend on the cumulative log
