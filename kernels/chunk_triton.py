@@ -449,7 +449,7 @@ def _backward_scalar(q, k, v, g, lam, do, cu_seqlens, chunk=CHUNK):
     # dq, dk of the heads sharing a q/k group are summed by fp32 atomics into one [S, G, K] buffer
     # (per-head buffers would take H/G times the memory: 51 GB at 1M tokens, 48 heads, G = 1; on
     # the H200 the atomics cost no measurable time against them). dq, dlam and dacc are zero-filled:
-    # every program of the scan (levels, key and value tiles) adds its readout share atomically.
+    # every program of the scan (levels, value tiles) adds its readout share atomically.
     groups = b.consts["G"]
     shapes = ((b.slots, groups, nk), (b.slots, nh, b.num_levels), (nh, b.slots))
     dq, dlam, dacc = (b.new(*shape).zero_() for shape in shapes)
@@ -475,12 +475,13 @@ def _backward_scalar(q, k, v, g, lam, do, cu_seqlens, chunk=CHUNK):
 
 
 def _grad_tiles(value_dim, dot):
-    """(value tile, launch options) of ``chunk_grad_kernel`` for operands of dtype ``dot``: the whole value
-    head (up to 64). With half operands it runs at 4 warps: on an H200 at key 128 / value 64 that
-    is 12% faster in fwd+bwd than 8 warps (7.00 vs 7.99 ms at T=2048; ``benchmarks/sweep_tiles.py
-    grad``, RESULTS.md) although it spills more (792 B against 256 B, sm_90 offline): two programs
-    then share an SM. fp32 operands keep 8 warps: at 4 their sm_90 stack grows from 10 to 38 KB a
-    thread."""
+    """(value tile, launch options) of ``chunk_grad_kernel`` for operands of dtype ``dot``: the
+    whole value head (up to 64). With half operands it runs at 4 warps: on an H200 at key 128 /
+    value 64 that is 12% faster in fwd+bwd than 8 warps (7.00 vs 7.99 ms at T=2048;
+    ``benchmarks/sweep_tiles.py grad``, RESULTS.md) although it spills more (792 B against 256 B,
+    sm_90 offline): two programs then share an SM. One to three pipeline stages time the same
+    (6.15 - 6.18 ms). fp32 operands keep 8 warps: at 4 their sm_90 stack grows from 10 to 38 KB
+    a thread."""
     return min(block_size(value_dim), 64), dict(num_warps=8 if dot == tl.float32 else 4)
 
 
