@@ -42,7 +42,7 @@ def sweep_scan():
     for bv, stages, warps in [(32, 2, 8), (64, 2, 8), (64, 1, 8), (64, 2, 16), (64, 2, 4), (128, 1, 8), (128, 1, 16)]:
         def tiles(bk, value_dim, delta, dot, bv=bv, stages=stages, warps=warps):
             if delta and bk > 128:
-                return bk, bv, dict(num_stages=stages, num_warps=warps)
+                return bv, dict(num_stages=stages, num_warps=warps)
             return base(bk, value_dim, delta, dot)
 
         chunk_triton._scan_tiles = tiles
