@@ -165,9 +165,9 @@ def _readout_grad(states, chunk_g, dq, dlam, dacc, qt, dot, e_q, w, row64, c, to
                   V: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                   DOT: tl.constexpr, PREC: tl.constexpr, ACC: tl.constexpr):
     """The readout o_t += w_t exp(G_t) q_t^T S (S: the state in ``slot``, recorded at chunk
-    ``first`` and decayed to c) differentiated in q and w, from this program's [BK, BV] tile of S:
-    a partial sum over its keys and values, added atomically to what the other tiles' and levels'
-    programs add (dq, dlam, dacc start at zero)."""
+    ``first`` and decayed to c) differentiated in q and w, from this program's [BK, BV] tile of S
+    (every key, BV of the values): a partial sum over its values, added atomically to what the
+    other value tiles' and levels' programs add (dq, dlam, dacc start at zero)."""
     hs = tl.load(slot_tile(states, row64, slot, NSLOT, h, H, K, V) + hv, mask=hvm, other=0.0)
     hs = _operand(hs, (K % BK == 0) & (V % BV == 0), ACC)
     scale = e_q * recorded_decay(chunk_g, row64, NC, H, h, c, first, ACC)
