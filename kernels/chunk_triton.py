@@ -1,7 +1,7 @@
 """Chunked log-linear attention with Triton kernels: the ``backend="triton"`` whole-sequence path.
 
 Stages (one launch each, all chunk- or level-parallel; SPEC §4):
-1. torch: chunk-local cumulative log decay G (one cumsum);
+1. ``decay_triton.chunk_decay_kernel``: chunk-local cumulative log decay G and each chunk's total;
 2. ``intra_triton.ut_factors_kernel`` (delta rule only): A^-1 diag(beta), W, U, the readout
    query Qt and the level-weighted intra-chunk matrix Pw per chunk (``_DeltaFactors``);
 3. ``scan_triton.level_scan_kernel`` (``level_scan_delta_kernel``): every inter-chunk level is
@@ -48,6 +48,7 @@ except ImportError:  # pragma: no cover
 from ..levels import inter_chunk_scans, level_tensor, relevel, scan_run, scan_slot_sizes
 from .block import block_terms, level_split
 from .chunk import chunk_loglinear_attention
+from .decay_triton import chunk_decay
 from .intra_triton import ut_factors_kernel
 from .layout import make_layout
 from .output_triton import chunk_output_kernel
@@ -277,7 +278,7 @@ def _scan(rows, dtype, consts, num_levels, initial_state, chunk):
     num_heads, key_dim, value_dim, bk = consts["H"], consts["K"], consts["V"], consts["BK"]
     dev = rows.q.device
     acc_dtype = torch.float64 if dtype == torch.float64 else torch.float32
-    g_cum = rows.g.to(acc_dtype).view(n, nc, chunk, num_heads).cumsum(2).view(n, slots, num_heads)
+    g_cum, totals = chunk_decay(rows.g, chunk, acc_dtype)
     delta = rows.beta is not None
     factors = _DeltaFactors.compute(rows, g_cum, consts, num_levels, chunk) if delta else None
 
@@ -286,7 +287,7 @@ def _scan(rows, dtype, consts, num_levels, initial_state, chunk):
     states = torch.empty(n, num_slots, num_heads, key_dim, value_dim, dtype=_storage_dtype(dtype), device=dev)
     chunk_g = None
     if not delta:  # cumulative log decay at chunk starts, in float64: a long row's sum is large
-        totals = g_cum.view(n, nc, chunk, num_heads)[:, :, -1].double()
+        totals = totals.double()
         chunk_g = (totals.cumsum(1) - totals).contiguous()
     recorded = _Recorded(states, chunk_g, num_js, top_exp)
     has_init = initial_state is not None
