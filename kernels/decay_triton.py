@@ -9,9 +9,11 @@ both in the accumulation dtype. Grid ``(N * NC, H / BH)``: one program loads its
 tile (contiguous in memory: the chunk's C slots of H heads) and scans it along the tokens for
 every head at once. torch's cumsum over the chunk dimension of a [N, NC, C, H] view took ~27 us
 a call on an H200 at 2K x 16 x 48 heads (``tensor_kernel_scan_outer_dim``), twice per training
-step, for ~6 MB of traffic; the totals, read back from G with a strided slice and a cast, were
-more launches besides. The float64 exclusive sum of the totals across chunks (``chunk_g``) stays
-in torch: it runs along a whole row.
+step, for ~6 MB of traffic. The totals (G's last slot per chunk, a strided slice before) are
+written in the same pass, contiguous. The float64 exclusive sum of the totals across chunks (``chunk_g``) stays
+in torch: it runs along a whole row. sm_90 offline (triton 3.9) at 48 heads: 72 registers, 8 KB of
+shared memory (the scan across warps), no stack for fp32 g; 128 registers, 32 KB for float64.
+Not yet run on a GPU (benchmarks/gpu_session12.sh).
 
 ``chunk_decay`` launches the kernel, ``chunk_decay_torch`` is the torch reference (same signature,
 same outputs; the kernel's tree-ordered ``tl.cumsum`` rounds fp32 differently from its sequential
