@@ -29,7 +29,7 @@ ab() {  # $1: variant; $2 / $3: timeouts of its checks / first timing process. T
   grep -q "checks done" $OUT/${b}_$1_checks.log || { echo "$1 checks did not finish" >&2; exit 1; }
   t=$3
   for who in on main; do
-    echo "== $who" | tee -a $OUT/$1_ab_timing.log
+    echo "== $([ $who = on ] && echo $b || echo main)" | tee -a $OUT/$1_ab_timing.log
     $who timeout "$t" python $B --variants "$1" --skip-checks --skip-decode --lengths 2048,8192 2>&1 | tee -a $OUT/$1_ab_timing.log | grep "^  (\|ours\|Error"
     t=120
   done
