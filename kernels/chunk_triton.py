@@ -48,7 +48,7 @@ except ImportError:  # pragma: no cover
 from ..levels import inter_chunk_scans, level_tensor, relevel, scan_run, scan_slot_sizes
 from .block import block_terms, level_split
 from .chunk import chunk_loglinear_attention
-from .decay_triton import chunk_decay
+from .decay_triton import chunk_decay, chunk_reverse_cumsum, row_reverse_cumsum
 from .intra_triton import ut_factors_kernel
 from .layout import make_layout
 from .output_triton import chunk_output_kernel
@@ -433,7 +433,7 @@ def _backward_scalar(q, k, v, g, lam, do, cu_seqlens, chunk=CHUNK):
     Recomputes the level states (one scan launch), then runs the reverse level scans (which also
     take the readout's share of dq, dlambda and dg) and the chunk-parallel gradient kernel of
     ``chunk_bwd_triton``; dg is the reverse cumulative sum of q.dq - k.dk per head (see that
-    module), taken per row: null slots add zero to it.
+    module), taken per row (``decay_triton.row_reverse_cumsum``): null slots add zero to it.
     """
 
     from .chunk_bwd_triton import chunk_grad_kernel, level_scan_bwd_kernel
@@ -471,7 +471,7 @@ def _backward_scalar(q, k, v, g, lam, do, cu_seqlens, chunk=CHUNK):
         b.slots, b.nc, num_js, num_slots, top_exp, b.num_levels,
         LOG_C=b.log_c, LP=block_size(b.num_levels), DOT=dot, **{**b.consts, "BV": bv_chunk, **grad_launch},
     )
-    dg = dacc.flip(-1).cumsum(-1).flip(-1).transpose(1, 2)
+    dg = row_reverse_cumsum(dacc, chunk)  # [N, S, H], contiguous
     return b.tokens((dq, dk, dv, dg, dlam))
 
 
@@ -492,7 +492,7 @@ def _backward_delta(q, k, v, g, lam, beta, do, cu_seqlens, chunk=CHUNK):
     states), then the three stages of ``chunk_bwd_delta_triton`` (reverse level scans, the
     state-gradient pairs D and dX, the chunk-parallel gradients). The decay reaches other chunks
     only through each chunk's total decay, so dg is the reverse cumulative sum of the kernel's
-    dG within each chunk."""
+    dG within each chunk (``decay_triton.chunk_reverse_cumsum``)."""
 
     from .chunk_bwd_delta_triton import chunk_grad_delta_kernel, level_scan_bwd_delta_kernel, state_pairs_kernel
 
@@ -521,7 +521,7 @@ def _backward_delta(q, k, v, g, lam, beta, do, cu_seqlens, chunk=CHUNK):
         G=b.consts["G"], C=chunk, LOG_C=b.log_c, LP=block_size(b.num_levels), **tiled,
         num_warps=8, num_stages=2,  # double- rather than triple-buffered loads: 168 KB in bf16
     )
-    dg = dgc.view(b.n, b.nc, chunk, nh).flip(2).cumsum(2).flip(2).view(b.n, b.slots, nh)
+    dg = chunk_reverse_cumsum(dgc, chunk)
     return b.tokens((dq, dk, dv, dg, dlam, dbeta))
 
 
