@@ -1,8 +1,14 @@
-# Branch m2-cumsum-kernel (written without device time): the chunk-local cumulative log decay G and
-# the chunk totals in one Triton kernel (kernels/decay_triton.py) instead of torch's cumsum
-# (tensor_kernel_scan_outer_dim, ~27 us a call, twice per Mamba-2 fwd+bwd at 2K x 16 x 48 heads)
-# and a strided slice + cast for the totals. Shared by Mamba-2 and GDN (_scan). Expected: Mamba-2
-# fwd+bwd at 2K ~0.05 ms faster (6.15 -> ~6.10 ms), GDN a few us. Here, before the first call,
+# Branch m2-cumsum-kernel (written without device time): one Triton kernel (kernels/decay_triton.py,
+# chunk_decay_kernel) for three cumulative sums that were torch ops. (1) Stage 1, shared by Mamba-2
+# and GDN (_scan): the chunk-local cumulative log decay G and the chunk totals, instead of torch's
+# cumsum (tensor_kernel_scan_outer_dim, ~27 us a call, twice per Mamba-2 fwd+bwd at 2K x 16 x 48
+# heads) and a strided slice + cast. (2) Mamba-2 backward: dg, the row-long reverse sum of dacc
+# [N, H, S], in two launches (chunk totals; within-chunk reverse sums plus float64 offsets, written
+# [N, S, H]) instead of flip / cumsum / flip (~6 + 34 + 6 us) and the transposed gather after it.
+# (3) GDN backward: the within-chunk reverse sum of dG instead of flip / cumsum / flip.
+# Expected (estimated from the profile, not measured): Mamba-2 fwd+bwd at 2K ~0.08 ms faster
+# (6.15 -> ~6.07 ms: ~45 us from G, ~35 us from dg); GDN the G share and its within-chunk dg (not
+# profiled). Here, before the first call,
 # put the branch's package files where the device copy will find them:
 #   rm -rf .ab_m2-cumsum-kernel && mkdir .ab_m2-cumsum-kernel && git archive m2-cumsum-kernel kernels hf_loglinear | tar -x -C .ab_m2-cumsum-kernel
 #   grep -q "^.ab_m2-cumsum-kernel" .git/info/exclude || echo '.ab_m2-cumsum-kernel/' >> .git/info/exclude

@@ -26,8 +26,10 @@ torch's cumsum over the chunk dimension of a [N, NC, C, H] view took ~27 us a ca
 2K x 16 x 48 heads (``tensor_kernel_scan_outer_dim``), twice per training step, for ~6 MB of
 traffic; the scalar backward's row-long flip / cumsum / flip of dacc ~34 + 2 x 6 us. The float64
 exclusive sum of the totals across chunks (``chunk_g``) of stage 1 stays in torch. sm_90 offline
-(triton 3.9) at 48 heads: 72 registers, 8 KB of shared memory (the scan across warps), no stack
-for fp32 g; 128 registers, 32 KB for float64. Not yet run on a GPU (benchmarks/gpu_session12.sh).
+(triton 3.9) at 16 x 2048 x 48 heads, no stack anywhere: G and the within-chunk reverse sum 56
+registers, 8 KB of shared memory (the scan across warps) in fp32, 124 / 126 and 32 KB in float64;
+the row sum's two launches (heads-major loads, tokens-major stores) 40 and 55 registers, 16 KB in
+fp32, 72 and 96, 32 KB in float64. Not yet run on a GPU (benchmarks/gpu_session12.sh).
 
 Each public function has a torch reference of the same signature (``*_torch``: a sequential
 cumsum; the kernel's tree-ordered ``tl.cumsum`` rounds fp32 differently:
