@@ -1,7 +1,7 @@
 """Chunked log-linear attention with Triton kernels: the ``backend="triton"`` whole-sequence path.
 
 Stages (one launch each, all chunk- or level-parallel; SPEC §4):
-1. torch: chunk-local cumulative log decay G (one cumsum);
+1. ``decay_triton.chunk_decay_kernel``: chunk-local cumulative log decay G and each chunk's total;
 2. ``intra_triton.ut_factors_kernel`` (delta rule only): A^-1 diag(beta), W, U, the readout
    query Qt and the level-weighted intra-chunk matrix Pw per chunk (``_DeltaFactors``);
 3. ``scan_triton.level_scan_kernel`` (``level_scan_delta_kernel``): every inter-chunk level is
@@ -48,6 +48,7 @@ except ImportError:  # pragma: no cover
 from ..levels import inter_chunk_scans, level_tensor, relevel, scan_run, scan_slot_sizes
 from .block import block_terms, level_split
 from .chunk import chunk_loglinear_attention
+from .decay_triton import chunk_decay, chunk_reverse_cumsum, row_reverse_cumsum
 from .intra_triton import ut_factors_kernel
 from .layout import make_layout
 from .output_triton import chunk_output_kernel
@@ -277,7 +278,7 @@ def _scan(rows, dtype, consts, num_levels, initial_state, chunk):
     num_heads, key_dim, value_dim, bk = consts["H"], consts["K"], consts["V"], consts["BK"]
     dev = rows.q.device
     acc_dtype = torch.float64 if dtype == torch.float64 else torch.float32
-    g_cum = rows.g.to(acc_dtype).view(n, nc, chunk, num_heads).cumsum(2).view(n, slots, num_heads)
+    g_cum, totals = chunk_decay(rows.g, chunk, acc_dtype)
     delta = rows.beta is not None
     factors = _DeltaFactors.compute(rows, g_cum, consts, num_levels, chunk) if delta else None
 
@@ -286,7 +287,7 @@ def _scan(rows, dtype, consts, num_levels, initial_state, chunk):
     states = torch.empty(n, num_slots, num_heads, key_dim, value_dim, dtype=_storage_dtype(dtype), device=dev)
     chunk_g = None
     if not delta:  # cumulative log decay at chunk starts, in float64: a long row's sum is large
-        totals = g_cum.view(n, nc, chunk, num_heads)[:, :, -1].double()
+        totals = totals.double()
         chunk_g = (totals.cumsum(1) - totals).contiguous()
     recorded = _Recorded(states, chunk_g, num_js, top_exp)
     has_init = initial_state is not None
@@ -432,7 +433,7 @@ def _backward_scalar(q, k, v, g, lam, do, cu_seqlens, chunk=CHUNK):
     Recomputes the level states (one scan launch), then runs the reverse level scans (which also
     take the readout's share of dq, dlambda and dg) and the chunk-parallel gradient kernel of
     ``chunk_bwd_triton``; dg is the reverse cumulative sum of q.dq - k.dk per head (see that
-    module), taken per row: null slots add zero to it.
+    module), taken per row (``decay_triton.row_reverse_cumsum``): null slots add zero to it.
     """
 
     from .chunk_bwd_triton import chunk_grad_kernel, level_scan_bwd_kernel
@@ -470,7 +471,7 @@ def _backward_scalar(q, k, v, g, lam, do, cu_seqlens, chunk=CHUNK):
         b.slots, b.nc, num_js, num_slots, top_exp, b.num_levels,
         LOG_C=b.log_c, LP=block_size(b.num_levels), DOT=dot, **{**b.consts, "BV": bv_chunk, **grad_launch},
     )
-    dg = dacc.flip(-1).cumsum(-1).flip(-1).transpose(1, 2)
+    dg = row_reverse_cumsum(dacc, chunk)  # [N, S, H], contiguous
     return b.tokens((dq, dk, dv, dg, dlam))
 
 
@@ -491,7 +492,7 @@ def _backward_delta(q, k, v, g, lam, beta, do, cu_seqlens, chunk=CHUNK):
     states), then the three stages of ``chunk_bwd_delta_triton`` (reverse level scans, the
     state-gradient pairs D and dX, the chunk-parallel gradients). The decay reaches other chunks
     only through each chunk's total decay, so dg is the reverse cumulative sum of the kernel's
-    dG within each chunk."""
+    dG within each chunk (``decay_triton.chunk_reverse_cumsum``)."""
 
     from .chunk_bwd_delta_triton import chunk_grad_delta_kernel, level_scan_bwd_delta_kernel, state_pairs_kernel
 
@@ -520,7 +521,7 @@ def _backward_delta(q, k, v, g, lam, beta, do, cu_seqlens, chunk=CHUNK):
         G=b.consts["G"], C=chunk, LOG_C=b.log_c, LP=block_size(b.num_levels), **tiled,
         num_warps=8, num_stages=2,  # double- rather than triple-buffered loads: 168 KB in bf16
     )
-    dg = dgc.view(b.n, b.nc, chunk, nh).flip(2).cumsum(2).flip(2).view(b.n, b.slots, nh)
+    dg = chunk_reverse_cumsum(dgc, chunk)
     return b.tokens((dq, dk, dv, dg, dlam, dbeta))
 
 
