@@ -48,7 +48,7 @@ except ImportError:  # pragma: no cover
 from ..levels import inter_chunk_scans, level_tensor, relevel, scan_run, scan_slot_sizes
 from .block import block_terms, level_split
 from .chunk import chunk_loglinear_attention
-from .decay_triton import chunk_decay, chunk_reverse_cumsum, row_reverse_cumsum
+from .decay_triton import chunk_decay, chunk_offsets, chunk_reverse_cumsum, row_reverse_cumsum
 from .intra_triton import ut_factors_kernel
 from .layout import make_layout
 from .output_triton import chunk_output_kernel
@@ -287,8 +287,7 @@ def _scan(rows, dtype, consts, num_levels, initial_state, chunk):
     states = torch.empty(n, num_slots, num_heads, key_dim, value_dim, dtype=_storage_dtype(dtype), device=dev)
     chunk_g = None
     if not delta:  # cumulative log decay at chunk starts, in float64: a long row's sum is large
-        totals = totals.double()
-        chunk_g = (totals.cumsum(1) - totals).contiguous()
+        chunk_g = chunk_offsets(totals, exclusive=True)
     recorded = _Recorded(states, chunk_g, num_js, top_exp)
     has_init = initial_state is not None
     base_chunk = rows.base // chunk

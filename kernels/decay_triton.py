@@ -1,5 +1,6 @@
 """Triton: chunk-local cumulative sums along the tokens of ``[N, S, H]`` slots (S = NC * C,
-chunk-aligned), one kernel for three jobs of ``chunk_triton``:
+chunk-aligned), one kernel for three jobs of ``chunk_triton``, and the float64 running sums of
+chunk totals across a row (``chunk_offsets``):
 
 1. stage 1 (``chunk_decay``): the cumulative log decay G of log decays g, null slots zero::
 
@@ -11,9 +12,9 @@ chunk-aligned), one kernel for three jobs of ``chunk_triton``:
 3. the scalar-decay backward (``row_reverse_cumsum``): dg[n, t, h] = sum_{s >= t} dacc[n, h, s]
    along a whole row, from dacc in the heads-major layout ``chunk_bwd_triton`` stores, written
    tokens-major [N, S, H] (what ``_Backward.tokens`` gathers: no transpose copy). Two launches:
-   the first stores only each chunk's total, torch takes their inclusive float64 sum across the
-   chunks (small: [N, NC, H]), the second re-reads dacc, scans it again and adds the float64 sum
-   of the chunks after its own before its single rounding. A torch broadcast add after one launch
+   the first stores only each chunk's total, ``chunk_offsets`` takes their inclusive float64 sum
+   across the chunks (small: [N, NC, H]), the second re-reads dacc, scans it again and adds the
+   float64 sum of the chunks after its own before its single rounding. A torch broadcast add after one launch
    would instead write the within-chunk sums, then read and write them again (24 MB of traffic at
    2K x 16 x 48 heads in fp32 against 18 MB, one more launch) and round twice.
 
@@ -21,11 +22,16 @@ Grid ``(N * NC, H / BH)``: one program loads its chunk's [C, BH] tile (input str
 tokens and heads are arguments: [N, S, H] or [N, H, S]) and scans it along the tokens for every
 head at once (``REVERSE``: from the chunk's last slot), in the accumulation dtype. Totals are
 stored in the scan's order of chunks ([N, NC, H]; reverse: a row's last chunk first), so the
-inclusive torch cumsum of them is each chunk's offset for the next in that order.
+inclusive sum of them is each chunk's offset for the next in that order.
 torch's cumsum over the chunk dimension of a [N, NC, C, H] view took ~27 us a call on an H200 at
 2K x 16 x 48 heads (``tensor_kernel_scan_outer_dim``), twice per training step, for ~6 MB of
-traffic; the scalar backward's row-long flip / cumsum / flip of dacc ~34 + 2 x 6 us. The float64
-exclusive sum of the totals across chunks (``chunk_g``) of stage 1 stays in torch. sm_90 offline
+traffic; the scalar backward's row-long flip / cumsum / flip of dacc ~34 + 2 x 6 us.
+
+``chunk_offsets`` (its own small kernel, one program per row and block of heads walking the
+chunks) takes the float64 running sums of chunk totals across a row: the scalar forward's
+cumulative log decay at chunk starts (``chunk_g``, exclusive) and the row sum's offsets
+(inclusive). In torch these were a cast, a float64 cumsum and a subtraction (three launches, ~8
+us for the cumsum alone, twice per training step) and one cumsum. sm_90 offline
 (triton 3.9) at 16 x 2048 x 48 heads, no stack anywhere: G and the within-chunk reverse sum 56
 registers, 8 KB of shared memory (the scan across warps) in fp32, 124 / 126 and 32 KB in float64;
 the row sum's two launches (heads-major loads, tokens-major stores) 40 and 55 registers, 16 KB in
@@ -83,6 +89,23 @@ def chunk_decay_kernel(
         tl.store(sums + (blk * C + i[:, None]) * H + h[None, :], acc, mask=hm)
 
 
+@triton.jit
+def chunk_offsets_kernel(totals, out, NC, H: tl.constexpr, BC: tl.constexpr, BH: tl.constexpr, EXCLUSIVE: tl.constexpr):
+    """Float64 running sums along the chunks of row ``program_id(0)``'s totals [N, NC, H] for a
+    block of heads: BC chunks a step, carried across steps."""
+    row = tl.program_id(0).to(tl.int64)
+    h = tl.program_id(1) * BH + tl.arange(0, BH)
+    carry = tl.zeros([BH], dtype=tl.float64)
+    for c0 in range(0, NC, BC):
+        c = c0 + tl.arange(0, BC)
+        mask = (c < NC)[:, None] & (h < H)[None, :]
+        off = (row * NC + c[:, None]) * H + h[None, :]
+        x = tl.load(totals + off, mask=mask, other=0.0).to(tl.float64)
+        inclusive = tl.cumsum(x, 0) + carry[None, :]
+        tl.store(out + off, inclusive - x if EXCLUSIVE else inclusive, mask=mask)
+        carry += tl.sum(x, 0)
+
+
 def _launch(x, chunk, dtype, heads_major=False, reverse=False, sums=True, totals=False, offsets=None):
     """Run ``chunk_decay_kernel`` on x ([N, S, H], or [N, H, S] if ``heads_major``; contiguous);
     returns (sums [N, S, H] or None, totals [N, NC, H] or None), both ``dtype``."""
@@ -117,6 +140,24 @@ def chunk_decay_torch(g: torch.Tensor, chunk: int, acc_dtype: torch.dtype):
     return g_cum.view(n, slots, num_heads), g_cum[:, :, -1].contiguous()
 
 
+def chunk_offsets(totals: torch.Tensor, exclusive: bool) -> torch.Tensor:
+    """Float64 running sums along dim 1 of contiguous totals [N, NC, H] (``exclusive``: of the
+    chunks before each one)."""
+    n, nc, num_heads = totals.shape
+    out = torch.empty(n, nc, num_heads, dtype=torch.float64, device=totals.device)
+    bh = min(block_size(num_heads), 16)  # a [BC, BH] float64 tile per step; more programs, not wider tiles
+    chunk_offsets_kernel[(n, triton.cdiv(num_heads, bh))](
+        totals, out, nc, H=num_heads, BC=min(block_size(nc), 128), BH=bh, EXCLUSIVE=exclusive, num_warps=4,
+    )
+    return out
+
+
+def chunk_offsets_torch(totals: torch.Tensor, exclusive: bool) -> torch.Tensor:
+    """The torch reference of ``chunk_offsets`` (what ran before it)."""
+    inclusive = totals.double().cumsum(1)
+    return inclusive - totals.double() if exclusive else inclusive
+
+
 def chunk_reverse_cumsum(x: torch.Tensor, chunk: int) -> torch.Tensor:
     """sum_{s >= t} x[n, s, h] over the slots of t's chunk, [N, S, H] in x's dtype, of contiguous x
     [N, S, H]."""
@@ -134,7 +175,7 @@ def row_reverse_cumsum(x: torch.Tensor, chunk: int) -> torch.Tensor:
     contiguous heads-major x [N, H, S] (S a multiple of ``chunk``): the within-chunk sums plus the
     float64 sum of the chunks after, rounded once."""
     _, totals = _launch(x, chunk, x.dtype, heads_major=True, reverse=True, sums=False, totals=True)
-    offsets = torch.cumsum(totals, 1, dtype=torch.float64)  # in scan order: the last chunk first
+    offsets = chunk_offsets(totals, exclusive=False)  # in scan order: the last chunk first
     return _launch(x, chunk, x.dtype, heads_major=True, reverse=True, offsets=offsets)[0]
 
 

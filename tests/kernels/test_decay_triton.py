@@ -26,6 +26,8 @@ from hf_loglinear.kernels.chunk_triton import CHUNK, _Rows
 from hf_loglinear.kernels.decay_triton import (
     chunk_decay,
     chunk_decay_torch,
+    chunk_offsets,
+    chunk_offsets_torch,
     chunk_reverse_cumsum,
     chunk_reverse_cumsum_torch,
     row_reverse_cumsum,
@@ -125,3 +127,23 @@ def test_long_rows(mode, dtype):
 def test_half_inputs_accumulate_in_fp32():
     """bf16 log decays are cast to the fp32 accumulator before the first sum, as the reference does."""
     _check_decay(_slots(2, 130, 4, torch.bfloat16, seed=2), torch.float32)
+
+
+@pytest.mark.parametrize("exclusive", [True, False])
+@pytest.mark.parametrize("num_chunks,heads", [(1, 1), (5, 3), (130, 17), (300, 48)])  # 130 / 300: 2 / 3 steps of 128 chunks; 17: two head blocks
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_chunk_offsets(exclusive, num_chunks, heads, dtype):
+    """Float64 running sums of chunk totals [N, NC, H] across the chunks: the scalar forward's
+    chunk_g (exclusive) and the row sum's offsets (inclusive). Summing NC terms in float64 in
+    any order is within (NC - 1) 2^-53 of their absolute sum of the exact value; the exclusive
+    form's subtraction adds one rounding of the result. So kernel and reference are within twice
+    (NC + 1) 2^-53 of that mass of each other; a missing carry or a shifted chunk is off by a
+    whole total."""
+    gen = torch.Generator().manual_seed(num_chunks)
+    totals = (-8 * torch.rand(3, num_chunks, heads, generator=gen, dtype=torch.float64)).to(dtype)
+    out, ref = chunk_offsets(totals, exclusive), chunk_offsets_torch(totals, exclusive)
+    assert out.dtype == ref.dtype == torch.float64 and out.shape == totals.shape and out.is_contiguous()
+    mass = totals.double().abs().cumsum(1)
+    assert ((out - ref).abs() <= 2 * (num_chunks + 1) * U64 * mass).all()
+    if exclusive:
+        assert (out[:, 0] == 0).all()
