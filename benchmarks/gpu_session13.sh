@@ -12,14 +12,18 @@
 #    main and main before the tokens change, one process each, in one call; then the fp32 GDN
 #    checks beyond the dense case on main (three processes side by side: compiling is what
 #    takes their time, and nothing is timed after them). Steps stop starting at 540 s.
-# f: the final tables on main: bf16 checks of both variants, Mamba-2 at every T beside fla and
-#    SDPA plus 128K / 1M, GDN at 2K / 8K, the Mamba-2 profile at 2K, decode at every batch.
+# f: the final tables on main (after a: m2-dlam-out dropped, m2-chunk-offsets merged: chunk_g and
+#    the row sum's offsets by decay_triton.chunk_offsets instead of torch): bf16 checks of both
+#    variants; Mamba-2 at 2K / 8K with main before m2-chunk-offsets (.ab_before-offsets: `git
+#    archive` of main before the merge, carried with [".whl", ".ab_before-offsets"]); then on
+#    main Mamba-2 at every T beside fla and SDPA plus 128K / 1M, GDN at 2K / 8K, the Mamba-2
+#    profile at 2K, decode at every batch.
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 pkg() {  # $1: where; $2: the root holding hf_loglinear/ and kernels/ to install
   mkdir -p "$1" && cp -r "$2/hf_loglinear" "$1/" && cp -r "$2/kernels" conversion model_cards "$1/hf_loglinear/"
 }
 pkg /tmp/pkg .
-for b in m2-dlam-out m2-cumsum-kernel; do [ -d .ab_$b ] && pkg /tmp/pkg_$b .ab_$b; done
+for b in m2-dlam-out m2-cumsum-kernel before-offsets; do [ -d .ab_$b ] && pkg /tmp/pkg_$b .ab_$b; done
 export PYTHONUNBUFFERED=1 TRITON_CACHE_DIR=$PWD/.triton_cache
 on() { local b=$1; shift; PYTHONPATH=/tmp/pkg_$b:/tmp/site "$@"; }  # run with branch $b's package
 main() { PYTHONPATH=/tmp/pkg:/tmp/site "$@"; }
@@ -53,6 +57,7 @@ f)  for v in mamba2 gdn; do
       main timeout 150 python $B --variants $v --skip-decode --lengths '' --check-dtypes bfloat16 2>&1 | tee $OUT/${v}_checks.log | grep "check\|FAIL\|Error\|done"
       grep -q "CHECKS FAILED" $OUT/${v}_checks.log && exit 1
     done
+    [ -d /tmp/pkg_before-offsets ] && on before-offsets timeout $(cap 200) python $B --variants mamba2 --skip-checks --skip-decode --lengths 2048,8192 2>&1 | tee $OUT/before-offsets_timing.log | grep "ours\|Error"
     main timeout $(cap 220) python $B --variants mamba2 --skip-checks --skip-decode --long 131072,1048576 --out $OUT 2>&1 | tee $OUT/mamba2_timing.log | grep "^  (\|long\|Error"
     main timeout $(cap 90) python $B --variants gdn --skip-checks --skip-decode --lengths 2048,8192 --out $OUT 2>&1 | tee $OUT/gdn_timing.log | grep "^  (\|Error"
     main timeout $(cap 60) python $B --variants mamba2 --profile 2048 2>&1 | tee $OUT/mamba2_profile.log | grep "kernel\|Self CUDA"
