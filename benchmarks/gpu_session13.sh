@@ -31,6 +31,10 @@ cap() {  # seconds step $1 may take: at most $1, and none once the call is near 
   local left=$((540 - SECONDS)); [ "$left" -lt 20 ] && echo 0 || echo $(( $1 < left ? $1 : left ))
 }
 note() { echo "$*" | tee -a $OUT/summary.log; }
+run() {  # $1: at most this many seconds (cap), $2: log name, the rest: the command; skipped near the end
+  local t; t=$(cap $1); [ "$t" = 0 ] && { note "$2: not run (time)"; return; }
+  local log=$2; shift 2; timeout $t "$@" > $OUT/$log.log 2>&1; note "$log: rc $? (${SECONDS} s)"
+}
 B=benchmarks/bench_kernels.py
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())" | tee $OUT/versions.log
 case "$1" in
@@ -57,11 +61,13 @@ f)  for v in mamba2 gdn; do
       main timeout 150 python $B --variants $v --skip-decode --lengths '' --check-dtypes bfloat16 2>&1 | tee $OUT/${v}_checks.log | grep "check\|FAIL\|Error\|done"
       grep -q "CHECKS FAILED" $OUT/${v}_checks.log && exit 1
     done
-    [ -d /tmp/pkg_before-offsets ] && on before-offsets timeout $(cap 200) python $B --variants mamba2 --skip-checks --skip-decode --lengths 2048,8192 2>&1 | tee $OUT/before-offsets_timing.log | grep "ours\|Error"
-    main timeout $(cap 220) python $B --variants mamba2 --skip-checks --skip-decode --long 131072,1048576 --out $OUT 2>&1 | tee $OUT/mamba2_timing.log | grep "^  (\|long\|Error"
-    main timeout $(cap 90) python $B --variants gdn --skip-checks --skip-decode --lengths 2048,8192 --out $OUT 2>&1 | tee $OUT/gdn_timing.log | grep "^  (\|Error"
-    main timeout $(cap 60) python $B --variants mamba2 --profile 2048 2>&1 | tee $OUT/mamba2_profile.log | grep "kernel\|Self CUDA"
-    main timeout $(cap 90) python $B --variants mamba2 --skip-checks --lengths '' 2>&1 | tee $OUT/decode.log | grep "decode\|copy\|^| [0-9]"
+    mkdir -p $OUT/mamba2 $OUT/gdn
+    [ -d /tmp/pkg_before-offsets ] && run 200 before-offsets_timing env PYTHONPATH=/tmp/pkg_before-offsets:/tmp/site python $B --variants mamba2 --skip-checks --skip-decode --lengths 2048,8192
+    run 220 mamba2_timing env PYTHONPATH=/tmp/pkg:/tmp/site python $B --variants mamba2 --skip-checks --skip-decode --long 131072,1048576 --out $OUT/mamba2
+    run 90 gdn_timing env PYTHONPATH=/tmp/pkg:/tmp/site python $B --variants gdn --skip-checks --skip-decode --lengths 2048,8192 --out $OUT/gdn
+    run 60 mamba2_profile env PYTHONPATH=/tmp/pkg:/tmp/site python $B --variants mamba2 --profile 2048
+    run 90 decode env PYTHONPATH=/tmp/pkg:/tmp/site python $B --variants mamba2 --skip-checks --lengths ''
+    grep -h "ours\|long\|^| \|Error" $OUT/*_timing.log $OUT/decode.log | head -120
     cat $OUT/summary.log 2>/dev/null ;;
 *)  echo "usage: bash benchmarks/gpu_session13.sh a|f" >&2; exit 2 ;;
 esac
