@@ -1,7 +1,8 @@
 """The chunk-local cumulative sum kernel (``decay_triton``) under TRITON_INTERPRET=1, against its
 torch references and float64 sums, on slots as ``chunk_triton._Rows`` lays them out, in its three
 modes: ``decay`` (G and the chunk totals), ``chunk`` (the delta rule's reverse sum within each
-chunk) and ``row`` (the scalar backward's reverse sum along a whole row, from heads-major input).
+chunk) and ``row`` (the scalar backward's reverse sum along a whole row, from heads-major input);
+and ``chunk_offsets``, the float64 running sums of chunk totals (its tolerance at its test).
 
 Tolerance. Any order of summing n terms in floating point (sequential, as torch and the
 interpreter's numpy do, or the tree of ``tl.cumsum`` on a GPU) is off by at most
