@@ -55,6 +55,11 @@ from .output_triton import chunk_output_kernel
 from .scan_triton import block_size, level_scan_delta_kernel, level_scan_kernel
 
 CHUNK = 64
+# HF_LOGLINEAR_GDN_SCAN=padded (read once, at import) runs the delta rule's forward level scan on
+# k and W zero-padded to the key tile (``_pad_keys``), with the chunk's loads unmasked and ahead
+# of its run-time branch (``scan_triton.level_scan_delta_kernel``, KPAD) so that triton pipelines
+# them. Not yet run on a GPU: main's form stays the default.
+_GDN_SCAN_PADDED = os.environ.get("HF_LOGLINEAR_GDN_SCAN", "") == "padded"
 
 
 def _acc(dtype):
@@ -298,12 +303,15 @@ def _scan(rows, dtype, consts, num_levels, initial_state, chunk):
     else:
         low = h0 = p0 = low_sum = states  # never read
     dot = _dot_dtype(dtype)
-    bv_scan, scan_launch = _scan_tiles(bk, value_dim, delta, dot)
+    padded = delta and _GDN_SCAN_PADDED
+    bv_scan, scan_launch = _padded_scan_tiles(bk, value_dim, dot) if padded else _scan_tiles(bk, value_dim, delta, dot)
     grid = lambda num_programs: (n * num_heads, num_programs, triton.cdiv(value_dim, bv_scan))  # noqa: E731
     common = {**consts, **scan_launch, "HAS_INIT": has_init, "DOT": dot, "BV": bv_scan}
     args = (g_cum, states, h0, p0, low_sum, base_chunk, slots, nc, num_js, num_slots, top_exp)
     if delta:
-        level_scan_delta_kernel[grid(num_js)](rows.k, factors.u, factors.w, *args, **common)
+        k, w = (_pad_keys(x, bk) for x in (rows.k, factors.w)) if padded else (rows.k, factors.w)
+        stages = scan_launch["num_stages"] if padded else None
+        level_scan_delta_kernel[grid(num_js)](k, factors.u, w, *args, KPAD=padded, LOOP_STAGES=stages, **common)
     else:
         # The inter-chunk levels and the capped top (alone carrying a pending window sum) in two
         # launches side by side: at long T the top's few programs walk as many chunks as all the
@@ -337,6 +345,12 @@ def _side_by_side(first, second, device):
     main.wait_stream(side)
 
 
+def _pad_keys(x, width):
+    """x [..., K] as a contiguous copy with its last dim zero-padded to ``width`` (as it is when
+    K = width already): the padded scan's unmasked key loads read zeros past K, which add nothing."""
+    return x if x.shape[-1] == width else F.pad(x, (0, width - x.shape[-1])).contiguous()
+
+
 def _scan_tiles(bk, value_dim, delta, dot):
     """(value tile, launch options) of the level scans for operands of dtype ``dot`` (under scalar
     decay also of its reverse scan): each program holds the whole key head and a value tile of up
@@ -352,6 +366,16 @@ def _scan_tiles(bk, value_dim, delta, dot):
     if delta and bk > 128:
         return bv if dot != tl.float32 else min(bv, 32), dict(num_stages=1)
     return bv, {}
+
+
+def _padded_scan_tiles(bk, value_dim, dot):
+    """``_scan_tiles`` of the delta rule's padded forward scan (HF_LOGLINEAR_GDN_SCAN=padded): main's
+    value tiles and warps, and two pipeline stages (also its loop's, LOOP_STAGES), since
+    prefetching its loads is its point. sm_90 offline at 192 / 384 in bf16: 169 KB of shared
+    memory at two stages, 241 KB (too much) at three; fp32 operand tiles above K = 128 would take
+    296 KB at two, so they get one (unmasked loads, not prefetched). Not yet timed: the GPU
+    session sweeps stages and value tiles (at 32: no spill offline, 149 KB)."""
+    return _scan_tiles(bk, value_dim, True, dot)[0], dict(num_stages=1 if dot == tl.float32 and bk > 128 else 2)
 
 
 def _reverse_scan_launch(dot):

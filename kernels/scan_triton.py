@@ -231,12 +231,23 @@ def _close(hs, ps, top):
 
 @triton.jit
 def _chunk_tiles(k, v, g_cum, tok, g_end, grp, h, dk, dv, km, vm, G: tl.constexpr, H: tl.constexpr,
-                 K: tl.constexpr, V: tl.constexpr, ACC: tl.constexpr):
+                 K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, KPAD: tl.constexpr, ACC: tl.constexpr):
     """The [C, BK] key tile (as stored) and [C, BV] value tile (in ACC) of a chunk's tokens
     ``tok``, and their decay to the chunk's end e = exp(G_end - G)."""
-    kt = head_rows(k, tok, G, grp, K, dk, km)
+    kt = _key_rows(k, tok, G, grp, K, dk, km, BK, KPAD)
     vt = head_rows(v, tok, H, h, V, dv, vm).to(ACC)
     return kt, vt, tl.exp(g_end - tl.load(g_cum + tok * H + h).to(ACC))
+
+
+@triton.jit
+def _key_rows(ptr, tok, heads, head, K: tl.constexpr, dk, km, BK: tl.constexpr, KPAD: tl.constexpr):
+    """``head_rows`` of a key-sized tensor (k, W). KPAD: its rows are zero-padded to BK in memory
+    (``chunk_triton._pad_keys``), so the load takes no mask: a masked key tile, transposed into a
+    bf16 wgmma operand, faulted on the H200 at K = 192 once its loads left the run-time branch."""
+    if KPAD:
+        return tl.load(ptr + (tok[:, None] * heads + head) * BK + dk[None, :])
+    else:
+        return head_rows(ptr, tok, heads, head, K, dk, km)
 
 
 @triton.jit
@@ -292,7 +303,7 @@ def _sum_sources(k, v, g_cum, states, hs, lo, cb, row64, h, grp, i, dk, dv, km, 
         ca = tl_nth_chunk_with_bit(t, js64, 0)
         c = ca - cb
         g_end, decay = _chunk_decay(g_cum, row64, S, c, H, h, C, ACC)
-        kt, vt, e = _chunk_tiles(k, v, g_cum, row64 * S + c * C + i, g_end, grp, h, dk, dv, km, vm, G, H, K, V, ACC)
+        kt, vt, e = _chunk_tiles(k, v, g_cum, row64 * S + c * C + i, g_end, grp, h, dk, dv, km, vm, G, H, K, V, BK, False, ACC)
         hs = _push(hs, kt, kt, vt, e, decay, 1.0, False, K, BK, False, DOT, PREC, ACC)
         if (ca & last_of_run) == last_of_run:  # the bucket's last source: the next chunk reads the sum
             if c + 1 < NC:
@@ -316,7 +327,7 @@ def _walk_top(k, v, g_cum, states, hs, ps, cb, row64, h, grp, i, dk, dv, km, vm,
     for c in range(NC):
         ca = _visit(states, hs, cb, c, js, js64, NJ, NC, NSLOT, top_exp, row64, h, H, K, V, hv, hvm, False)[0]
         g_end, decay = _chunk_decay(g_cum, row64, S, c, H, h, C, ACC)
-        kt, vt, e = _chunk_tiles(k, v, g_cum, row64 * S + c * C + i, g_end, grp, h, dk, dv, km, vm, G, H, K, V, ACC)
+        kt, vt, e = _chunk_tiles(k, v, g_cum, row64 * S + c * C + i, g_end, grp, h, dk, dv, km, vm, G, H, K, V, BK, False, ACC)
         hs = decay * hs
         ps = _push(ps, kt, kt, vt, e, decay, 1.0, False, K, BK, False, DOT, PREC, ACC)
         if (ca & win) == win:
@@ -329,18 +340,31 @@ def level_scan_delta_kernel(
     S, NC, NJ, NSLOT, top_exp,
     H: tl.constexpr, G: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    HAS_INIT: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr, DOT: tl.constexpr,
+    HAS_INIT: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr, DOT: tl.constexpr, KPAD: tl.constexpr,
+    LOOP_STAGES: tl.constexpr,
 ):
     """The delta rule: every state goes through every chunk's transition (below the top, except a
     bucket's last chunk, after which it restarts). One launch, the top found at run time, and the
     chunk's loads behind a run-time branch: the form an H200 ran correctly; with the top launched
     apart and unconditional loads, bf16 at K = 192 faulted (out-of-range shared address, triton
-    3.6; gpu_notes.md)."""
+    3.6; gpu_notes.md).
+
+    KPAD (HF_LOGLINEAR_GDN_SCAN=padded; not yet run on a GPU): k and W come with their rows
+    zero-padded to BK (``chunk_triton._pad_keys``), so their loads take no key mask, and the
+    chunk's loads are issued ahead of the run-time branch, so triton can pipeline them; the
+    products stay behind it. Zero key rows add nothing to the state's rows past K, which start at
+    zero and are never stored (states, h0, p0 and low keep K rows)."""
     row, h, grp, js, dk, dv, km, vm, hv, hvm = scan_program(H, G, K, V, BK, BV)
+    KW: tl.constexpr = BK if KPAD else K  # key length of the k / W rows in memory
     is_top = js == NJ - 1
     i, cb, row64, js64, win = _walk(base_chunk, row, js, NJ, top_exp, C)
     hs, ps = _start(h0, p0, row64, js, NJ, H, h, K, V, hv, hvm, BK, BV, HAS_INIT, ACC, is_top)
-    for c in range(NC):
+    # LOOP_STAGES (None: no attribute, main's loop): the loop's own pipeline stages. The launch's
+    # num_stages pipelines only loads feeding a dot in the loop body itself, and here every dot is
+    # behind the run-time branch; the loop's attribute pipelines the unconditional loads too
+    # (sm_90 offline, KPAD at two stages: W, k, U, e and G_end prefetched by async copies; with
+    # the launch's num_stages alone, none).
+    for c in tl.range(0, NC, num_stages=LOOP_STAGES):
         ca, bit, reads = _visit(states, hs, cb, c, js, js64, NJ, NC, NSLOT, top_exp, row64, h, H, K, V, hv, hvm, True)
         if HAS_INIT:
             if c == 0:
@@ -349,13 +373,17 @@ def level_scan_delta_kernel(
                 ps += lo
         g_end, decay = _chunk_decay(g_cum, row64, S, c, H, h, C, ACC)
         closes = (ca & win) == win
+        if KPAD:  # unconditional, unmasked: the software pipeliner can prefetch them
+            wt, kt, ut, e = _delta_tiles(k, u, w, g_cum, row64, S, c, i, g_end, grp, h, dk, dv, km, vm,
+                                         G, H, K, V, C, BK, KPAD, ACC)
         # Below the top the state restarts after a bucket's last chunk (a reader), so pushing it
         # through that chunk would be thrown away: half the chunks of level 0 are skipped, a
-        # quarter of level 1's, ... The branch also keeps the loads behind a run-time condition.
+        # quarter of level 1's, ... Without KPAD the branch also keeps the loads behind a run-time
+        # condition.
         if is_top | (closes == 0):
-            tok = row64 * S + c * C + i
-            wt = head_rows(w, tok, H, h, K, dk, km)
-            kt, ut, e = _chunk_tiles(k, u, g_cum, tok, g_end, grp, h, dk, dv, km, vm, G, H, K, V, ACC)
+            if not KPAD:
+                wt, kt, ut, e = _delta_tiles(k, u, w, g_cum, row64, S, c, i, g_end, grp, h, dk, dv, km, vm,
+                                             G, H, K, V, C, BK, KPAD, ACC)
             # A bucket's first chunk finds its sum restarted (zero: the level's state, the top's
             # pending sum), except the row's first chunk when it starts from initial levels.
             fresh = ((ca & win) == 0) & ((c > 0) | (not HAS_INIT))
@@ -364,9 +392,21 @@ def level_scan_delta_kernel(
                 # (ca <= win), initial levels or not: no push through those chunks (at the bench
                 # lengths half the row).
                 if ca > win:
-                    hs = _push(hs, kt, wt, ut, e, decay, 0.0, False, K, BK, True, DOT, PREC, ACC)
-                ps = _push(ps, kt, wt, ut, e, decay, 1.0, fresh, K, BK, True, DOT, PREC, ACC)
+                    hs = _push(hs, kt, wt, ut, e, decay, 0.0, False, KW, BK, True, DOT, PREC, ACC)
+                ps = _push(ps, kt, wt, ut, e, decay, 1.0, fresh, KW, BK, True, DOT, PREC, ACC)
             else:
-                hs = _push(hs, kt, wt, ut, e, decay, tl.where(bit == 1, 0.0, 1.0), fresh, K, BK, True, DOT, PREC, ACC)
+                hs = _push(hs, kt, wt, ut, e, decay, tl.where(bit == 1, 0.0, 1.0), fresh, KW, BK, True, DOT, PREC, ACC)
         if closes:
             hs, ps = _close(hs, ps, is_top)
+
+
+@triton.jit
+def _delta_tiles(k, u, w, g_cum, row64, S, c, i, g_end, grp, h, dk, dv, km, vm, G: tl.constexpr, H: tl.constexpr,
+                 K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, KPAD: tl.constexpr,
+                 ACC: tl.constexpr):
+    """Chunk c's W and k tiles [C, BK] (as stored), its U tile [C, BV] (in ACC) and the decay of
+    its tokens to its end, e = exp(G_end - G): what the delta rule pushes a state through it with."""
+    tok = row64 * S + c * C + i
+    wt = _key_rows(w, tok, H, h, K, dk, km, BK, KPAD)
+    kt, ut, e = _chunk_tiles(k, u, g_cum, tok, g_end, grp, h, dk, dv, km, vm, G, H, K, V, BK, KPAD, ACC)
+    return wt, kt, ut, e
