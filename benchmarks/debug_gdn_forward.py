@@ -2,11 +2,11 @@
 pipeline stages in its level scan: one case per process (an illegal access poisons the CUDA
 context), launches blocking.
 
-    CUDA_LAUNCH_BLOCKING=1 python benchmarks/debug_gdn_forward.py K V dtype [stages[xBV]]
-    python benchmarks/debug_gdn_forward.py 192 384 bfloat16 [stages[xBV]] time
+    CUDA_LAUNCH_BLOCKING=1 python benchmarks/debug_gdn_forward.py K V dtype [stages[xBV[xwarps]]]
+    python benchmarks/debug_gdn_forward.py 192 384 bfloat16 [stages[xBV[xwarps]]] time
 
-``stages[xBV]``: the level scan's pipeline stages, and its value tile if given (e.g. 2x32), in
-main's form or HF_LOGLINEAR_GDN_SCAN=padded's.
+``stages[xBV[xwarps]]``: the level scan's pipeline stages, and its value tile and warps if given
+(e.g. 1x32x4; ``chunk_triton._delta_scan_tiles``).
 ``time``: after the check, the forward's median time at the ANCHORS.md shape (6 heads x 192 /
 384, B = 32768 / T) at T = 2K and 8K, with num_levels = 1 and fla's chunk_gated_delta_rule
 forward beside it (same run).
@@ -24,13 +24,13 @@ from hf_loglinear.ops import loglinear_attention
 K, V, dtype = int(sys.argv[1]), int(sys.argv[2]), getattr(torch, sys.argv[3])
 TIME = sys.argv[-1] == "time"
 if len(sys.argv) > 4 and sys.argv[4][0].isdigit():
-    stages, _, bv = sys.argv[4].partition("x")
-    for name in ("_scan_tiles", "_padded_scan_tiles"):
-        def tiles(*a, base=getattr(chunk_triton, name)):
-            tile, launch = base(*a)
-            return int(bv or tile), {**launch, "num_stages": int(stages)}
+    stages, bv, warps = (sys.argv[4].split("x") + [None, None])[:3]
 
-        setattr(chunk_triton, name, tiles)
+    def tiles(*a, base=chunk_triton._delta_scan_tiles):
+        tile, launch = base(*a)
+        return int(bv or tile), {**launch, "num_stages": int(stages), "num_warps": int(warps or launch["num_warps"])}
+
+    chunk_triton._delta_scan_tiles = tiles
 gen = torch.Generator(device="cuda").manual_seed(0)
 rand = lambda *s: torch.randn(*s, device="cuda", generator=gen)  # noqa: E731
 q, k = (torch.nn.functional.normalize(rand(1, 1000, 2, K), dim=-1).to(dtype) for _ in range(2))

@@ -55,11 +55,6 @@ from .output_triton import chunk_output_kernel
 from .scan_triton import block_size, level_scan_delta_kernel, level_scan_kernel
 
 CHUNK = 64
-# HF_LOGLINEAR_GDN_SCAN=padded (read once, at import) runs the delta rule's forward level scan on
-# k and W zero-padded to the key tile (``_pad_keys``), with the chunk's loads unmasked and ahead
-# of its run-time branch (``scan_triton.level_scan_delta_kernel``, KPAD) so that triton pipelines
-# them. Not yet run on a GPU: main's form stays the default.
-_GDN_SCAN_PADDED = os.environ.get("HF_LOGLINEAR_GDN_SCAN", "") == "padded"
 
 
 def _acc(dtype):
@@ -303,24 +298,21 @@ def _scan(rows, dtype, consts, num_levels, initial_state, chunk):
     else:
         low = h0 = p0 = low_sum = states  # never read
     dot = _dot_dtype(dtype)
-    padded = delta and _GDN_SCAN_PADDED
-    bv_scan, scan_launch = _padded_scan_tiles(bk, value_dim, dot) if padded else _scan_tiles(bk, value_dim, delta, dot)
-    grid = lambda num_programs: (n * num_heads, num_programs, triton.cdiv(value_dim, bv_scan))  # noqa: E731
-    common = {**consts, **scan_launch, "HAS_INIT": has_init, "DOT": dot, "BV": bv_scan}
     args = (g_cum, states, h0, p0, low_sum, base_chunk, slots, nc, num_js, num_slots, top_exp)
     if delta:
-        k, w = (_pad_keys(x, bk) for x in (rows.k, factors.w)) if padded else (rows.k, factors.w)
-        stages = scan_launch["num_stages"] if padded else None
-        level_scan_delta_kernel[grid(num_js)](k, factors.u, w, *args, KPAD=padded, LOOP_STAGES=stages, **common)
-    else:
-        # The inter-chunk levels and the capped top (alone carrying a pending window sum) in two
-        # launches side by side: at long T the top's few programs walk as many chunks as all the
-        # others. The top unpipelined: prefetch buffers besides its two state tiles would spill.
-        _side_by_side(
-            lambda: level_scan_kernel[grid(1)](rows.k, rows.v, *args, TOP=True, **{**common, "num_stages": 1}),
-            (lambda: level_scan_kernel[grid(num_js - 1)](rows.k, rows.v, *args, TOP=False, **common)) if num_js > 1 else None,
-            dev,
-        )
+        _delta_scan(rows, factors, args, consts, dot, has_init, n * num_heads, num_js)
+        return g_cum, factors, recorded, low
+    bv_scan, scan_launch = _scan_tiles(bk, value_dim, dot)
+    grid = lambda num_programs: (n * num_heads, num_programs, triton.cdiv(value_dim, bv_scan))  # noqa: E731
+    common = {**consts, **scan_launch, "HAS_INIT": has_init, "DOT": dot, "BV": bv_scan}
+    # The inter-chunk levels and the capped top (alone carrying a pending window sum) in two
+    # launches side by side: at long T the top's few programs walk as many chunks as all the
+    # others. The top unpipelined: prefetch buffers besides its two state tiles would spill.
+    _side_by_side(
+        lambda: level_scan_kernel[grid(1)](rows.k, rows.v, *args, TOP=True, **{**common, "num_stages": 1}),
+        (lambda: level_scan_kernel[grid(num_js - 1)](rows.k, rows.v, *args, TOP=False, **common)) if num_js > 1 else None,
+        dev,
+    )
     return g_cum, factors, recorded, low
 
 
@@ -345,37 +337,43 @@ def _side_by_side(first, second, device):
     main.wait_stream(side)
 
 
+def _delta_scan(rows, factors, args, consts, dot, has_init, num_row_heads, num_js):
+    """The delta rule's level scans (``scan_triton.level_scan_delta_kernel``): the top, one program
+    per row, head and value tile, beside the levels below it, one program per bucket. k and W are
+    zero-padded to the key tile first (``_pad_keys``)."""
+    bk, value_dim, nc = consts["BK"], consts["V"], args[7]
+    bv, launch = _delta_scan_tiles(bk, value_dim, dot)
+    nvt = triton.cdiv(value_dim, bv)
+    k, w = (_pad_keys(x, bk) for x in (rows.k, factors.w))
+    common = {**consts, **launch, "HAS_INIT": has_init, "DOT": dot, "BV": bv, "NVT": nvt, "KPAD": True,
+              "LOOP_STAGES": launch["num_stages"]}
+    scan = lambda tasks, top: level_scan_delta_kernel[(tasks * num_row_heads * nvt,)](  # noqa: E731
+        k, factors.u, w, *args, num_row_heads, TOP=top, **common)
+    buckets = sum(((nc - 1) >> (js + 1)) + 2 for js in range(num_js - 1))  # ``scan_triton._bucket_of``
+    _side_by_side(lambda: scan(1, True), (lambda: scan(buckets, False)) if buckets else None, rows.k.device)
+
+
 def _pad_keys(x, width):
     """x [..., K] as a contiguous copy with its last dim zero-padded to ``width`` (as it is when
-    K = width already): the padded scan's unmasked key loads read zeros past K, which add nothing."""
+    K = width already): the delta scan's unmasked key loads read zeros past K, which add nothing."""
     return x if x.shape[-1] == width else F.pad(x, (0, width - x.shape[-1])).contiguous()
 
 
-def _scan_tiles(bk, value_dim, delta, dot):
-    """(value tile, launch options) of the level scans for operands of dtype ``dot`` (under scalar
-    decay also of its reverse scan): each program holds the whole key head and a value tile of up
-    to 64. The delta rule's scan holds [C, BK] tiles of k and W besides its state: above K = 128 it
-    runs unpipelined (one stage), and with fp32 operands in value tiles of 32, so that shared
-    memory stays in bounds (fp32 at 64 with an initial state would take 272 KB at K = 192; sm_90
-    offline). On the H200 at 192 / 384 in bf16, value tiles of 64 beat 32 by 9% (forward 6.94 vs
-    7.62 ms at 2K); 16 or 128, or 4 or 16 warps, were 1.5x - 2x slower
-    (``benchmarks/sweep_tiles.py scan``). Splitting the keys of the scalar-decay scans (their rows
+def _scan_tiles(bk, value_dim, dot):
+    """(value tile, launch options) of the scalar-decay level scans and their reverse scan: each
+    program holds the whole key head and a value tile of up to 64. Splitting the keys (their rows
     evolve independently) gained nothing at 2K and 3% of the forward alone at 64K in session 7's
     sweep, and was removed."""
-    bv = min(block_size(value_dim), 64)
-    if delta and bk > 128:
-        return bv if dot != tl.float32 else min(bv, 32), dict(num_stages=1)
-    return bv, {}
+    return min(block_size(value_dim), 64), {}
 
 
-def _padded_scan_tiles(bk, value_dim, dot):
-    """``_scan_tiles`` of the delta rule's padded forward scan (HF_LOGLINEAR_GDN_SCAN=padded): main's
-    value tiles and warps, and two pipeline stages (also its loop's, LOOP_STAGES), since
-    prefetching its loads is its point. sm_90 offline at 192 / 384 in bf16: 169 KB of shared
-    memory at two stages, 241 KB (too much) at three; fp32 operand tiles above K = 128 would take
-    296 KB at two, so they get one (unmasked loads, not prefetched). Not yet timed: the GPU
-    session sweeps stages and value tiles (at 32: no spill offline, 149 KB)."""
-    return _scan_tiles(bk, value_dim, True, dot)[0], dict(num_stages=1 if dot == tl.float32 and bk > 128 else 2)
+def _delta_scan_tiles(bk, value_dim, dot):
+    """(value tile, launch options) of the delta rule's level scan. Small programs (4 warps, value
+    tiles of 32) so that several share an SM and hide each other's latency: each walks a chain
+    of dependent products (W h, then Kd^T of the result) with little work per step. One stage:
+    [C, BK] tiles of k and W take 64 KB at BK = 256 in bf16, so prefetching would leave room
+    for one program an SM. Not yet timed on a GPU."""
+    return 32, dict(num_warps=4, num_stages=1)
 
 
 def _reverse_scan_launch(dot):
@@ -484,7 +482,7 @@ def _backward_scalar(q, k, v, g, lam, do, cu_seqlens, chunk=CHUNK):
     dk = b.new(b.slots, groups, nk)
     if groups < nh:
         dk.zero_()
-    bv_scan, _ = _scan_tiles(b.consts["BK"], nv, False, dot)
+    bv_scan, _ = _scan_tiles(b.consts["BK"], nv, dot)
     level_scan_bwd_kernel[(b.n * nh, num_js, triton.cdiv(nv, bv_scan))](
         rows.q, b.g_cum, rows.lam, b.do, states, chunk_g, dsum, dq, dlam, dacc,
         b.slots, b.nc, num_js, num_slots, b.num_levels, top_exp,

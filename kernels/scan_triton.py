@@ -337,67 +337,168 @@ def _walk_top(k, v, g_cum, states, hs, ps, cb, row64, h, grp, i, dk, dv, km, vm,
 @triton.jit
 def level_scan_delta_kernel(
     k, u, w, g_cum, states, h0, p0, low, base_chunk,
-    S, NC, NJ, NSLOT, top_exp,
+    S, NC, NJ, NSLOT, top_exp, NH,
     H: tl.constexpr, G: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, NVT: tl.constexpr, TOP: tl.constexpr,
     HAS_INIT: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr, DOT: tl.constexpr, KPAD: tl.constexpr,
     LOOP_STAGES: tl.constexpr,
 ):
-    """The delta rule: every state goes through every chunk's transition (below the top, except a
-    bucket's last chunk, after which it restarts). One launch, the top found at run time, and the
-    chunk's loads behind a run-time branch: the form an H200 ran correctly; with the top launched
-    apart and unconditional loads, bf16 at K = 192 faulted (out-of-range shared address, triton
-    3.6; gpu_notes.md).
+    """The delta rule: every state goes through every chunk's transition. Launched twice, side
+    by side: the capped top (TOP, one program per row, head and value tile: ``_top_walk``), and
+    the levels below it with one program per bucket (``_bucket_walk``), since a level restarts
+    after each bucket of 2^(js+1) chunks. A program walks at most 2^(js+1) - 1 chunks, and every
+    walk is a loop with no branch inside (``_walk_chunks``), so triton pipelines its loads.
+    Buckets are numbered from the highest level down: the longest programs start first.
 
-    KPAD (HF_LOGLINEAR_GDN_SCAN=padded; not yet run on a GPU): k and W come with their rows
-    zero-padded to BK (``chunk_triton._pad_keys``), so their loads take no key mask, and the
-    chunk's loads are issued ahead of the run-time branch, so triton can pipeline them; the
-    products stay behind it. Zero key rows add nothing to the state's rows past K, which start at
-    zero and are never stored (states, h0, p0 and low keep K rows)."""
-    row, h, grp, js, dk, dv, km, vm, hv, hvm = scan_program(H, G, K, V, BK, BV)
-    KW: tl.constexpr = BK if KPAD else K  # key length of the k / W rows in memory
-    is_top = js == NJ - 1
-    i, cb, row64, js64, win = _walk(base_chunk, row, js, NJ, top_exp, C)
-    hs, ps = _start(h0, p0, row64, js, NJ, H, h, K, V, hv, hvm, BK, BV, HAS_INIT, ACC, is_top)
-    # LOOP_STAGES (None: no attribute, main's loop): the loop's own pipeline stages. The launch's
-    # num_stages pipelines only loads feeding a dot in the loop body itself, and here every dot is
-    # behind the run-time branch; the loop's attribute pipelines the unconditional loads too
-    # (sm_90 offline, KPAD at two stages: W, k, U, e and G_end prefetched by async copies; with
-    # the launch's num_stages alone, none).
-    for c in tl.range(0, NC, num_stages=LOOP_STAGES):
-        ca, bit, reads = _visit(states, hs, cb, c, js, js64, NJ, NC, NSLOT, top_exp, row64, h, H, K, V, hv, hvm, True)
+    1-D grid, program = (task, row x head, value tile), task slowest: the value tiles of one
+    bucket run side by side and share its W and k tiles through L2. KPAD: k and W come with their
+    rows zero-padded to BK (``chunk_triton._pad_keys``), so their loads take no key mask; zero key
+    rows add nothing to the state's rows past K, which are never stored."""
+    pid = tl.program_id(0)
+    task, pid_nh, pid_v = pid // (NH * NVT), (pid // NVT) % NH, pid % NVT
+    row, h = pid_nh // H, pid_nh % H
+    dk, dv = tl.arange(0, BK), pid_v * BV + tl.arange(0, BV)
+    km, vm = dk < K, dv < V
+    hv, hvm = dk[:, None] * V + dv[None, :], km[:, None] & vm[None, :]
+    row64 = row.to(tl.int64)
+    cb = tl.load(base_chunk + row).to(tl.int64)
+    ins = (k, u, w, g_cum, states, row64, S, NJ, NSLOT, h, h // (H // G), tl.arange(0, C), dk, dv, km, vm, hv, hvm)
+    if TOP:
+        _top_walk(ins, h0, p0, low, cb, NC, NJ - 1, top_exp, H, G, K, V, C, BK, BV, HAS_INIT, ACC, PREC, DOT,
+                  KPAD, LOOP_STAGES)
+    else:
+        _bucket_walk(ins, h0, low, cb, task, NC, NJ, H, G, K, V, C, BK, BV, HAS_INIT, ACC, PREC, DOT,
+                     KPAD, LOOP_STAGES)
+
+
+@triton.jit
+def _bucket_of(task, cb, NC, NJ):
+    """(level js, absolute bucket index) of a below-the-top task: level NJ - 2 first, each level
+    given ((NC - 1) >> (js + 1)) + 2 task numbers (every bucket a row of NC chunks starting at
+    absolute chunk ``cb`` can touch); js = -1 past the last."""
+    t = task.to(tl.int64)
+    js = tl.full((), -1, tl.int64)
+    b = tl.zeros((), tl.int64)
+    for r in range(NJ - 1):
+        j = (NJ - 2 - r).to(tl.int64)
+        n = ((NC - 1) >> (j + 1)) + 2
+        hit = (js < 0) & (t >= 0) & (t < n)
+        js = tl.where(hit, j, js)
+        b = tl.where(hit, (cb >> (j + 1)) + t, b)
+        t -= n
+    return js, b
+
+
+@triton.jit
+def _bucket_walk(ins, h0, low, cb, task, NC, NJ, H: tl.constexpr, G: tl.constexpr, K: tl.constexpr,
+                 V: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, HAS_INIT: tl.constexpr,
+                 ACC: tl.constexpr, PREC: tl.constexpr, DOT: tl.constexpr, KPAD: tl.constexpr,
+                 LOOP_STAGES: tl.constexpr):
+    """One bucket of level js: its sources' sum (the state pushed through each source with the
+    source's contribution, from zero), then its readers, each recording the state and pushing it
+    on (not through the last: the level restarts there). Row-local chunks [s, m) are the sources
+    in the row, [m, e) the readers; a row starting inside the bucket starts from its initial
+    level (``h0``), plus the initial levels inside its first chunk (``low``) if that is a source."""
+    row64, h, hv, hvm = ins[5], ins[9], ins[16], ins[17]
+    js, b = _bucket_of(task, cb, NC, NJ)
+    start = b << (js + 1)
+    mid = start + (tl.full((), 1, tl.int64) << js)
+    s = tl.maximum(start - cb, 0)
+    m = tl.minimum(tl.maximum(mid - cb, 0), NC)
+    e = tl.minimum(start + 2 * (mid - start) - cb, NC)
+    if (js >= 0) & (m < e):  # readers of this bucket in the row
+        hs = tl.zeros([BK, BV], dtype=ACC)
         if HAS_INIT:
-            if c == 0:
-                lo = _state_in(low + (row64 * H + h) * K * V, hv, hvm, ACC)
-                hs += tl.where(reads, 0.0, 1.0) * lo
-                ps += lo
-        g_end, decay = _chunk_decay(g_cum, row64, S, c, H, h, C, ACC)
-        closes = (ca & win) == win
-        if KPAD:  # unconditional, unmasked: the software pipeliner can prefetch them
-            wt, kt, ut, e = _delta_tiles(k, u, w, g_cum, row64, S, c, i, g_end, grp, h, dk, dv, km, vm,
-                                         G, H, K, V, C, BK, KPAD, ACC)
-        # Below the top the state restarts after a bucket's last chunk (a reader), so pushing it
-        # through that chunk would be thrown away: half the chunks of level 0 are skipped, a
-        # quarter of level 1's, ... Without KPAD the branch also keeps the loads behind a run-time
-        # condition.
-        if is_top | (closes == 0):
-            if not KPAD:
-                wt, kt, ut, e = _delta_tiles(k, u, w, g_cum, row64, S, c, i, g_end, grp, h, dk, dv, km, vm,
-                                             G, H, K, V, C, BK, KPAD, ACC)
-            # A bucket's first chunk finds its sum restarted (zero: the level's state, the top's
-            # pending sum), except the row's first chunk when it starts from initial levels.
-            fresh = ((ca & win) == 0) & ((c > 0) | (not HAS_INIT))
-            if is_top:
-                # The top's closed part holds the windows before ca's, none up to the first close
-                # (ca <= win), initial levels or not: no push through those chunks (at the bench
-                # lengths half the row).
-                if ca > win:
-                    hs = _push(hs, kt, wt, ut, e, decay, 0.0, False, KW, BK, True, DOT, PREC, ACC)
-                ps = _push(ps, kt, wt, ut, e, decay, 1.0, fresh, KW, BK, True, DOT, PREC, ACC)
+            if start <= cb:
+                hs += _state_in(h0 + ((row64 * NJ + js) * H + h) * K * V, hv, hvm, ACC)
+                if m > 0:
+                    hs += _state_in(low + (row64 * H + h) * K * V, hv, hvm, ACC)
+        none = tl.zeros((), dtype=ACC)  # the state a walk does not touch
+        hs = _walk_chunks(ins, none, hs, s, m, js, False, False, True, not HAS_INIT,
+                          G, H, K, V, C, BK, ACC, PREC, DOT, KPAD, LOOP_STAGES)[1]
+        hs = _walk_chunks(ins, hs, none, m, e - 1, js, True, True, False, False,
+                          G, H, K, V, C, BK, ACC, PREC, DOT, KPAD, LOOP_STAGES)[0]
+        _record(ins[4], hs, (e - 1) * NJ + js, row64, ins[8], h, H, K, V, hv, hvm)
+
+
+@triton.jit
+def _top_walk(ins, h0, p0, low, cb, NC, js, top_exp, H: tl.constexpr, G: tl.constexpr, K: tl.constexpr,
+              V: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, HAS_INIT: tl.constexpr,
+              ACC: tl.constexpr, PREC: tl.constexpr, DOT: tl.constexpr, KPAD: tl.constexpr,
+              LOOP_STAGES: tl.constexpr):
+    """The capped top, window by window (2^top_exp chunks): every chunk reads its state h, the
+    windows before its own. Through a window, h is pushed on (once a window has closed before:
+    absolute window > 0) and the window's own sum p is built (when a later chunk of the row reads
+    it), then p joins h. Four loop bodies, picked per window, so that no loop holds a branch."""
+    row64, h, hv, hvm = ins[5], ins[9], ins[16], ins[17]
+    hs = tl.zeros([BK, BV], dtype=ACC)
+    ps = tl.zeros([BK, BV], dtype=ACC)
+    if HAS_INIT:
+        hs += _state_in(h0 + ((row64 * (js + 1) + js) * H + h) * K * V, hv, hvm, ACC)
+        ps += _state_in(p0 + (row64 * H + h) * K * V, hv, hvm, ACC)
+        ps += _state_in(low + (row64 * H + h) * K * V, hv, hvm, ACC)
+    te = tl.minimum(top_exp, 62).to(tl.int64)
+    for wa in range(cb >> te, ((cb + NC - 1) >> te) + 1):
+        lo = tl.maximum(wa << te, cb) - cb
+        hi = tl.minimum((wa + 1) << te, cb + NC) - cb
+        if hi < NC:  # a later chunk reads this window's sum
+            if wa > 0:
+                hs, ps = _walk_chunks(ins, hs, ps, lo, hi, js, True, True, True, not HAS_INIT,
+                                      G, H, K, V, C, BK, ACC, PREC, DOT, KPAD, LOOP_STAGES)
             else:
-                hs = _push(hs, kt, wt, ut, e, decay, tl.where(bit == 1, 0.0, 1.0), fresh, KW, BK, True, DOT, PREC, ACC)
-        if closes:
-            hs, ps = _close(hs, ps, is_top)
+                ps = _walk_chunks(ins, hs, ps, lo, hi, js, True, False, True, not HAS_INIT,
+                                  G, H, K, V, C, BK, ACC, PREC, DOT, KPAD, LOOP_STAGES)[1]
+            hs += ps
+            ps = tl.zeros([BK, BV], dtype=ACC)
+        elif wa > 0:
+            hs = _walk_chunks(ins, hs, ps, lo, hi, js, True, True, False, False,
+                              G, H, K, V, C, BK, ACC, PREC, DOT, KPAD, LOOP_STAGES)[0]
+        else:
+            _walk_chunks(ins, hs, ps, lo, hi, js, True, False, False, False,
+                         G, H, K, V, C, BK, ACC, PREC, DOT, KPAD, LOOP_STAGES)
+
+
+@triton.jit
+def _walk_chunks(ins, hs, ps, lo, hi, js, RECORD: tl.constexpr, PUSH_H: tl.constexpr, PUSH_P: tl.constexpr,
+                 FRESH: tl.constexpr, G: tl.constexpr, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+                 C: tl.constexpr, BK: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr, DOT: tl.constexpr,
+                 KPAD: tl.constexpr, LOOP_STAGES: tl.constexpr):
+    """``_delta_step`` through row-local chunks [lo, hi). FRESH: p is zero at lo (a restarted
+    sum), so its first push, taken out of the loop, has no W p product."""
+    if FRESH:
+        if lo < hi:
+            hs, ps = _delta_step(ins, hs, ps, lo, js, RECORD, PUSH_H, PUSH_P, True,
+                                 G, H, K, V, C, BK, ACC, PREC, DOT, KPAD)
+            lo += 1
+    for c in tl.range(lo, hi, num_stages=LOOP_STAGES):
+        hs, ps = _delta_step(ins, hs, ps, c, js, RECORD, PUSH_H, PUSH_P, False,
+                             G, H, K, V, C, BK, ACC, PREC, DOT, KPAD)
+    return hs, ps
+
+
+@triton.jit
+def _delta_step(ins, hs, ps, c, js, RECORD: tl.constexpr, PUSH_H: tl.constexpr, PUSH_P: tl.constexpr,
+                FRESH: tl.constexpr, G: tl.constexpr, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+                C: tl.constexpr, BK: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr, DOT: tl.constexpr,
+                KPAD: tl.constexpr):
+    """Row-local chunk c: record h where it reads this scan (RECORD); push h through the chunk's
+    transition (PUSH_H: decay h - Kd^T W h); push p through it with the chunk's contribution
+    (PUSH_P: decay p + Kd^T (U - W p), no W p term if FRESH: p is zero)."""
+    k, u, w, g_cum, states, row64, S, NJ, NSLOT, h, grp, i, dk, dv, km, vm, hv, hvm = ins
+    KW: tl.constexpr = BK if KPAD else K  # key length of the k / W rows in memory
+    if RECORD:
+        _record(states, hs, c * NJ + js, row64, NSLOT, h, H, K, V, hv, hvm)
+    g_end, decay = _chunk_decay(g_cum, row64, S, c, H, h, C, ACC)
+    wt, kt, ut, e = _delta_tiles(k, u, w, g_cum, row64, S, c, i, g_end, grp, h, dk, dv, km, vm,
+                                 G, H, K, V, C, BK, KPAD, ACC)
+    if PUSH_H:
+        hs = decay * hs - _keys_times(kt, mma(wt, hs, DOT, PREC, ACC), e, KW, BK, DOT, PREC, ACC)
+    if PUSH_P:
+        if FRESH:
+            ps = _keys_times(kt, ut, e, KW, BK, DOT, PREC, ACC)
+        else:
+            ps = decay * ps + _keys_times(kt, ut - mma(wt, ps, DOT, PREC, ACC), e, KW, BK, DOT, PREC, ACC)
+    return hs, ps
 
 
 @triton.jit

@@ -68,7 +68,7 @@ def test_scalar_scans_in_value_tiles(monkeypatch):
     K = 40 on a 64-wide key tile, from an initial state, with a far position and packed rows."""
     from hf_loglinear.kernels import chunk_triton
 
-    monkeypatch.setattr(chunk_triton, "_scan_tiles", lambda bk, value_dim, delta, dot: (16, {}))
+    monkeypatch.setattr(chunk_triton, "_scan_tiles", lambda bk, value_dim, dot: (16, {}))
     x = _inputs(1, 300, 1, 2, 40, 24, 14, False, torch.float64, seed=13)
     _, init = chunk_loglinear_attention(*_inputs(2, 77, 1, 2, 40, 24, 14, False, torch.float64, seed=14),
                                         output_final_state=True)
@@ -103,7 +103,6 @@ def test_delta_scan_padded(key_dim, dtype, monkeypatch):
     (both calls pad k and W)."""
     from hf_loglinear.kernels import chunk_triton
 
-    monkeypatch.setattr(chunk_triton, "_GDN_SCAN_PADDED", True)
     pad, widths = chunk_triton._pad_keys, []
     monkeypatch.setattr(chunk_triton, "_pad_keys", lambda x, width: widths.append((x.shape[-1], width)) or pad(x, width))
     num_levels, heads, value_dim = 9, 2, 24
