@@ -15,7 +15,8 @@
 #        first, so that it compiles fla's anchors: 200 s);
 #    (3) the bucket scan at each (stages x value tile x warps), each checked and timed the same way.
 # b: bf16 GDN checks (forward and backward), the GDN timing table at 2K / 8K with fwd+bwd, the GDN
-#    forward profile at 2K, then the fp32 dense GDN check (about 200 s of compiling).
+#    forward profile at 2K; beside them the fp32 dense GDN check (about 200 s of compiling) and the
+#    bf16 forward at K / V = 64 / 64, 128 / 256, 256 / 512 and 100 / 200.
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 pkg() {  # $1: where; $2: the root holding hf_loglinear/ and kernels/ to install
   mkdir -p "$1" && cp -r "$2/hf_loglinear" "$1/" && cp -r "$2/kernels" "$2/conversion" "$2/model_cards" "$1/hf_loglinear/"
@@ -50,6 +51,12 @@ a)
     done
     cat $OUT/summary.log ;;
 b)
+    # beside the rest: the fp32 dense check (compiles ~200 s on the CPU), and the forward at other head sizes
+    ( timeout 400 env PYTHONPATH=/tmp/pkg:/tmp/site python $B --variants gdn --skip-decode --lengths '' --check-dtypes float32 \
+        --gdn-checks dense > $OUT/window_gdn_checks_fp32.log 2>&1; echo "fp32 dense check: rc $?" >> $OUT/side.log ) &
+    ( for kv in "64 64" "128 256" "256 512" "100 200"; do
+        timeout 90 env PYTHONPATH=/tmp/pkg:/tmp/site python benchmarks/debug_gdn_forward.py $kv bfloat16 >> $OUT/side.log 2>&1
+      done ) &
     t=$(cap 150)
     ours timeout $t python $B --variants gdn --skip-decode --lengths '' --check-dtypes bfloat16 > $OUT/window_gdn_checks.log 2>&1
     note "bf16 checks: rc $? $(grep -c "^check" $OUT/window_gdn_checks.log) lines, $(grep -c "FAIL" $OUT/window_gdn_checks.log) FAIL (${SECONDS} s)"
@@ -60,9 +67,8 @@ b)
     t=$(cap 90)
     ours timeout $t python $B --variants gdn --profile 2048 > $OUT/window_gdn_profile.log 2>&1
     note "profile: rc $? (${SECONDS} s)"; grep "kernel" $OUT/window_gdn_profile.log | head -8 | cut -c1-60,150-200 | tee -a $OUT/summary.log
-    t=$(cap 260); [ "$t" = 0 ] && { note "fp32 dense check: not run (time)"; cat $OUT/summary.log; exit 0; }
-    ours timeout $t python $B --variants gdn --skip-decode --lengths '' --check-dtypes float32 --gdn-checks dense > $OUT/window_gdn_checks_fp32.log 2>&1
-    note "fp32 dense check: rc $? (${SECONDS} s)"; grep "^check" $OUT/window_gdn_checks_fp32.log | tee -a $OUT/summary.log
+    wait; cat $OUT/side.log | grep -v "^\s" | cut -c1-200 | tee -a $OUT/summary.log
+    grep "^check" $OUT/window_gdn_checks_fp32.log | tee -a $OUT/summary.log
     cat $OUT/summary.log ;;
 *)  echo "usage: bash benchmarks/gpu_session15.sh a|b" >&2; exit 2 ;;
 esac

@@ -368,12 +368,13 @@ def _scan_tiles(bk, value_dim, dot):
 
 
 def _delta_scan_tiles(bk, value_dim, dot):
-    """(value tile, launch options) of the delta rule's level scan. Small programs (4 warps, value
-    tiles of 32) so that several share an SM and hide each other's latency: each walks a chain
-    of dependent products (W h, then Kd^T of the result) with little work per step. One stage:
-    [C, BK] tiles of k and W take 64 KB at BK = 256 in bf16, so prefetching would leave room
-    for one program an SM. Not yet timed on a GPU."""
-    return 32, dict(num_warps=4, num_stages=1)
+    """(value tile, launch options) of the delta rule's level scan: 8 warps, one stage, value tiles
+    of 64 for half operands. On the H200 at 192 / 384 in bf16 (``gpu_session15.sh a``, forward at
+    2K): 64 x 8 warps 4.65 ms, 64 x 4 warps 5.51, 16 x 2 warps 8.29; value tiles of 32 (4 or 8
+    warps) and of 16 at 4 warps computed wrong outputs (error ~0.8, the interpreter exact) and
+    then faulted: triton 3.6 miscompiles those shapes; two stages did not fit. fp32 operands:
+    tiles of 32 (their [C, BK] key tiles take twice the shared memory)."""
+    return (32 if dot == tl.float32 else 64), dict(num_warps=8, num_stages=1)
 
 
 def _reverse_scan_launch(dot):
