@@ -1,11 +1,11 @@
 # Session 15: the Gated DeltaNet forward level scan by buckets (branch gdn-scan-window):
 # scan_triton.level_scan_delta_kernel as two launches side by side, the capped top (one program a
 # row, head and value tile, window by window) and one program per bucket of every level below it,
-# each walk a loop with no branch inside (so its loads can be pipelined), on k and W zero-padded to
-# the key tile (the padded form ran on the H200 in session 14: no fault, 5.68 -> 5.18 ms at 2K).
-# Small programs: value tiles of 32, 4 warps, one stage (chunk_triton._delta_scan_tiles). sm_90
-# offline, bf16 at 192 / 384 without an initial state: 80 KB shared, 254 - 255 registers, up to
-# 136 B of stack; 8 warps: 194 - 250 registers, no stack.
+# each walk a loop with no branch inside, on k and W zero-padded to the key tile (the padded form
+# ran on the H200 in session 14: no fault, 5.68 -> 5.18 ms at 2K).
+# Call a ran the first tiles (value tiles of 32, 4 warps, one stage; sm_90 offline 80 KB shared,
+# 254 - 255 registers): wrong outputs on the GPU, then the sweep below; 64 x 8 warps won and is
+# the default call b ran with (gpu_notes.md, version 11).
 # Run from a checkout of the branch (here: .ab_window, beside .ab_padded holding gdn-scan-padded),
 # carrying [".whl", ".ab_window", ".ab_padded"]:
 #   cd .ab_window && ln -sfn ../.whl .whl && bash benchmarks/gpu_session15.sh a

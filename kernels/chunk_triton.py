@@ -5,8 +5,9 @@ Stages (one launch each, all chunk- or level-parallel; SPEC §4):
 2. ``intra_triton.ut_factors_kernel`` (delta rule only): A^-1 diag(beta), W, U, the readout
    query Qt and the level-weighted intra-chunk matrix Pw per chunk (``_DeltaFactors``);
 3. ``scan_triton.level_scan_kernel`` (``level_scan_delta_kernel``): every inter-chunk level is
-   its own scan over chunks (grid: sequences x heads x levels x value tiles; under scalar decay
-   the capped top in a second launch beside it), recording the state each chunk reads;
+   its own scan over chunks, recording the state each chunk reads (scalar decay: grid sequences
+   x heads x levels x value tiles; the delta rule: one program per bucket of each level; both
+   with the capped top in a second launch beside it);
 4. ``output_triton.chunk_output_kernel``: intra-chunk (P * Lambda) V plus the level readout.
 The final LevelState is assembled in torch from the recorded states of each sequence's last
 chunk (``_Recorded``: under scalar decay one state per run of chunks reading it, so the buffer is
@@ -275,7 +276,7 @@ def _scan(rows, dtype, consts, num_levels, initial_state, chunk):
     """Stages 1-3: chunk-local G, the delta rule's chunk factors, the recorded level states."""
 
     n, nc, slots = rows.num_rows, rows.num_chunks, rows.q.shape[1]
-    num_heads, key_dim, value_dim, bk = consts["H"], consts["K"], consts["V"], consts["BK"]
+    num_heads, key_dim, value_dim = consts["H"], consts["K"], consts["V"]
     dev = rows.q.device
     acc_dtype = torch.float64 if dtype == torch.float64 else torch.float32
     g_cum, totals = chunk_decay(rows.g, chunk, acc_dtype)
@@ -302,7 +303,7 @@ def _scan(rows, dtype, consts, num_levels, initial_state, chunk):
     if delta:
         _delta_scan(rows, factors, args, consts, dot, has_init, n * num_heads, num_js)
         return g_cum, factors, recorded, low
-    bv_scan, scan_launch = _scan_tiles(bk, value_dim, dot)
+    bv_scan, scan_launch = _scan_tiles(value_dim)
     grid = lambda num_programs: (n * num_heads, num_programs, triton.cdiv(value_dim, bv_scan))  # noqa: E731
     common = {**consts, **scan_launch, "HAS_INIT": has_init, "DOT": dot, "BV": bv_scan}
     # The inter-chunk levels and the capped top (alone carrying a pending window sum) in two
@@ -342,11 +343,10 @@ def _delta_scan(rows, factors, args, consts, dot, has_init, num_row_heads, num_j
     per row, head and value tile, beside the levels below it, one program per bucket. k and W are
     zero-padded to the key tile first (``_pad_keys``)."""
     bk, value_dim, nc = consts["BK"], consts["V"], args[7]
-    bv, launch = _delta_scan_tiles(bk, value_dim, dot)
+    bv, launch = _delta_scan_tiles(dot)
     nvt = triton.cdiv(value_dim, bv)
     k, w = (_pad_keys(x, bk) for x in (rows.k, factors.w))
-    common = {**consts, **launch, "HAS_INIT": has_init, "DOT": dot, "BV": bv, "NVT": nvt, "KPAD": True,
-              "LOOP_STAGES": launch["num_stages"]}
+    common = {**consts, **launch, "HAS_INIT": has_init, "DOT": dot, "BV": bv, "NVT": nvt}
     scan = lambda tasks, top: level_scan_delta_kernel[(tasks * num_row_heads * nvt,)](  # noqa: E731
         k, factors.u, w, *args, num_row_heads, TOP=top, **common)
     buckets = sum(((nc - 1) >> (js + 1)) + 2 for js in range(num_js - 1))  # ``scan_triton._bucket_of``
@@ -359,7 +359,7 @@ def _pad_keys(x, width):
     return x if x.shape[-1] == width else F.pad(x, (0, width - x.shape[-1])).contiguous()
 
 
-def _scan_tiles(bk, value_dim, dot):
+def _scan_tiles(value_dim):
     """(value tile, launch options) of the scalar-decay level scans and their reverse scan: each
     program holds the whole key head and a value tile of up to 64. Splitting the keys (their rows
     evolve independently) gained nothing at 2K and 3% of the forward alone at 64K in session 7's
@@ -367,7 +367,7 @@ def _scan_tiles(bk, value_dim, dot):
     return min(block_size(value_dim), 64), {}
 
 
-def _delta_scan_tiles(bk, value_dim, dot):
+def _delta_scan_tiles(dot):
     """(value tile, launch options) of the delta rule's level scan: 8 warps, one stage, value tiles
     of 64 for half operands. On the H200 at 192 / 384 in bf16 (``gpu_session15.sh a``, forward at
     2K): 64 x 8 warps 4.65 ms, 64 x 4 warps 5.51, 16 x 2 warps 8.29; value tiles of 32 (4 or 8
@@ -483,7 +483,7 @@ def _backward_scalar(q, k, v, g, lam, do, cu_seqlens, chunk=CHUNK):
     dk = b.new(b.slots, groups, nk)
     if groups < nh:
         dk.zero_()
-    bv_scan, _ = _scan_tiles(b.consts["BK"], nv, dot)
+    bv_scan, _ = _scan_tiles(nv)
     level_scan_bwd_kernel[(b.n * nh, num_js, triton.cdiv(nv, bv_scan))](
         rows.q, b.g_cum, rows.lam, b.do, states, chunk_g, dsum, dq, dlam, dacc,
         b.slots, b.nc, num_js, num_slots, b.num_levels, top_exp,

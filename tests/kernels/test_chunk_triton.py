@@ -68,7 +68,7 @@ def test_scalar_scans_in_value_tiles(monkeypatch):
     K = 40 on a 64-wide key tile, from an initial state, with a far position and packed rows."""
     from hf_loglinear.kernels import chunk_triton
 
-    monkeypatch.setattr(chunk_triton, "_scan_tiles", lambda bk, value_dim, dot: (16, {}))
+    monkeypatch.setattr(chunk_triton, "_scan_tiles", lambda value_dim: (16, {}))
     x = _inputs(1, 300, 1, 2, 40, 24, 14, False, torch.float64, seed=13)
     _, init = chunk_loglinear_attention(*_inputs(2, 77, 1, 2, 40, 24, 14, False, torch.float64, seed=14),
                                         output_final_state=True)
@@ -92,9 +92,8 @@ def test_delta_scan_key_tiles():
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("key_dim", [192, 100])
 def test_delta_scan_padded(key_dim, dtype, monkeypatch):
-    """The delta rule's forward scan on k and W zero-padded to the key tile
-    (HF_LOGLINEAR_GDN_SCAN=padded: unmasked key loads ahead of the run-time branch): K = 192 on
-    a 256-wide tile and K = 100 on a 128-wide one, G = 1 over 2 heads, V = 24 (a masked value
+    """The delta rule's bucket scan on k and W zero-padded to the key tile (``_pad_keys``): K = 192
+    on a 256-wide tile and K = 100 on a 128-wide one, G = 1 over 2 heads, V = 24 (a masked value
     tile). Three documents packed in a row, continuing from initial states at an unaligned far
     position (5000: 290 tokens over 5 chunks), an unaligned (90) and an aligned one (128); L = 9
     caps the top at windows of 2 chunks. Then the same 390 tokens as a dense row without one.
