@@ -2,9 +2,11 @@
 pipeline stages in its level scan: one case per process (an illegal access poisons the CUDA
 context), launches blocking.
 
-    CUDA_LAUNCH_BLOCKING=1 python benchmarks/debug_gdn_forward.py K V dtype [stages]
-    python benchmarks/debug_gdn_forward.py 192 384 bfloat16 time
+    CUDA_LAUNCH_BLOCKING=1 python benchmarks/debug_gdn_forward.py K V dtype [stages[xBV[xwarps]]]
+    python benchmarks/debug_gdn_forward.py 192 384 bfloat16 [stages[xBV[xwarps]]] time
 
+``stages[xBV[xwarps]]``: the level scan's pipeline stages, and its value tile and warps if given
+(e.g. 1x32x4; ``chunk_triton._delta_scan_tiles``).
 ``time``: after the check, the forward's median time at the ANCHORS.md shape (6 heads x 192 /
 384, B = 32768 / T) at T = 2K and 8K, with num_levels = 1 and fla's chunk_gated_delta_rule
 forward beside it (same run).
@@ -21,9 +23,14 @@ from hf_loglinear.ops import loglinear_attention
 
 K, V, dtype = int(sys.argv[1]), int(sys.argv[2]), getattr(torch, sys.argv[3])
 TIME = sys.argv[-1] == "time"
-if len(sys.argv) > 4 and not TIME:
-    tiles = chunk_triton._scan_tiles
-    chunk_triton._scan_tiles = lambda *a: (tiles(*a)[0], {**tiles(*a)[1], "num_stages": int(sys.argv[4])})
+if len(sys.argv) > 4 and sys.argv[4][0].isdigit():
+    stages, bv, warps = (sys.argv[4].split("x") + [None, None])[:3]
+
+    def tiles(*a, base=chunk_triton._delta_scan_tiles):
+        tile, launch = base(*a)
+        return int(bv or tile), {**launch, "num_stages": int(stages), "num_warps": int(warps or launch["num_warps"])}
+
+    chunk_triton._delta_scan_tiles = tiles
 gen = torch.Generator(device="cuda").manual_seed(0)
 rand = lambda *s: torch.randn(*s, device="cuda", generator=gen)  # noqa: E731
 q, k = (torch.nn.functional.normalize(rand(1, 1000, 2, K), dim=-1).to(dtype) for _ in range(2))

@@ -1,6 +1,6 @@
 """Tile and warp sweeps of two launch-bound kernels on the GPU, each configuration checked first.
 
-    python benchmarks/sweep_tiles.py scan     # the Gated DeltaNet level scan (chunk_triton._scan_tiles)
+    python benchmarks/sweep_tiles.py scan     # the Gated DeltaNet level scan (chunk_triton._delta_scan_tiles)
     python benchmarks/sweep_tiles.py step     # the decode step (step_triton._step_tiles)
     python benchmarks/sweep_tiles.py grad     # the Mamba-2 chunk gradient kernel (chunk_triton._grad_tiles)
     python benchmarks/sweep_tiles.py m2bwd    # the Mamba-2 reverse level scan (chunk_triton._reverse_scan_launch)
@@ -38,14 +38,12 @@ from bench_kernels import GDN, MAMBA2, fwd_bwd, graphed_time, inputs, rel  # noq
 
 def sweep_scan():
     rows = []
-    base = chunk_triton._scan_tiles
-    for bv, stages, warps in [(32, 2, 8), (64, 2, 8), (64, 1, 8), (64, 2, 16), (64, 2, 4), (128, 1, 8), (128, 1, 16)]:
-        def tiles(bk, value_dim, delta, dot, bv=bv, stages=stages, warps=warps):
-            if delta and bk > 128:
-                return bv, dict(num_stages=stages, num_warps=warps)
-            return base(bk, value_dim, delta, dot)
+    base = chunk_triton._delta_scan_tiles
+    for bv, stages, warps in [(64, 1, 8), (64, 1, 4), (128, 1, 8), (64, 1, 16), (16, 1, 2)]:
+        def tiles(dot, bv=bv, stages=stages, warps=warps):
+            return bv, dict(num_stages=stages, num_warps=warps)
 
-        chunk_triton._scan_tiles = tiles
+        chunk_triton._delta_scan_tiles = tiles
         x = inputs(1, 1000, **GDN, num_levels=12, delta=True, dtype=torch.bfloat16, seed=1)
         try:
             o = loglinear_attention(*x[:5], beta=x[5], backend="triton")[0]
@@ -62,7 +60,7 @@ def sweep_scan():
                                                  return_mode="median"))
         rows.append(f"| {bv} | {stages} | {warps} | {err:.1e} | {times[0]:.2f} ms | {times[1]:.2f} ms |")
         print(rows[-1], flush=True)
-    chunk_triton._scan_tiles = base
+    chunk_triton._delta_scan_tiles = base
     return ["| BV | stages | warps | o rel. error (bf16, T=1000) | fwd T=2K B=16 | fwd T=8K B=4 |", "|---|---|---|---|---|---|", *rows]
 
 
@@ -167,7 +165,7 @@ def sweep_m2fwd():
     base = chunk_triton._scan_tiles
 
     def launch(options):
-        return lambda bk, value_dim, delta, dot: base(bk, value_dim, delta, dot) if delta else (base(bk, value_dim, delta, dot)[0], options)
+        return lambda value_dim: (base(value_dim)[0], options)
 
     others = [dict(num_warps=w, num_stages=s) for w, s in ((4, 2), (4, 1), (8, 3), (8, 2), (2, 2))]
     configs = [("4 / 3 (default)", base)] + [(_launch_label(o), launch(o)) for o in others]

@@ -5,8 +5,9 @@ Stages (one launch each, all chunk- or level-parallel; SPEC §4):
 2. ``intra_triton.ut_factors_kernel`` (delta rule only): A^-1 diag(beta), W, U, the readout
    query Qt and the level-weighted intra-chunk matrix Pw per chunk (``_DeltaFactors``);
 3. ``scan_triton.level_scan_kernel`` (``level_scan_delta_kernel``): every inter-chunk level is
-   its own scan over chunks (grid: sequences x heads x levels x value tiles; under scalar decay
-   the capped top in a second launch beside it), recording the state each chunk reads;
+   its own scan over chunks, recording the state each chunk reads (scalar decay: grid sequences
+   x heads x levels x value tiles; the delta rule: one program per bucket of each level; both
+   with the capped top in a second launch beside it);
 4. ``output_triton.chunk_output_kernel``: intra-chunk (P * Lambda) V plus the level readout.
 The final LevelState is assembled in torch from the recorded states of each sequence's last
 chunk (``_Recorded``: under scalar decay one state per run of chunks reading it, so the buffer is
@@ -275,7 +276,7 @@ def _scan(rows, dtype, consts, num_levels, initial_state, chunk):
     """Stages 1-3: chunk-local G, the delta rule's chunk factors, the recorded level states."""
 
     n, nc, slots = rows.num_rows, rows.num_chunks, rows.q.shape[1]
-    num_heads, key_dim, value_dim, bk = consts["H"], consts["K"], consts["V"], consts["BK"]
+    num_heads, key_dim, value_dim = consts["H"], consts["K"], consts["V"]
     dev = rows.q.device
     acc_dtype = torch.float64 if dtype == torch.float64 else torch.float32
     g_cum, totals = chunk_decay(rows.g, chunk, acc_dtype)
@@ -298,21 +299,21 @@ def _scan(rows, dtype, consts, num_levels, initial_state, chunk):
     else:
         low = h0 = p0 = low_sum = states  # never read
     dot = _dot_dtype(dtype)
-    bv_scan, scan_launch = _scan_tiles(bk, value_dim, delta, dot)
-    grid = lambda num_programs: (n * num_heads, num_programs, triton.cdiv(value_dim, bv_scan))  # noqa: E731
-    common = {**consts, **scan_launch, "HAS_INIT": has_init, "DOT": dot, "BV": bv_scan}
     args = (g_cum, states, h0, p0, low_sum, base_chunk, slots, nc, num_js, num_slots, top_exp)
     if delta:
-        level_scan_delta_kernel[grid(num_js)](rows.k, factors.u, factors.w, *args, **common)
-    else:
-        # The inter-chunk levels and the capped top (alone carrying a pending window sum) in two
-        # launches side by side: at long T the top's few programs walk as many chunks as all the
-        # others. The top unpipelined: prefetch buffers besides its two state tiles would spill.
-        _side_by_side(
-            lambda: level_scan_kernel[grid(1)](rows.k, rows.v, *args, TOP=True, **{**common, "num_stages": 1}),
-            (lambda: level_scan_kernel[grid(num_js - 1)](rows.k, rows.v, *args, TOP=False, **common)) if num_js > 1 else None,
-            dev,
-        )
+        _delta_scan(rows, factors, args, consts, dot, has_init, n * num_heads, num_js)
+        return g_cum, factors, recorded, low
+    bv_scan, scan_launch = _scan_tiles(value_dim)
+    grid = lambda num_programs: (n * num_heads, num_programs, triton.cdiv(value_dim, bv_scan))  # noqa: E731
+    common = {**consts, **scan_launch, "HAS_INIT": has_init, "DOT": dot, "BV": bv_scan}
+    # The inter-chunk levels and the capped top (alone carrying a pending window sum) in two
+    # launches side by side: at long T the top's few programs walk as many chunks as all the
+    # others. The top unpipelined: prefetch buffers besides its two state tiles would spill.
+    _side_by_side(
+        lambda: level_scan_kernel[grid(1)](rows.k, rows.v, *args, TOP=True, **{**common, "num_stages": 1}),
+        (lambda: level_scan_kernel[grid(num_js - 1)](rows.k, rows.v, *args, TOP=False, **common)) if num_js > 1 else None,
+        dev,
+    )
     return g_cum, factors, recorded, low
 
 
@@ -337,21 +338,43 @@ def _side_by_side(first, second, device):
     main.wait_stream(side)
 
 
-def _scan_tiles(bk, value_dim, delta, dot):
-    """(value tile, launch options) of the level scans for operands of dtype ``dot`` (under scalar
-    decay also of its reverse scan): each program holds the whole key head and a value tile of up
-    to 64. The delta rule's scan holds [C, BK] tiles of k and W besides its state: above K = 128 it
-    runs unpipelined (one stage), and with fp32 operands in value tiles of 32, so that shared
-    memory stays in bounds (fp32 at 64 with an initial state would take 272 KB at K = 192; sm_90
-    offline). On the H200 at 192 / 384 in bf16, value tiles of 64 beat 32 by 9% (forward 6.94 vs
-    7.62 ms at 2K); 16 or 128, or 4 or 16 warps, were 1.5x - 2x slower
-    (``benchmarks/sweep_tiles.py scan``). Splitting the keys of the scalar-decay scans (their rows
+def _delta_scan(rows, factors, args, consts, dot, has_init, num_row_heads, num_js):
+    """The delta rule's level scans (``scan_triton.level_scan_delta_kernel``): the top, one program
+    per row, head and value tile, beside the levels below it, one program per bucket. k and W are
+    zero-padded to the key tile first (``_pad_keys``)."""
+    bk, value_dim, nc = consts["BK"], consts["V"], args[7]
+    bv, launch = _delta_scan_tiles(dot)
+    nvt = triton.cdiv(value_dim, bv)
+    k, w = (_pad_keys(x, bk) for x in (rows.k, factors.w))
+    common = {**consts, **launch, "HAS_INIT": has_init, "DOT": dot, "BV": bv, "NVT": nvt}
+    scan = lambda tasks, top: level_scan_delta_kernel[(tasks * num_row_heads * nvt,)](  # noqa: E731
+        k, factors.u, w, *args, num_row_heads, TOP=top, **common)
+    buckets = sum(((nc - 1) >> (js + 1)) + 2 for js in range(num_js - 1))  # ``scan_triton._bucket_of``
+    _side_by_side(lambda: scan(1, True), (lambda: scan(buckets, False)) if buckets else None, rows.k.device)
+
+
+def _pad_keys(x, width):
+    """x [..., K] as a contiguous copy with its last dim zero-padded to ``width`` (as it is when
+    K = width already): the delta scan's unmasked key loads read zeros past K, which add nothing."""
+    return x if x.shape[-1] == width else F.pad(x, (0, width - x.shape[-1])).contiguous()
+
+
+def _scan_tiles(value_dim):
+    """(value tile, launch options) of the scalar-decay level scans and their reverse scan: each
+    program holds the whole key head and a value tile of up to 64. Splitting the keys (their rows
     evolve independently) gained nothing at 2K and 3% of the forward alone at 64K in session 7's
     sweep, and was removed."""
-    bv = min(block_size(value_dim), 64)
-    if delta and bk > 128:
-        return bv if dot != tl.float32 else min(bv, 32), dict(num_stages=1)
-    return bv, {}
+    return min(block_size(value_dim), 64), {}
+
+
+def _delta_scan_tiles(dot):
+    """(value tile, launch options) of the delta rule's level scan: 8 warps, one stage, value tiles
+    of 64 for half operands. On the H200 at 192 / 384 in bf16 (``gpu_session15.sh a``, forward at
+    2K): 64 x 8 warps 4.65 ms, 64 x 4 warps 5.51, 16 x 2 warps 8.29; value tiles of 32 (4 or 8
+    warps) and of 16 at 4 warps computed wrong outputs (error ~0.8, the interpreter exact) and
+    then faulted: triton 3.6 miscompiles those shapes; two stages did not fit. fp32 operands:
+    tiles of 32 (their [C, BK] key tiles take twice the shared memory)."""
+    return (32 if dot == tl.float32 else 64), dict(num_warps=8, num_stages=1)
 
 
 def _reverse_scan_launch(dot):
@@ -460,7 +483,7 @@ def _backward_scalar(q, k, v, g, lam, do, cu_seqlens, chunk=CHUNK):
     dk = b.new(b.slots, groups, nk)
     if groups < nh:
         dk.zero_()
-    bv_scan, _ = _scan_tiles(b.consts["BK"], nv, False, dot)
+    bv_scan, _ = _scan_tiles(nv)
     level_scan_bwd_kernel[(b.n * nh, num_js, triton.cdiv(nv, bv_scan))](
         rows.q, b.g_cum, rows.lam, b.do, states, chunk_g, dsum, dq, dlam, dacc,
         b.slots, b.nc, num_js, num_slots, b.num_levels, top_exp,

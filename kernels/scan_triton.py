@@ -1,28 +1,25 @@
 """Triton: the inter-chunk level states, one independent scan per level (SPEC §4).
 
-Grid ``(N * H, NJ, V / BV)``: ``level_scan_kernel`` for scalar decay (the top, below, in a
-launch of its own), ``level_scan_delta_kernel`` for the delta rule. Program ``js < NJ - 1``
-owns inter-chunk level ``js`` (global level log2(C) + 1 + js). Its buckets are the windows of
-2^(js+1) chunks (absolute chunk index ``ca``): the first 2^js (bit js of ca clear) are its
-sources, the rest its readers, which read the sources' sum. Under the delta rule every chunk's
-transition is a matrix, so the program walks every chunk c of its sequence and
+Scan ``js < NJ - 1`` holds inter-chunk level ``js`` (global level log2(C) + 1 + js). Its
+buckets are the windows of 2^(js+1) chunks (absolute chunk index ``ca``): the first 2^js (bit
+js of ca clear) are its sources, the rest its readers, which read the sources' sum. The last
+scan (``js = NJ - 1``) is the capped top level: everything more than ``top_exp`` inter-chunk
+levels away, i.e. all chunks before ca rounded down to a multiple of 2^top_exp. It carries the
+top state h and a pending sum p of the current window; p joins h when the window closes; every
+chunk reads it.
 
-1. records its state h when c reads it, one slot per reading chunk;
-2. pushes h through chunk c (decay and the WY correction), adding c's own contribution when c
-   is a source;
-3. resets h after the last chunk of every bucket.
+``level_scan_kernel``, scalar decay, grid ``(N * H, NJ, V / BV)`` (the top in a launch of its
+own): a run of readers reads one state, decayed by a scalar (the reader applies
+exp(G_c - G_first) from the chunk-start cumulative decay), so a program walks its level's
+sources alone, sums each bucket's and records the sum once for its run (``state_slot``): memory
+linear in T, half the chunks walked, and loads without a branch around them.
 
-Under scalar decay a run of readers reads one state, decayed by a scalar (the reader applies
-exp(G_c - G_first) from the chunk-start cumulative decay), so the program walks the sources
-alone, sums each bucket's and records the sum once for its run (``state_slot``): memory linear
-in T, half the chunks walked, and loads without a branch around them.
+``level_scan_delta_kernel``, the delta rule: every chunk's transition is a matrix, so each
+reading chunk records its own state, and a state goes through the transition of every chunk
+between its sources and its readers (decay and the WY correction). A level restarts after each
+bucket, so its buckets are independent programs; the top walks its row window by window.
 
-The last program (``js = NJ - 1``) is the capped top level: everything more than ``top_exp``
-inter-chunk levels away, i.e. all chunks before ca rounded down to a multiple of 2^top_exp.
-It carries the top state h and a pending sum p of the current window; p joins h when the
-window closes. Its state is recorded at every chunk.
-
-With an initial state the programs start from ``h0`` / ``p0`` (built by the caller from the
+With an initial state the scans start from ``h0`` / ``p0`` (built by the caller from the
 re-levelled initial levels) and fold ``low`` (initial levels inside the first chunk) into
 the first chunk's contribution.
 """
@@ -154,7 +151,7 @@ def _keys_times(kt, vt, e, K: tl.constexpr, BK: tl.constexpr, DOT: tl.constexpr,
     [C, BV] value side, so the loaded key tile goes to the tensor cores as it is, except for a
     masked key tile (K not a multiple of BK): there triton 3.6 on sm_90 faulted (out-of-range
     shared address, K = 192) on the loaded, masked, transposed bf16 operand, so those keys are
-    scaled in registers."""
+    scaled in registers. (The delta scan loads keys padded in memory: never masked.)"""
     if K % BK == 0:
         return mma(tl.trans(kt), vt * e[:, None], DOT, PREC, ACC)
     else:
@@ -162,31 +159,24 @@ def _keys_times(kt, vt, e, K: tl.constexpr, BK: tl.constexpr, DOT: tl.constexpr,
 
 
 @triton.jit
-def _push(hs, kt, wt, vt, e, decay, add, fresh, K: tl.constexpr, BK: tl.constexpr,
-          DELTA: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr, ACC: tl.constexpr):
-    """State [BK, BV] through one chunk, plus ``add`` times the chunk's contribution:
-    decay h + Kd^T (add U - W h) (no W term under scalar decay, nor where ``fresh`` says h is
-    zero: a level's first chunk after it restarted)."""
-    vnew = add * vt
-    if DELTA:
-        if fresh == 0:
-            vnew = vnew - mma(wt, hs, DOT, PREC, ACC)
-    return decay * hs + _keys_times(kt, vnew, e, K, BK, DOT, PREC, ACC)
+def _push(hs, kt, vt, e, decay, K: tl.constexpr, BK: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr,
+          ACC: tl.constexpr):
+    """State [BK, BV] through one chunk under scalar decay, plus the chunk's contribution:
+    decay h + Kd^T V."""
+    return decay * hs + _keys_times(kt, vt, e, K, BK, DOT, PREC, ACC)
 
 
 @triton.jit
 def _visit(states, hs, cb, c, js, js64, NJ, NC, NSLOT, top_exp, row64, h, H: tl.constexpr, K: tl.constexpr,
-           V: tl.constexpr, hv, hvm, DELTA: tl.constexpr):
-    """Arriving at row-local chunk c: its absolute index ca, bit js of ca (0: the chunk adds to
-    this level), whether it reads this scan, and then the record of the state it reads (stored
-    at the first chunk of its slot)."""
+           V: tl.constexpr, hv, hvm):
+    """The scalar top arriving at row-local chunk c: its absolute index ca, after recording the
+    state c reads if c is the first chunk of its run (``state_slot``)."""
     ca = cb + c
-    reads = tl_chunk_reads_scan(ca, js64, NJ)
-    if reads:
-        slot, first = state_slot(ca, cb, js, NJ, NC, top_exp, DELTA)
+    if tl_chunk_reads_scan(ca, js64, NJ):
+        slot, first = state_slot(ca, cb, js, NJ, NC, top_exp, False)
         if first == c:
             _record(states, hs, slot, row64, NSLOT, h, H, K, V, hv, hvm)
-    return ca, (ca >> js64) & 1, reads
+    return ca
 
 
 @triton.jit
@@ -205,9 +195,8 @@ def _walk(base_chunk, row, js, NJ, top_exp, C: tl.constexpr):
 @triton.jit
 def _start(h0, p0, row64, js, NJ, H: tl.constexpr, h, K: tl.constexpr, V: tl.constexpr, hv, hvm,
            BK: tl.constexpr, BV: tl.constexpr, HAS_INIT: tl.constexpr, ACC: tl.constexpr, top):
-    """The state a scan starts from (``h0``) and the top's pending sum (``p0``, read where ``top``
-    holds: a constexpr in the scalar kernel, a run-time flag in the delta rule's); zero without
-    an initial state."""
+    """The state a scalar scan starts from (``h0``) and, for the top (constexpr ``top``), its
+    pending sum (``p0``); zero without an initial state."""
     hs = tl.zeros([BK, BV], dtype=ACC)
     ps = tl.zeros([BK, BV], dtype=ACC)
     if HAS_INIT:
@@ -219,8 +208,8 @@ def _start(h0, p0, row64, js, NJ, H: tl.constexpr, h, K: tl.constexpr, V: tl.con
 
 @triton.jit
 def _close(hs, ps, top):
-    """A bucket ends: the top's pending sum joins its state (``top``: a constexpr in the scalar
-    scan, a run-time flag in the delta rule's), a level below the top restarts."""
+    """A bucket ends: the top's pending sum joins its state (constexpr ``top``), a level below the
+    top restarts."""
     if top:
         hs += ps
         ps = tl.zeros_like(ps)
@@ -236,7 +225,13 @@ def _chunk_tiles(k, v, g_cum, tok, g_end, grp, h, dk, dv, km, vm, G: tl.constexp
     ``tok``, and their decay to the chunk's end e = exp(G_end - G)."""
     kt = head_rows(k, tok, G, grp, K, dk, km)
     vt = head_rows(v, tok, H, h, V, dv, vm).to(ACC)
-    return kt, vt, tl.exp(g_end - tl.load(g_cum + tok * H + h).to(ACC))
+    return kt, vt, _decay_to_end(g_cum, tok, g_end, H, h, ACC)
+
+
+@triton.jit
+def _decay_to_end(g_cum, tok, g_end, H: tl.constexpr, h, ACC: tl.constexpr):
+    """e = exp(G_end - G) of a chunk's tokens ``tok``."""
+    return tl.exp(g_end - tl.load(g_cum + tok * H + h).to(ACC))
 
 
 @triton.jit
@@ -293,7 +288,7 @@ def _sum_sources(k, v, g_cum, states, hs, lo, cb, row64, h, grp, i, dk, dv, km, 
         c = ca - cb
         g_end, decay = _chunk_decay(g_cum, row64, S, c, H, h, C, ACC)
         kt, vt, e = _chunk_tiles(k, v, g_cum, row64 * S + c * C + i, g_end, grp, h, dk, dv, km, vm, G, H, K, V, ACC)
-        hs = _push(hs, kt, kt, vt, e, decay, 1.0, False, K, BK, False, DOT, PREC, ACC)
+        hs = _push(hs, kt, vt, e, decay, K, BK, DOT, PREC, ACC)
         if (ca & last_of_run) == last_of_run:  # the bucket's last source: the next chunk reads the sum
             if c + 1 < NC:
                 slot = state_slot(ca + 1, cb, js, NJ, NC, top_exp, False)[0]
@@ -314,11 +309,11 @@ def _walk_top(k, v, g_cum, states, hs, ps, cb, row64, h, grp, i, dk, dv, km, vm,
     """The capped top: every chunk reads it and adds to its pending sum ``ps``, which joins the
     state ``hs`` when a bucket of 2^top_exp chunks closes."""
     for c in range(NC):
-        ca = _visit(states, hs, cb, c, js, js64, NJ, NC, NSLOT, top_exp, row64, h, H, K, V, hv, hvm, False)[0]
+        ca = _visit(states, hs, cb, c, js, js64, NJ, NC, NSLOT, top_exp, row64, h, H, K, V, hv, hvm)
         g_end, decay = _chunk_decay(g_cum, row64, S, c, H, h, C, ACC)
         kt, vt, e = _chunk_tiles(k, v, g_cum, row64 * S + c * C + i, g_end, grp, h, dk, dv, km, vm, G, H, K, V, ACC)
         hs = decay * hs
-        ps = _push(ps, kt, kt, vt, e, decay, 1.0, False, K, BK, False, DOT, PREC, ACC)
+        ps = _push(ps, kt, vt, e, decay, K, BK, DOT, PREC, ACC)
         if (ca & win) == win:
             hs, ps = _close(hs, ps, True)
 
@@ -326,47 +321,173 @@ def _walk_top(k, v, g_cum, states, hs, ps, cb, row64, h, grp, i, dk, dv, km, vm,
 @triton.jit
 def level_scan_delta_kernel(
     k, u, w, g_cum, states, h0, p0, low, base_chunk,
-    S, NC, NJ, NSLOT, top_exp,
+    S, NC, NJ, NSLOT, top_exp, NH,
     H: tl.constexpr, G: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, NVT: tl.constexpr, TOP: tl.constexpr,
     HAS_INIT: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr, DOT: tl.constexpr,
 ):
-    """The delta rule: every state goes through every chunk's transition (below the top, except a
-    bucket's last chunk, after which it restarts). One launch, the top found at run time, and the
-    chunk's loads behind a run-time branch: the form an H200 ran correctly; with the top launched
-    apart and unconditional loads, bf16 at K = 192 faulted (out-of-range shared address, triton
-    3.6; gpu_notes.md)."""
-    row, h, grp, js, dk, dv, km, vm, hv, hvm = scan_program(H, G, K, V, BK, BV)
-    is_top = js == NJ - 1
-    i, cb, row64, js64, win = _walk(base_chunk, row, js, NJ, top_exp, C)
-    hs, ps = _start(h0, p0, row64, js, NJ, H, h, K, V, hv, hvm, BK, BV, HAS_INIT, ACC, is_top)
-    for c in range(NC):
-        ca, bit, reads = _visit(states, hs, cb, c, js, js64, NJ, NC, NSLOT, top_exp, row64, h, H, K, V, hv, hvm, True)
+    """The delta rule: every state goes through every chunk's transition. Launched twice, side
+    by side: the capped top (TOP, one program per row, head and value tile: ``_top_walk``), and
+    the levels below it with one program per bucket (``_bucket_walk``), since a level restarts
+    after each bucket of 2^(js+1) chunks. A program walks at most 2^(js+1) - 1 chunks, and every
+    walk is a loop with no branch inside (``_walk_chunks``). Buckets are numbered from the
+    highest level down: the longest programs start first. On the H200 at 192 / 384 in bf16 this
+    took the forward from 5.68 to 4.61 ms at 2K and 8.05 to 6.52 at 8K (gpu_notes.md, version 11)
+    against the previous form: one program per level walking every chunk of its row, behind a
+    run-time branch per chunk.
+
+    1-D grid, program = (task, row x head, value tile), task slowest: the value tiles of one
+    bucket run side by side and share its W and k tiles through L2. k and W come with their rows
+    zero-padded to BK (``chunk_triton._pad_keys``), so their loads take no key mask (masked key
+    tiles feeding wgmma faulted on the H200 at K = 192 once loads left a run-time branch); zero
+    key rows add nothing to the state's rows past K, which are never stored."""
+    pid = tl.program_id(0)
+    task, pid_nh, pid_v = pid // (NH * NVT), (pid // NVT) % NH, pid % NVT
+    row, h = pid_nh // H, pid_nh % H
+    dk, dv = tl.arange(0, BK), pid_v * BV + tl.arange(0, BV)
+    km, vm = dk < K, dv < V
+    hv, hvm = dk[:, None] * V + dv[None, :], km[:, None] & vm[None, :]
+    row64 = row.to(tl.int64)
+    cb = tl.load(base_chunk + row).to(tl.int64)
+    ins = (k, u, w, g_cum, states, row64, S, NJ, NSLOT, h, h // (H // G), tl.arange(0, C), dk, dv, vm, hv, hvm)
+    if TOP:
+        _top_walk(ins, h0, p0, low, cb, NC, NJ - 1, top_exp, H, G, K, V, C, BK, BV, HAS_INIT, ACC, PREC, DOT)
+    else:
+        _bucket_walk(ins, h0, low, cb, task, NC, NJ, H, G, K, V, C, BK, BV, HAS_INIT, ACC, PREC, DOT)
+
+
+@triton.jit
+def _bucket_of(task, cb, NC, NJ):
+    """(level js, absolute bucket index) of a below-the-top task: level NJ - 2 first, each level
+    given ((NC - 1) >> (js + 1)) + 2 task numbers (every bucket a row of NC chunks starting at
+    absolute chunk ``cb`` can touch); js = -1 past the last."""
+    t = task.to(tl.int64)
+    js = tl.full((), -1, tl.int64)
+    b = tl.zeros((), tl.int64)
+    for r in range(NJ - 1):
+        j = (NJ - 2 - r).to(tl.int64)
+        n = ((NC - 1) >> (j + 1)) + 2
+        hit = (js < 0) & (t >= 0) & (t < n)
+        js = tl.where(hit, j, js)
+        b = tl.where(hit, (cb >> (j + 1)) + t, b)
+        t -= n
+    return js, b
+
+
+@triton.jit
+def _bucket_walk(ins, h0, low, cb, task, NC, NJ, H: tl.constexpr, G: tl.constexpr, K: tl.constexpr,
+                 V: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, HAS_INIT: tl.constexpr,
+                 ACC: tl.constexpr, PREC: tl.constexpr, DOT: tl.constexpr):
+    """One bucket of level js: its sources' sum (the state pushed through each source with the
+    source's contribution, from zero), then its readers, each recording the state and pushing it
+    on (not through the last: the level restarts there). Row-local chunks [s, m) are the sources
+    in the row, [m, e) the readers; a row starting inside the bucket starts from its initial
+    level (``h0``), plus the initial levels inside its first chunk (``low``) if that is a source."""
+    row64, h, hv, hvm = ins[5], ins[9], ins[15], ins[16]
+    js, b = _bucket_of(task, cb, NC, NJ)
+    start = b << (js + 1)
+    mid = start + (tl.full((), 1, tl.int64) << js)
+    s = tl.maximum(start - cb, 0)
+    m = tl.minimum(tl.maximum(mid - cb, 0), NC)
+    e = tl.minimum(start + 2 * (mid - start) - cb, NC)
+    if (js >= 0) & (m < e):  # readers of this bucket in the row
+        hs = tl.zeros([BK, BV], dtype=ACC)
         if HAS_INIT:
-            if c == 0:
-                lo = _state_in(low + (row64 * H + h) * K * V, hv, hvm, ACC)
-                hs += tl.where(reads, 0.0, 1.0) * lo
-                ps += lo
-        g_end, decay = _chunk_decay(g_cum, row64, S, c, H, h, C, ACC)
-        closes = (ca & win) == win
-        # Below the top the state restarts after a bucket's last chunk (a reader), so pushing it
-        # through that chunk would be thrown away: half the chunks of level 0 are skipped, a
-        # quarter of level 1's, ... The branch also keeps the loads behind a run-time condition.
-        if is_top | (closes == 0):
-            tok = row64 * S + c * C + i
-            wt = head_rows(w, tok, H, h, K, dk, km)
-            kt, ut, e = _chunk_tiles(k, u, g_cum, tok, g_end, grp, h, dk, dv, km, vm, G, H, K, V, ACC)
-            # A bucket's first chunk finds its sum restarted (zero: the level's state, the top's
-            # pending sum), except the row's first chunk when it starts from initial levels.
-            fresh = ((ca & win) == 0) & ((c > 0) | (not HAS_INIT))
-            if is_top:
-                # The top's closed part holds the windows before ca's, none up to the first close
-                # (ca <= win), initial levels or not: no push through those chunks (at the bench
-                # lengths half the row).
-                if ca > win:
-                    hs = _push(hs, kt, wt, ut, e, decay, 0.0, False, K, BK, True, DOT, PREC, ACC)
-                ps = _push(ps, kt, wt, ut, e, decay, 1.0, fresh, K, BK, True, DOT, PREC, ACC)
+            if start <= cb:
+                hs += _state_in(h0 + ((row64 * NJ + js) * H + h) * K * V, hv, hvm, ACC)
+                if m > 0:
+                    hs += _state_in(low + (row64 * H + h) * K * V, hv, hvm, ACC)
+        none = tl.zeros((), dtype=ACC)  # the state a walk does not touch
+        hs = _walk_chunks(ins, none, hs, s, m, js, False, False, True, not HAS_INIT,
+                          G, H, K, V, C, BK, ACC, PREC, DOT)[1]
+        hs = _walk_chunks(ins, hs, none, m, e - 1, js, True, True, False, False,
+                          G, H, K, V, C, BK, ACC, PREC, DOT)[0]
+        _record(ins[4], hs, (e - 1) * NJ + js, row64, ins[8], h, H, K, V, hv, hvm)
+
+
+@triton.jit
+def _top_walk(ins, h0, p0, low, cb, NC, js, top_exp, H: tl.constexpr, G: tl.constexpr, K: tl.constexpr,
+              V: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, HAS_INIT: tl.constexpr,
+              ACC: tl.constexpr, PREC: tl.constexpr, DOT: tl.constexpr):
+    """The capped top, window by window (2^top_exp chunks): every chunk reads its state h, the
+    windows before its own. Through a window, h is pushed on (once a window has closed before:
+    absolute window > 0) and the window's own sum p is built (when a later chunk of the row reads
+    it), then p joins h. Four loop bodies, picked per window, so that no loop holds a branch."""
+    row64, h, hv, hvm = ins[5], ins[9], ins[15], ins[16]
+    hs = tl.zeros([BK, BV], dtype=ACC)
+    ps = tl.zeros([BK, BV], dtype=ACC)
+    if HAS_INIT:
+        hs += _state_in(h0 + ((row64 * (js + 1) + js) * H + h) * K * V, hv, hvm, ACC)
+        ps += _state_in(p0 + (row64 * H + h) * K * V, hv, hvm, ACC)
+        ps += _state_in(low + (row64 * H + h) * K * V, hv, hvm, ACC)
+    te = tl.minimum(top_exp, 62).to(tl.int64)
+    for wa in range(cb >> te, ((cb + NC - 1) >> te) + 1):
+        lo = tl.maximum(wa << te, cb) - cb
+        hi = tl.minimum((wa + 1) << te, cb + NC) - cb
+        if hi < NC:  # a later chunk reads this window's sum
+            if wa > 0:
+                hs, ps = _walk_chunks(ins, hs, ps, lo, hi, js, True, True, True, not HAS_INIT,
+                                      G, H, K, V, C, BK, ACC, PREC, DOT)
             else:
-                hs = _push(hs, kt, wt, ut, e, decay, tl.where(bit == 1, 0.0, 1.0), fresh, K, BK, True, DOT, PREC, ACC)
-        if closes:
-            hs, ps = _close(hs, ps, is_top)
+                ps = _walk_chunks(ins, hs, ps, lo, hi, js, True, False, True, not HAS_INIT,
+                                  G, H, K, V, C, BK, ACC, PREC, DOT)[1]
+            hs += ps
+            ps = tl.zeros([BK, BV], dtype=ACC)
+        elif wa > 0:
+            hs = _walk_chunks(ins, hs, ps, lo, hi, js, True, True, False, False,
+                              G, H, K, V, C, BK, ACC, PREC, DOT)[0]
+        else:
+            _walk_chunks(ins, hs, ps, lo, hi, js, True, False, False, False,
+                         G, H, K, V, C, BK, ACC, PREC, DOT)
+
+
+@triton.jit
+def _walk_chunks(ins, hs, ps, lo, hi, js, RECORD: tl.constexpr, PUSH_H: tl.constexpr, PUSH_P: tl.constexpr,
+                 FRESH: tl.constexpr, G: tl.constexpr, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+                 C: tl.constexpr, BK: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr, DOT: tl.constexpr):
+    """``_delta_step`` through row-local chunks [lo, hi). FRESH: p is zero at lo (a restarted
+    sum), so its first push, taken out of the loop, has no W p product."""
+    if FRESH:
+        if lo < hi:
+            hs, ps = _delta_step(ins, hs, ps, lo, js, RECORD, PUSH_H, PUSH_P, True,
+                                 G, H, K, V, C, BK, ACC, PREC, DOT)
+            lo += 1
+    for c in range(lo, hi):
+        hs, ps = _delta_step(ins, hs, ps, c, js, RECORD, PUSH_H, PUSH_P, False,
+                             G, H, K, V, C, BK, ACC, PREC, DOT)
+    return hs, ps
+
+
+@triton.jit
+def _delta_step(ins, hs, ps, c, js, RECORD: tl.constexpr, PUSH_H: tl.constexpr, PUSH_P: tl.constexpr,
+                FRESH: tl.constexpr, G: tl.constexpr, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+                C: tl.constexpr, BK: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr, DOT: tl.constexpr):
+    """Row-local chunk c: record h where it reads this scan (RECORD); push h through the chunk's
+    transition (PUSH_H: decay h - Kd^T W h); push p through it with the chunk's contribution
+    (PUSH_P: decay p + Kd^T (U - W p), no W p term if FRESH: p is zero)."""
+    k, u, w, g_cum, states, row64, S, NJ, NSLOT, h, grp, i, dk, dv, vm, hv, hvm = ins
+    if RECORD:
+        _record(states, hs, c * NJ + js, row64, NSLOT, h, H, K, V, hv, hvm)
+    g_end, decay = _chunk_decay(g_cum, row64, S, c, H, h, C, ACC)
+    wt, kt, ut, e = _delta_tiles(k, u, w, g_cum, row64, S, c, i, g_end, grp, h, dk, dv, vm, G, H, V, C, BK, ACC)
+    if PUSH_H:
+        hs = decay * hs - _keys_times(kt, mma(wt, hs, DOT, PREC, ACC), e, BK, BK, DOT, PREC, ACC)
+    if PUSH_P:
+        if FRESH:
+            ps = _keys_times(kt, ut, e, BK, BK, DOT, PREC, ACC)
+        else:
+            ps = decay * ps + _keys_times(kt, ut - mma(wt, ps, DOT, PREC, ACC), e, BK, BK, DOT, PREC, ACC)
+    return hs, ps
+
+
+@triton.jit
+def _delta_tiles(k, u, w, g_cum, row64, S, c, i, g_end, grp, h, dk, dv, vm, G: tl.constexpr, H: tl.constexpr,
+                 V: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, ACC: tl.constexpr):
+    """Chunk c's W and k tiles [C, BK] (as stored, rows padded to BK), its U tile [C, BV] (in ACC)
+    and the decay of its tokens to its end, e = exp(G_end - G): what the delta rule pushes a
+    state through it with."""
+    tok = row64 * S + c * C + i
+    wt = tl.load(w + (tok[:, None] * H + h) * BK + dk[None, :])
+    kt = tl.load(k + (tok[:, None] * G + grp) * BK + dk[None, :])
+    ut = head_rows(u, tok, H, h, V, dv, vm).to(ACC)
+    return wt, kt, ut, _decay_to_end(g_cum, tok, g_end, H, h, ACC)

@@ -68,7 +68,7 @@ def test_scalar_scans_in_value_tiles(monkeypatch):
     K = 40 on a 64-wide key tile, from an initial state, with a far position and packed rows."""
     from hf_loglinear.kernels import chunk_triton
 
-    monkeypatch.setattr(chunk_triton, "_scan_tiles", lambda bk, value_dim, delta, dot: (16, {}))
+    monkeypatch.setattr(chunk_triton, "_scan_tiles", lambda value_dim: (16, {}))
     x = _inputs(1, 300, 1, 2, 40, 24, 14, False, torch.float64, seed=13)
     _, init = chunk_loglinear_attention(*_inputs(2, 77, 1, 2, 40, 24, 14, False, torch.float64, seed=14),
                                         output_final_state=True)
@@ -87,6 +87,44 @@ def test_delta_scan_key_tiles():
     o, state = chunk_loglinear_attention_triton(*x, initial_state=init, output_final_state=True)
     o_ref, state_ref = chunk_loglinear_attention(*x, initial_state=init, output_final_state=True)
     assert _rel(o, o_ref) < 1e-10 and _rel(state.levels, state_ref.levels) < 1e-10
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("key_dim", [192, 100])
+def test_delta_scan_padded(key_dim, dtype, monkeypatch):
+    """The delta rule's bucket scan on k and W zero-padded to the key tile (``_pad_keys``): K = 192
+    on a 256-wide tile and K = 100 on a 128-wide one, G = 1 over 2 heads, V = 24 (a masked value
+    tile). Three documents packed in a row, continuing from initial states at an unaligned far
+    position (5000: 290 tokens over 5 chunks), an unaligned (90) and an aligned one (128); L = 9
+    caps the top at windows of 2 chunks. Then the same 390 tokens as a dense row without one.
+    bf16 inputs (q, k, v; decay, level weights, beta fp32) within 2e-2 of the largest reference
+    value, as the delta rule's other bf16 test; fp32 within 1e-5. Fails unless the pad ran
+    (both calls pad k and W)."""
+    from hf_loglinear.kernels import chunk_triton
+
+    pad, widths = chunk_triton._pad_keys, []
+    monkeypatch.setattr(chunk_triton, "_pad_keys", lambda x, width: widths.append((x.shape[-1], width)) or pad(x, width))
+    num_levels, heads, value_dim = 9, 2, 24
+    levels, starts = [], []
+    for seed, (start, length) in enumerate([(4700, 300), (0, 90), (0, 128)]):
+        init = LevelState(torch.zeros(1, heads, num_levels, key_dim, value_dim, dtype=torch.float64), torch.tensor([start]))
+        prefix = _inputs(1, length, 1, heads, key_dim, value_dim, num_levels, True, torch.float64, seed=30 + seed)
+        _, init = chunk_loglinear_attention(*prefix, initial_state=init, output_final_state=True)
+        levels.append(init.levels)
+        starts.append(start + length)
+    levels, starts = torch.cat(levels).float(), torch.tensor(starts)  # a model's state: fp32
+    x = _inputs(1, 390, 1, heads, key_dim, value_dim, num_levels, True, torch.float64, seed=key_dim)
+    x = [a.to(dtype) if i < 3 else a.float() for i, a in enumerate(x)]
+    tol = 2e-2 if dtype == torch.bfloat16 else 1e-5
+    packed = dict(cu_seqlens=torch.tensor([0, 290, 360, 390]))
+    for init, init_ref, kwargs in [(LevelState(levels, starts), LevelState(levels.double(), starts), packed), (None, None, {})]:
+        o, state = chunk_loglinear_attention_triton(*x, initial_state=init, output_final_state=True, **kwargs)
+        o_ref, state_ref = chunk_loglinear_attention(*[a.double() for a in x], initial_state=init_ref,
+                                                     output_final_state=True, **kwargs)
+        assert o.dtype == dtype
+        assert _rel(o.double(), o_ref) < tol and _rel(state.levels.double(), state_ref.levels) < tol
+    block = 256 if key_dim == 192 else 128
+    assert widths == [(key_dim, block)] * 4
 
 
 @pytest.mark.parametrize("delta", [False, True])

@@ -125,7 +125,7 @@ def test_reverse_scan_in_value_tiles(monkeypatch):
     x, do = _inputs(300, 1, 2, 11, torch.float64, seed=13, key_dim=40, value_dim=24, batch=1)
     ref = _grads(chunk_loglinear_attention, x, do, [True] * 5)
     _no_recompute(monkeypatch)
-    monkeypatch.setattr(chunk_triton, "_scan_tiles", lambda bk, value_dim, delta, dot: (16, {}))
+    monkeypatch.setattr(chunk_triton, "_scan_tiles", lambda value_dim: (16, {}))
     got = _grads(chunk_loglinear_attention_triton, x, do, [True] * 5)
     _check(got, ref, 1e-12)
 
@@ -139,7 +139,7 @@ def test_readout_gradient_from_value_tiles_in_packed_rows(monkeypatch):
     cu = torch.tensor([0, 70, 201, 266], dtype=torch.int32)
     ref = _grads(lambda *a: chunk_loglinear_attention(*a, cu_seqlens=cu), x, do, [True] * 5)
     _no_recompute(monkeypatch)
-    monkeypatch.setattr(chunk_triton, "_scan_tiles", lambda bk, value_dim, delta, dot: (16, {}))
+    monkeypatch.setattr(chunk_triton, "_scan_tiles", lambda value_dim: (16, {}))
     got = _grads(lambda *a: chunk_loglinear_attention_triton(*a, cu_seqlens=cu), x, do, [True] * 5)
     _check(got, ref, 1e-12)
 
