@@ -5,8 +5,8 @@ context), launches blocking.
     CUDA_LAUNCH_BLOCKING=1 python benchmarks/debug_gdn_forward.py K V dtype [stages[xBV[xwarps]]]
     python benchmarks/debug_gdn_forward.py 192 384 bfloat16 [stages[xBV[xwarps]]] time
 
-``stages[xBV[xwarps]]``: the level scan's pipeline stages, and its value tile and warps if given
-(e.g. 1x32x4; ``chunk_triton._delta_scan_tiles``).
+``stages[xBV[xwarps]]``: the level scan's pipeline stages (of the buckets' launch; the top keeps
+its own), and its value tile and warps if given (e.g. 2x64x8; ``chunk_triton._delta_scan_tiles``).
 ``time``: after the check, the forward's median time at the ANCHORS.md shape (6 heads x 192 /
 384, B = 32768 / T) at T = 2K and 8K, with num_levels = 1 and fla's chunk_gated_delta_rule
 forward beside it (same run).
@@ -26,9 +26,10 @@ TIME = sys.argv[-1] == "time"
 if len(sys.argv) > 4 and sys.argv[4][0].isdigit():
     stages, bv, warps = (sys.argv[4].split("x") + [None, None])[:3]
 
-    def tiles(*a, base=chunk_triton._delta_scan_tiles):
-        tile, launch = base(*a)
-        return int(bv or tile), {**launch, "num_stages": int(stages), "num_warps": int(warps or launch["num_warps"])}
+    def tiles(dot, top, base=chunk_triton._delta_scan_tiles):
+        tile, launch = base(dot, top)
+        return int(bv or tile), {**launch, "num_stages": launch["num_stages"] if top else int(stages),
+                                 "num_warps": int(warps or launch["num_warps"])}
 
     chunk_triton._delta_scan_tiles = tiles
 gen = torch.Generator(device="cuda").manual_seed(0)

@@ -39,9 +39,9 @@ from bench_kernels import GDN, MAMBA2, fwd_bwd, graphed_time, inputs, rel  # noq
 def sweep_scan():
     rows = []
     base = chunk_triton._delta_scan_tiles
-    for bv, stages, warps in [(64, 1, 8), (64, 1, 4), (128, 1, 8), (64, 1, 16), (16, 1, 2)]:
-        def tiles(dot, bv=bv, stages=stages, warps=warps):
-            return bv, dict(num_stages=stages, num_warps=warps)
+    for bv, stages, warps in [(64, 2, 8), (64, 1, 8), (64, 2, 4), (128, 1, 8), (64, 1, 16)]:
+        def tiles(dot, top, bv=bv, stages=stages, warps=warps):  # the top keeps one stage (shared memory)
+            return bv, dict(num_stages=1 if top else stages, num_warps=warps)
 
         chunk_triton._delta_scan_tiles = tiles
         x = inputs(1, 1000, **GDN, num_levels=12, delta=True, dtype=torch.bfloat16, seed=1)

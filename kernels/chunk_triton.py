@@ -343,12 +343,15 @@ def _delta_scan(rows, factors, args, consts, dot, has_init, num_row_heads, num_j
     per row, head and value tile, beside the levels below it, one program per bucket. k and W are
     zero-padded to the key tile first (``_pad_keys``)."""
     bk, value_dim, nc = consts["BK"], consts["V"], args[7]
-    bv, launch = _delta_scan_tiles(dot)
-    nvt = triton.cdiv(value_dim, bv)
     k, w = (_pad_keys(x, bk) for x in (rows.k, factors.w))
-    common = {**consts, **launch, "HAS_INIT": has_init, "DOT": dot, "BV": bv, "NVT": nvt}
-    scan = lambda tasks, top: level_scan_delta_kernel[(tasks * num_row_heads * nvt,)](  # noqa: E731
-        k, factors.u, w, *args, num_row_heads, TOP=top, **common)
+
+    def scan(tasks, top):
+        bv, launch = _delta_scan_tiles(dot, top)
+        nvt = triton.cdiv(value_dim, bv)
+        level_scan_delta_kernel[(tasks * num_row_heads * nvt,)](
+            k, factors.u, w, *args, num_row_heads, **{**consts, **launch}, TOP=top, HAS_INIT=has_init, DOT=dot,
+            BV=bv, NVT=nvt)
+
     buckets = sum(((nc - 1) >> (js + 1)) + 2 for js in range(num_js - 1))  # ``scan_triton._bucket_of``
     _side_by_side(lambda: scan(1, True), (lambda: scan(buckets, False)) if buckets else None, rows.k.device)
 
@@ -367,14 +370,19 @@ def _scan_tiles(value_dim):
     return min(block_size(value_dim), 64), {}
 
 
-def _delta_scan_tiles(dot):
-    """(value tile, launch options) of the delta rule's level scan: 8 warps, one stage, value tiles
-    of 64 for half operands. On the H200 at 192 / 384 in bf16 (``gpu_session15.sh a``, forward at
-    2K): 64 x 8 warps 4.65 ms, 64 x 4 warps 5.51, 16 x 2 warps 8.29; value tiles of 32 (4 or 8
-    warps) and of 16 at 4 warps computed wrong outputs (error ~0.8, the interpreter exact) and
-    then faulted: triton 3.6 miscompiles those shapes; two stages did not fit. fp32 operands:
-    tiles of 32 (their [C, BK] key tiles take twice the shared memory)."""
-    return (32 if dot == tl.float32 else 64), dict(num_warps=8, num_stages=1)
+def _delta_scan_tiles(dot, top):
+    """(value tile, launch options) of the delta rule's level scan (``top``: the capped top's
+    launch, else the buckets'): 8 warps, value tiles of 64 for half operands. On the H200 at
+    192 / 384 in bf16 (``gpu_session15.sh a``, forward at 2K, one stage for both): 64 x 8 warps
+    4.65 ms, 64 x 4 warps 5.51, 16 x 2 warps 8.29; value tiles of 32 (4 or 8 warps) and of 16 at 4
+    warps computed wrong outputs (error ~0.8, the interpreter exact) and then faulted: triton 3.6
+    miscompiles those shapes. The buckets' two loops prefetch their W, k and U tiles at two
+    stages (sm_90 offline 176 KB of shared memory); the top's four loops would take 273 KB, so
+    it keeps one. Not yet timed on a GPU. fp32 operands: tiles of 32, one stage (their [C, BK] key
+    tiles take twice the shared memory)."""
+    if dot == tl.float32:
+        return 32, dict(num_warps=8, num_stages=1)
+    return 64, dict(num_warps=8, num_stages=1 if top else 2)
 
 
 def _reverse_scan_launch(dot):

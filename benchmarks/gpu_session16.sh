@@ -1,0 +1,48 @@
+# Session 16: the Gated DeltaNet bucket scan with its buckets' loads prefetched (branch
+# gdn-scan-stages): chunk_triton._delta_scan_tiles gives the buckets' launch two pipeline stages
+# (their two loops prefetch W, k and U; sm_90 offline at 192 / 384 in bf16: 176 KB of shared
+# memory, 255 registers, 80 - 104 B of stack) while the top keeps one (its four loops would take
+# 273 KB). Main runs both at one stage (4.61 ms at 2K, gpu_session15 b). Never run on a GPU.
+# Run from a checkout of the branch (.ab_stages), beside .ab_main (git archive of main), carrying
+# [".whl", ".ab_stages", ".ab_main"]:
+#   cd .ab_stages && ln -sfn ../.whl .whl && bash benchmarks/gpu_session16.sh a
+# a: (1) fault check of the branch (debug_gdn_forward.py bf16 192 / 384, launches blocking);
+#    (2) main, then the branch, each checked and timed in its own process (debug_gdn_forward.py
+#        time: ours, ours L=1, fla at 2K / 8K; main first: it compiles fla's anchors, 200 s);
+#    (3) the branch's bf16 GDN checks (forward and backward: dense, packed, initial state, varlen);
+#    (4) the branch at 4 warps, two stages (the buckets), checked and timed.
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+pkg() {  # $1: where; $2: the root holding hf_loglinear/ and kernels/ to install
+  mkdir -p "$1" && cp -r "$2/hf_loglinear" "$1/" && cp -r "$2/kernels" "$2/conversion" "$2/model_cards" "$1/hf_loglinear/"
+}
+pkg /tmp/pkg .
+export PYTHONUNBUFFERED=1 TRITON_CACHE_DIR=$PWD/../.triton_cache
+cap() {  # seconds step $1 may take: at most $1, and none once the call is near its end
+  local left=$((560 - SECONDS)); [ "$left" -lt 20 ] && echo 0 || echo $(( $1 < left ? $1 : left ))
+}
+note() { echo "$*" | tee -a $OUT/summary.log; }
+ours() { PYTHONPATH=/tmp/pkg:/tmp/site "$@"; }
+timed() {  # $1: label, $2: PYTHONPATH root, $3: seconds, rest: debug_gdn_forward.py arguments
+  local label=$1 root=$2 t; t=$(cap $3); shift 3
+  [ "$t" = 0 ] && { note "$label: not run (time)"; return; }
+  PYTHONPATH=$root:/tmp/site timeout $t python benchmarks/debug_gdn_forward.py 192 384 bfloat16 "$@" time > $OUT/$label.log 2>&1
+  note "$label: rc $? $(grep "^ok\|^FAIL" $OUT/$label.log | head -1) (${SECONDS} s)"
+  grep "^gdn fwd" $OUT/$label.log | sed "s/^/  /" | tee -a $OUT/summary.log
+}
+python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())" | tee $OUT/versions.log
+case "$1" in
+a)
+    t=$(cap 150)
+    ours env CUDA_LAUNCH_BLOCKING=1 timeout $t python benchmarks/debug_gdn_forward.py 192 384 bfloat16 > $OUT/stages_fault_check.log 2>&1
+    note "stages fault check: rc $? $(grep "^ok\|^FAIL" $OUT/stages_fault_check.log | head -1) (${SECONDS} s)"
+    grep -q "^ok" $OUT/stages_fault_check.log || { tail -20 $OUT/stages_fault_check.log; exit 1; }
+    [ -d ../.ab_main ] && { pkg /tmp/pkgmain ../.ab_main; timed main_time /tmp/pkgmain 220; }
+    timed stages_time /tmp/pkg 120
+    t=$(cap 150)
+    ours timeout $t python benchmarks/bench_kernels.py --variants gdn --skip-decode --lengths '' --check-dtypes bfloat16 > $OUT/stages_gdn_checks.log 2>&1
+    note "bf16 checks: rc $? $(grep -c "^check" $OUT/stages_gdn_checks.log) lines, $(grep -c "FAIL" $OUT/stages_gdn_checks.log) FAIL (${SECONDS} s)"
+    grep "^check" $OUT/stages_gdn_checks.log | tee -a $OUT/summary.log
+    timed stages_2x64x4 /tmp/pkg 120 2x64x4
+    cat $OUT/summary.log ;;
+*)  echo "usage: bash benchmarks/gpu_session16.sh a" >&2; exit 2 ;;
+esac
