@@ -10,7 +10,8 @@
 #    (2) main, then the branch, each checked and timed in its own process (debug_gdn_forward.py
 #        time: ours, ours L=1, fla at 2K / 8K; main first: it compiles fla's anchors, 200 s);
 #    (3) the branch's bf16 GDN checks (forward and backward: dense, packed, initial state, varlen);
-#    (4) the branch at 4 warps, two stages (the buckets), checked and timed.
+#    (4) the branch at 4 warps, two stages (the buckets), checked and timed;
+#    beside them: the branch's fp32 dense GDN check with every gradient, and its fp16 forward.
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 pkg() {  # $1: where; $2: the root holding hf_loglinear/ and kernels/ to install
   mkdir -p "$1" && cp -r "$2/hf_loglinear" "$1/" && cp -r "$2/kernels" "$2/conversion" "$2/model_cards" "$1/hf_loglinear/"
@@ -36,6 +37,12 @@ a)
     ours env CUDA_LAUNCH_BLOCKING=1 timeout $t python benchmarks/debug_gdn_forward.py 192 384 bfloat16 > $OUT/stages_fault_check.log 2>&1
     note "stages fault check: rc $? $(grep "^ok\|^FAIL" $OUT/stages_fault_check.log | head -1) (${SECONDS} s)"
     grep -q "^ok" $OUT/stages_fault_check.log || { tail -20 $OUT/stages_fault_check.log; exit 1; }
+    # beside the rest (compiling on the CPU): the fp32 dense GDN check with every gradient (~200 -
+    # 400 s of compiling), then the fp16 forward at 192 / 384 (fp16 operands: not yet run on a GPU)
+    ( timeout 450 env PYTHONPATH=/tmp/pkg:/tmp/site python benchmarks/bench_kernels.py --variants gdn --skip-decode \
+        --lengths '' --check-dtypes float32 --gdn-checks dense > $OUT/stages_gdn_checks_fp32.log 2>&1
+      echo "fp32 dense check: rc $?" >> $OUT/side.log ) &
+    ( timeout 150 env PYTHONPATH=/tmp/pkg:/tmp/site python benchmarks/debug_gdn_forward.py 192 384 float16 >> $OUT/side.log 2>&1 ) &
     [ -d ../.ab_main ] && { pkg /tmp/pkgmain ../.ab_main; timed main_time /tmp/pkgmain 220; }
     timed stages_time /tmp/pkg 120
     t=$(cap 150)
@@ -43,6 +50,8 @@ a)
     note "bf16 checks: rc $? $(grep -c "^check" $OUT/stages_gdn_checks.log) lines, $(grep -c "FAIL" $OUT/stages_gdn_checks.log) FAIL (${SECONDS} s)"
     grep "^check" $OUT/stages_gdn_checks.log | tee -a $OUT/summary.log
     timed stages_2x64x4 /tmp/pkg 120 2x64x4
+    wait; grep -v "^\s" $OUT/side.log | cut -c1-200 | tee -a $OUT/summary.log
+    grep "^check" $OUT/stages_gdn_checks_fp32.log | tee -a $OUT/summary.log
     cat $OUT/summary.log ;;
 *)  echo "usage: bash benchmarks/gpu_session16.sh a" >&2; exit 2 ;;
 esac
