@@ -72,7 +72,8 @@ def inter_chunk_scans(last_chunk: int, num_levels: int, chunk: int) -> tuple[int
 
 
 def scan_slot_sizes(num_chunks: int, num_scans: int, top_exp: int) -> list[int]:
-    """Slots one row of the chunked kernels keeps per inter-chunk scan (scalar decay).
+    """Slots one row of the chunked kernels keeps per inter-chunk scan (scalar decay); below the
+    top also the buckets a row can touch (the delta rule's scan runs one program per bucket).
 
     The chunks that read one state of scan ``js`` form a run: for js below the top, the chunks of
     a bucket of 2^(js+1) whose bit js is set (one run per bucket); for the top, every chunk of a
@@ -197,6 +198,12 @@ if triton is not None:
         return (js == num_scans - 1) | (((chunk >> js) & 1) == 1)
 
     @triton.jit
+    def tl_bucket_count(num_chunks, js):
+        """``scan_slot_sizes`` of a scan ``js`` below the top on the device: the buckets of 2^(js+1)
+        chunks a row of ``num_chunks`` chunks can touch (one run, one slot each)."""
+        return ((num_chunks - 1) >> (js + 1)) + 2
+
+    @triton.jit
     def tl_scan_run(chunk, base, js, num_scans, num_chunks, top_exp):
         """``scan_run`` on the device: (slot, row-local first chunk) of the run through which
         absolute chunk ``chunk`` reads scan ``js`` (see ``scan_slot_sizes``)."""
@@ -205,7 +212,7 @@ if triton is not None:
         base = base + zero
         offset = zero
         for i in range(js):
-            offset += ((num_chunks - 1) >> (i + 1)) + 2
+            offset += tl_bucket_count(num_chunks, i)
         js64 = js + zero
         top = js64 == num_scans - 1
         run_exp = tl.where(top, tl.minimum(top_exp, 62), js64)

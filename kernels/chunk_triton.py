@@ -301,7 +301,7 @@ def _scan(rows, dtype, consts, num_levels, initial_state, chunk):
     dot = _dot_dtype(dtype)
     args = (g_cum, states, h0, p0, low_sum, base_chunk, slots, nc, num_js, num_slots, top_exp)
     if delta:
-        _delta_scan(rows, factors, args, consts, dot, has_init, n * num_heads, num_js)
+        _delta_scan(rows, factors, args, consts, dot, has_init, n * num_heads, scan_slot_sizes(nc, num_js, top_exp)[:-1])
         return g_cum, factors, recorded, low
     bv_scan, scan_launch = _scan_tiles(value_dim)
     grid = lambda num_programs: (n * num_heads, num_programs, triton.cdiv(value_dim, bv_scan))  # noqa: E731
@@ -338,22 +338,22 @@ def _side_by_side(first, second, device):
     main.wait_stream(side)
 
 
-def _delta_scan(rows, factors, args, consts, dot, has_init, num_row_heads, num_js):
+def _delta_scan(rows, factors, args, consts, dot, has_init, num_row_heads, buckets):
     """The delta rule's level scans (``scan_triton.level_scan_delta_kernel``): the top, one program
-    per row, head and value tile, beside the levels below it, one program per bucket. k and W are
-    zero-padded to the key tile first (``_pad_keys``)."""
-    bk, value_dim, nc = consts["BK"], consts["V"], args[7]
+    per row, head and value tile, beside the levels below it, one program per bucket (``buckets``:
+    how many a row can touch at each level, ``levels.scan_slot_sizes``). k and W are zero-padded
+    to the key tile first (``_pad_keys``)."""
+    bk, value_dim, tasks = consts["BK"], consts["V"], sum(buckets)
     k, w = (_pad_keys(x, bk) for x in (rows.k, factors.w))
 
-    def scan(tasks, top):
+    def scan(programs, top):
         bv, launch = _delta_scan_tiles(dot, top)
         nvt = triton.cdiv(value_dim, bv)
-        level_scan_delta_kernel[(tasks * num_row_heads * nvt,)](
+        level_scan_delta_kernel[(programs * num_row_heads * nvt,)](
             k, factors.u, w, *args, num_row_heads, **{**consts, **launch}, TOP=top, HAS_INIT=has_init, DOT=dot,
             BV=bv, NVT=nvt)
 
-    buckets = sum(((nc - 1) >> (js + 1)) + 2 for js in range(num_js - 1))  # ``scan_triton._bucket_of``
-    _side_by_side(lambda: scan(1, True), (lambda: scan(buckets, False)) if buckets else None, rows.k.device)
+    _side_by_side(lambda: scan(1, True), (lambda: scan(tasks, False)) if tasks else None, rows.k.device)
 
 
 def _pad_keys(x, width):

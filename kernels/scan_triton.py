@@ -34,7 +34,8 @@ except ImportError:  # pragma: no cover
     triton = tl = None
 
 from ..levels import (
-    tl_chunk_reads_scan, tl_chunks_with_bit, tl_nth_chunk_with_bit, tl_scan_level, tl_scan_run, tl_scan_window,
+    tl_bucket_count, tl_chunk_reads_scan, tl_chunks_with_bit, tl_nth_chunk_with_bit, tl_scan_level, tl_scan_run,
+    tl_scan_window,
 )
 
 _INTERPRETED = tl.constexpr(os.environ.get("TRITON_INTERPRET") == "1") if tl is not None else False
@@ -51,11 +52,19 @@ def scan_program(H: tl.constexpr, G: tl.constexpr, K: tl.constexpr, V: tl.conste
     """What a program of the grid (sequences x heads, scans, value tiles) works on: its row, head,
     q/k group, scan index, and the key / value offsets and masks of its [BK, BV] state tile (BK
     covers the whole key head). Shared by the forward scans and their backward."""
-    pid_nh, js, pid_v = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    row, h, grp, dk, dv, km, vm, hv, hvm = state_tile(tl.program_id(0), tl.program_id(2), H, G, K, V, BK, BV)
+    return row, h, grp, tl.program_id(1), dk, dv, km, vm, hv, hvm
+
+
+@triton.jit
+def state_tile(pid_nh, pid_v, H: tl.constexpr, G: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr,
+               BV: tl.constexpr):
+    """Row, head, q/k group, and the key / value offsets and masks of the [BK, BV] state tile of
+    program (row x head ``pid_nh``, value tile ``pid_v``)."""
     row, h = pid_nh // H, pid_nh % H
     dk, dv = tl.arange(0, BK), pid_v * BV + tl.arange(0, BV)
     km, vm = dk < K, dv < V
-    return row, h, h // (H // G), js, dk, dv, km, vm, dk[:, None] * V + dv[None, :], km[:, None] & vm[None, :]
+    return row, h, h // (H // G), dk, dv, km, vm, dk[:, None] * V + dv[None, :], km[:, None] & vm[None, :]
 
 
 @triton.jit
@@ -342,14 +351,11 @@ def level_scan_delta_kernel(
     tiles feeding wgmma faulted on the H200 at K = 192 once loads left a run-time branch); zero
     key rows add nothing to the state's rows past K, which are never stored."""
     pid = tl.program_id(0)
-    task, pid_nh, pid_v = pid // (NH * NVT), (pid // NVT) % NH, pid % NVT
-    row, h = pid_nh // H, pid_nh % H
-    dk, dv = tl.arange(0, BK), pid_v * BV + tl.arange(0, BV)
-    km, vm = dk < K, dv < V
-    hv, hvm = dk[:, None] * V + dv[None, :], km[:, None] & vm[None, :]
+    row, h, grp, dk, dv, _, vm, hv, hvm = state_tile((pid // NVT) % NH, pid % NVT, H, G, K, V, BK, BV)
+    task = pid // (NH * NVT)
     row64 = row.to(tl.int64)
     cb = tl.load(base_chunk + row).to(tl.int64)
-    ins = (k, u, w, g_cum, states, row64, S, NJ, NSLOT, h, h // (H // G), tl.arange(0, C), dk, dv, vm, hv, hvm)
+    ins = (k, u, w, g_cum, states, row64, S, NJ, NSLOT, h, grp, tl.arange(0, C), dk, dv, vm, hv, hvm)
     if TOP:
         _top_walk(ins, h0, p0, low, cb, NC, NJ - 1, top_exp, H, G, K, V, C, BK, BV, HAS_INIT, ACC, PREC, DOT)
     else:
@@ -359,14 +365,14 @@ def level_scan_delta_kernel(
 @triton.jit
 def _bucket_of(task, cb, NC, NJ):
     """(level js, absolute bucket index) of a below-the-top task: level NJ - 2 first, each level
-    given ((NC - 1) >> (js + 1)) + 2 task numbers (every bucket a row of NC chunks starting at
-    absolute chunk ``cb`` can touch); js = -1 past the last."""
+    given ``tl_bucket_count`` task numbers (every bucket a row of NC chunks starting at absolute
+    chunk ``cb`` can touch); js = -1 past the last."""
     t = task.to(tl.int64)
     js = tl.full((), -1, tl.int64)
     b = tl.zeros((), tl.int64)
     for r in range(NJ - 1):
         j = (NJ - 2 - r).to(tl.int64)
-        n = ((NC - 1) >> (j + 1)) + 2
+        n = tl_bucket_count(NC, j)
         hit = (js < 0) & (t >= 0) & (t < n)
         js = tl.where(hit, j, js)
         b = tl.where(hit, (cb >> (j + 1)) + t, b)
