@@ -7,7 +7,10 @@ Stages (one launch each, all chunk- or level-parallel; SPEC §4):
 3. ``scan_triton.level_scan_kernel`` (``level_scan_delta_kernel``): every inter-chunk level is
    its own scan over chunks, recording the state each chunk reads (scalar decay: grid sequences
    x heads x levels x value tiles; the delta rule: one program per bucket of each level; both
-   with the capped top in a second launch beside it);
+   with the capped top in a second launch beside it). The delta rule's forward without an
+   initial state or final state records prefix states instead
+   (``prefix_scan_delta_kernel``: the plain recurrence, then each boundary pushed to its
+   readers; 80 pushes a row at 2K where the bucket scan takes 130);
 4. ``output_triton.chunk_output_kernel``: intra-chunk (P * Lambda) V plus the level readout.
 The final LevelState is assembled in torch from the recorded states of each sequence's last
 chunk (``_Recorded``: under scalar decay one state per run of chunks reading it, so the buffer is
@@ -53,7 +56,7 @@ from .decay_triton import chunk_decay, chunk_offsets, chunk_reverse_cumsum, row_
 from .intra_triton import ut_factors_kernel
 from .layout import make_layout
 from .output_triton import chunk_output_kernel
-from .scan_triton import block_size, level_scan_delta_kernel, level_scan_kernel
+from .scan_triton import block_size, level_scan_delta_kernel, level_scan_kernel, prefix_scan_delta_kernel
 
 CHUNK = 64
 
@@ -272,8 +275,9 @@ def _consts(dtype, num_heads, num_groups, key_dim, value_dim, chunk):
     return consts
 
 
-def _scan(rows, dtype, consts, num_levels, initial_state, chunk):
-    """Stages 1-3: chunk-local G, the delta rule's chunk factors, the recorded level states."""
+def _scan(rows, dtype, consts, num_levels, initial_state, chunk, prefix=False):
+    """Stages 1-3: chunk-local G, the delta rule's chunk factors, the recorded level states
+    (``prefix``: the delta rule's prefix states, ``_prefix_delta_scan``)."""
 
     n, nc, slots = rows.num_rows, rows.num_chunks, rows.q.shape[1]
     num_heads, key_dim, value_dim = consts["H"], consts["K"], consts["V"]
@@ -301,7 +305,11 @@ def _scan(rows, dtype, consts, num_levels, initial_state, chunk):
     dot = _dot_dtype(dtype)
     args = (g_cum, states, h0, p0, low_sum, base_chunk, slots, nc, num_js, num_slots, top_exp)
     if delta:
-        _delta_scan(rows, factors, args, consts, dot, has_init, n * num_heads, scan_slot_sizes(nc, num_js, top_exp)[:-1])
+        buckets = scan_slot_sizes(nc, num_js, top_exp)[:-1]
+        if prefix:
+            _prefix_delta_scan(rows, factors, args, consts, dot, n * num_heads, buckets)
+        else:
+            _delta_scan(rows, factors, args, consts, dot, has_init, n * num_heads, buckets)
         return g_cum, factors, recorded, low
     bv_scan, scan_launch = _scan_tiles(value_dim)
     grid = lambda num_programs: (n * num_heads, num_programs, triton.cdiv(value_dim, bv_scan))  # noqa: E731
@@ -356,6 +364,24 @@ def _delta_scan(rows, factors, args, consts, dot, has_init, num_row_heads, bucke
     _side_by_side(lambda: scan(1, True), (lambda: scan(tasks, False)) if tasks else None, rows.k.device)
 
 
+def _prefix_delta_scan(rows, factors, args, consts, dot, num_row_heads, buckets):
+    """The delta rule's prefix states (``scan_triton.prefix_scan_delta_kernel``) for rows that
+    start at chunk 0 with nothing before them: the plain recurrence, then one program per
+    boundary with readers after it (the top's windows after the first, the middles of the buckets
+    of levels 1 and up), on the bucket scan's tiles and padded k and W."""
+    g_cum, states, slots, nc, num_js, num_slots, top_exp = args[:2] + args[6:]
+    bv, launch = _delta_scan_tiles(dot, False)
+    nvt = triton.cdiv(consts["V"], bv)
+    k, w = (_pad_keys(x, consts["BK"]) for x in (rows.k, factors.w))
+    # windows of one chunk (top_exp 0) and level 0's buckets have no reader past their boundary
+    boundaries = (((nc - 1) >> min(top_exp, 62)) if top_exp else 0) + sum(buckets[1:])
+    for programs, walk_boundaries in ((1, False), (boundaries, True)):
+        if programs:
+            prefix_scan_delta_kernel[(programs * num_row_heads * nvt,)](
+                k, factors.u, w, g_cum, states, slots, nc, num_js, num_slots, top_exp, num_row_heads,
+                **{**consts, **launch}, BOUNDARIES=walk_boundaries, DOT=dot, BV=bv, NVT=nvt)
+
+
 def _pad_keys(x, width):
     """x [..., K] as a contiguous copy with its last dim zero-padded to ``width`` (as it is when
     K = width already): the delta scan's unmasked key loads read zeros past K, which add nothing."""
@@ -405,8 +431,11 @@ def _forward(q, k, v, g, lam, beta, cu_seqlens, initial_state, output_final_stat
     rows.length = length
     n, nc, slots = rows.num_rows, rows.num_chunks, rows.q.shape[1]
     consts = _consts(q.dtype, num_heads, num_groups, key_dim, value_dim, chunk)
-    g_cum, factors, recorded, low = _scan(rows, q.dtype, consts, num_levels, initial_state, chunk)
     delta = rows.beta is not None
+    # prefix states: rows from chunk 0 with nothing before them, and no final level states to
+    # split out of the prefixes (the final state and the backward take per-level states)
+    prefix = delta and initial_state is None and not output_final_state and rows.max_chunk == nc - 1
+    g_cum, factors, recorded, low = _scan(rows, q.dtype, consts, num_levels, initial_state, chunk, prefix)
     bv = min(block_size(value_dim), 64)
     o = torch.empty(n, slots, num_heads, value_dim, dtype=v.dtype, device=q.device)
     states, chunk_g, num_js, num_slots, top_exp = recorded.kernel_args()
@@ -414,7 +443,7 @@ def _forward(q, k, v, g, lam, beta, cu_seqlens, initial_state, output_final_stat
         rows.q, rows.k, rows.v, g_cum, rows.lam, factors.pw if delta else g_cum, factors.qt if delta else g_cum, states, chunk_g,
         low, rows.base // chunk, rows.start, o, slots, nc, num_js, num_slots, top_exp, num_levels,
         LOG_C=log_c, LP=block_size(num_levels), BV=bv, DELTA=delta, HAS_INIT=initial_state is not None,
-        DOT=_dot_dtype(q.dtype), **consts,
+        PREFIX=prefix, DOT=_dot_dtype(q.dtype), **consts,
     )
     out = rows.output(o, batch, length)
     if not output_final_state:

@@ -12,7 +12,11 @@ Lambda[t, s] = lambda_t at level min(bit_length(t XOR s), L-1): the chunk is ali
 indices give the intra levels (``level_weights``).
 Inter-chunk level js is read when bit js of the absolute chunk index is set; the top state
 (last js) always; ``scan_triton.state_slot`` says where it was recorded (under scalar decay the
-reader applies the decay from the recording chunk, ``recorded_decay``). With an initial state,
+reader applies the decay from the recording chunk, ``recorded_decay``). PREFIX (the delta rule's
+``scan_triton.prefix_scan_delta_kernel``): scan js recorded X(b_js, c), the plain recurrent
+state at b_js = c with its js lowest bits cleared pushed on to c, so level js is the difference
+of two of them and the readout weights each by lambda_js minus the lambda of the level read
+below it; the top is empty (and unrecorded) before its first window. With an initial state,
 the first chunk also reads the initial levels that lie inside it (``low``), each at
 min(max(l, bit_length(t XOR (p0 - 1))), L-1) for query t.
 """
@@ -62,7 +66,8 @@ def chunk_output_kernel(
     S, NC, NJ, NSLOT, top_exp, L,
     H: tl.constexpr, G: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     C: tl.constexpr, LOG_C: tl.constexpr, LP: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    DELTA: tl.constexpr, HAS_INIT: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr, DOT: tl.constexpr,
+    DELTA: tl.constexpr, HAS_INIT: tl.constexpr, PREFIX: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
+    DOT: tl.constexpr,
 ):
     row64, c, h, grp, i, tok, dk, km = chunk_program(S, NC, H, G, K, C, BK)
     dv = tl.program_id(2) * BV + tl.arange(0, BV)
@@ -96,11 +101,18 @@ def chunk_output_kernel(
     ca = cb + c
     hv = dk[:, None] * V + dv[None, :]
     hvm = km[:, None] & vm[None, :]
+    below = tl.zeros([C], dtype=ACC)  # PREFIX: lambda of the level read below
+    if PREFIX:  # the top holds nothing before its first window (and was not recorded)
+        top_seen = (ca >> tl.minimum(top_exp, 62)) > 0
+    else:
+        top_seen = ca >= 0
     for js in range(NJ):
-        if tl_chunk_reads_scan(ca, js, NJ):
+        if tl_chunk_reads_scan(ca, js, NJ) & ((js < NJ - 1) | top_seen):
             slot, first = state_slot(ca, cb, js, NJ, NC, top_exp, DELTA)
             hs = _state_tile(slot_tile(states, row64, slot, NSLOT, h, H, K, V) + hv, hvm, K, V, BK, BV)
-            weight = _column(lam_t, cols, tl_scan_level(js, NJ, L, LOG_C)) * eq
+            lam_js = _column(lam_t, cols, tl_scan_level(js, NJ, L, LOG_C))
+            weight = (lam_js - below) * eq if PREFIX else lam_js * eq
+            below = lam_js
             if not DELTA:
                 weight = weight * recorded_decay(chunk_g, row64, NC, H, h, c, first, ACC)
             acc += weight[:, None] * mma(qt, hs, DOT, PREC, ACC)

@@ -34,7 +34,7 @@ except ImportError:  # pragma: no cover
     triton = tl = None
 
 from ..levels import (
-    tl_bucket_count, tl_chunk_reads_scan, tl_chunks_with_bit, tl_nth_chunk_with_bit, tl_scan_level, tl_scan_run,
+    tl_bit_length, tl_bucket_count, tl_chunk_reads_scan, tl_chunks_with_bit, tl_nth_chunk_with_bit, tl_scan_level, tl_scan_run,
     tl_scan_window,
 )
 
@@ -445,6 +445,89 @@ def _top_walk(ins, h0, p0, low, cb, NC, js, top_exp, H: tl.constexpr, G: tl.cons
         else:
             _walk_chunks(ins, hs, ps, lo, hi, js, True, False, False, False,
                          G, H, K, V, C, BK, ACC, PREC, DOT)
+
+
+@triton.jit
+def prefix_scan_delta_kernel(
+    k, u, w, g_cum, states, S, NC, NJ, NSLOT, top_exp, NH,
+    H: tl.constexpr, G: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, NVT: tl.constexpr, BOUNDARIES: tl.constexpr,
+    ACC: tl.constexpr, PREC: tl.constexpr, DOT: tl.constexpr,
+):
+    """The delta rule's level states by prefixes, for rows without an initial state (absolute
+    chunk = row-local chunk). A reader's levels partition every chunk before it, and each
+    transition is linear, so level js of chunk c is X(b_js, c) - X(b_js+1, c), where b_j = c with
+    its j lowest bits cleared and X(b, c) the plain recurrent state at chunk b (all sources before
+    it) pushed on to c. This records X(b_js, c) in the level's slot (``chunk_output_kernel``
+    weights it by lambda_js minus the level read below it) in two launches:
+    - the plain recurrence (BOUNDARIES false, one program per row, head and value tile), which
+      records X(c, c) at every chunk c > 0 in the slot of its lowest set bit (the top's above
+      top_exp);
+    - the boundaries (BOUNDARIES true, one program per boundary b with readers after it, longest
+      first), each pushing X(b, b) on through the chunks that read it: 2^tz(b) - 1 of them,
+      2^top_exp - 1 for the top's windows.
+    Every source enters one push with its contribution, and a boundary's state is pushed only
+    to its readers: at 2K (32 chunks of 64, top windows of 16) 80 pushes a row where the bucket
+    scans (``level_scan_delta_kernel``) take 130. The top before its first window holds nothing
+    and is neither recorded nor read. Same tiles and padded k and W as the bucket scan."""
+    pid = tl.program_id(0)
+    row, h, grp, dk, dv, _, vm, hv, hvm = state_tile((pid // NVT) % NH, pid % NVT, H, G, K, V, BK, BV)
+    ins = (k, u, w, g_cum, states, row.to(tl.int64), S, NJ, NSLOT, h, grp, tl.arange(0, C), dk, dv, vm, hv, hvm)
+    if BOUNDARIES:
+        _boundary_walk(ins, pid // (NH * NVT), NC, NJ, top_exp, K, V, C, BK, BV, G, H, ACC, PREC, DOT)
+    else:
+        _prefix_walk(ins, NC, NJ, K, V, C, BK, BV, G, H, ACC, PREC, DOT)
+
+
+@triton.jit
+def _prefix_slot(c, NJ):
+    """The scan whose slot records X(c, c) (c > 0): its lowest set bit, or the top above NJ - 2."""
+    c64 = tl.zeros((), tl.int64) + c
+    return tl.minimum(tl_bit_length(c64 & -c64) - 1, NJ - 1)
+
+
+@triton.jit
+def _prefix_walk(ins, NC, NJ, K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, BK: tl.constexpr,
+                 BV: tl.constexpr, G: tl.constexpr, H: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
+                 DOT: tl.constexpr):
+    """The plain recurrence through chunks 0 .. NC - 2, recording the state each next chunk
+    starts from (``_prefix_slot``)."""
+    states, row64, NSLOT, h, hv, hvm = ins[4], ins[5], ins[8], ins[9], ins[15], ins[16]
+    none = tl.zeros((), dtype=ACC)
+    ps = tl.zeros([BK, BV], dtype=ACC)
+    if NC > 1:
+        ps = _delta_step(ins, none, ps, 0, 0, False, False, True, True, G, H, K, V, C, BK, ACC, PREC, DOT)[1]
+        _record(states, ps, NJ, row64, NSLOT, h, H, K, V, hv, hvm)  # chunk 1: its lowest bit, scan 0
+    for c in range(2, NC):
+        ps = _delta_step(ins, none, ps, c - 1, 0, False, False, True, False, G, H, K, V, C, BK, ACC, PREC, DOT)[1]
+        _record(states, ps, c * NJ + _prefix_slot(c, NJ), row64, NSLOT, h, H, K, V, hv, hvm)
+
+
+@triton.jit
+def _boundary_walk(ins, task, NC, NJ, top_exp, K: tl.constexpr, V: tl.constexpr, C: tl.constexpr,
+                   BK: tl.constexpr, BV: tl.constexpr, G: tl.constexpr, H: tl.constexpr, ACC: tl.constexpr,
+                   PREC: tl.constexpr, DOT: tl.constexpr):
+    """Boundary ``task``: the top's windows after the first, then the buckets' middles from level
+    NJ - 2 down to 1 (``_bucket_of``; level 0's readers are their own boundaries). X(b, b),
+    recorded by the recurrence, pushed through chunks b .. e - 2 and recorded at each next."""
+    states, row64, NSLOT, h, hv, hvm = ins[4], ins[5], ins[8], ins[9], ins[15], ins[16]
+    te = tl.minimum(top_exp, 62).to(tl.int64)
+    t = task.to(tl.int64)
+    windows = (NC - 1) >> te
+    js, b = _bucket_of(t - windows, tl.zeros((), tl.int64), NC, NJ)
+    top = t < windows
+    js = tl.where(top, NJ - 1, js)
+    span_exp = tl.where(top, te, js)
+    first = tl.where(top, (t + 1) << te, (b << (js + 1)) + (tl.full((), 1, tl.int64) << js))
+    e = tl.minimum(first + (tl.full((), 1, tl.int64) << span_exp), NC)
+    if (js >= 0) & (first + 1 < e):
+        none = tl.zeros((), dtype=ACC)
+        hs = _state_in(slot_tile(states, row64, first * NJ + js, NSLOT, h, H, K, V), hv, hvm, ACC)
+        hs = _walk_chunks(ins, hs, none, first, first + 1, js, False, True, False, False,
+                          G, H, K, V, C, BK, ACC, PREC, DOT)[0]
+        hs = _walk_chunks(ins, hs, none, first + 1, e - 1, js, True, True, False, False,
+                          G, H, K, V, C, BK, ACC, PREC, DOT)[0]
+        _record(states, hs, (e - 1) * NJ + js, row64, NSLOT, h, H, K, V, hv, hvm)
 
 
 @triton.jit

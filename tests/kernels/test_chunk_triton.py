@@ -206,3 +206,44 @@ def test_fp32_products_follow_torch_matmul_precision(delta, monkeypatch):
     o, _ = chunk_loglinear_attention_triton(*x)
     o_ref, _ = chunk_loglinear_attention(*[a if a is None else a.double() for a in x])
     assert _rel(o.double(), o_ref) < 1e-5
+
+
+def _spy_prefix(monkeypatch):
+    """Count the calls of the delta rule's prefix-state scan (``chunk_triton._prefix_delta_scan``)."""
+    from hf_loglinear.kernels import chunk_triton
+
+    calls, prefix = [], chunk_triton._prefix_delta_scan
+    monkeypatch.setattr(chunk_triton, "_prefix_delta_scan", lambda *a: calls.append(1) or prefix(*a))
+    return calls
+
+
+@pytest.mark.parametrize(
+    "length, num_levels, groups",
+    [(1, 4, 1), (65, 12, 2), (128, 1, 1), (64 * 7 + 5, 9, 1), (64 * 7 + 5, 10, 1), (64 * 13 + 7, 14, 1), (64 * 37 + 5, 9, 1)],
+)
+def test_delta_prefix_states(length, num_levels, groups, monkeypatch):
+    """The delta rule's forward without initial or final state records prefix states (plain
+    recurrence, then each boundary pushed to its readers) and weights them by level differences:
+    one chunk, a non-multiple length, L = 1 (the plain recurrence alone), the top capped at
+    windows of 2 and 4 chunks over 8 chunks, 14 chunks uncapped, 38 chunks capped (windows
+    closing mid-row), G = 2; float64 against the torch chunked form."""
+    calls = _spy_prefix(monkeypatch)
+    x = _inputs(2, length, groups, 4, 16, 24, num_levels, True, torch.float64, seed=length + num_levels)
+    o, state = chunk_loglinear_attention_triton(*x)
+    assert state is None and calls == [1]
+    assert _rel(o, chunk_loglinear_attention(*x)[0]) < 1e-10
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_delta_prefix_states_packed_wide_keys(dtype, monkeypatch):
+    """Prefix states at K = 192 (k and W padded to 256) over packed documents of unequal lengths
+    (an empty one, one crossing 128 and 256 tokens), L = 11, V = 24; bf16 within 2e-2 of the
+    largest reference value (the delta rule's bf16 tolerance), fp32 within 1e-5."""
+    calls = _spy_prefix(monkeypatch)
+    x = _inputs(1, 500, 1, 2, 192, 24, 11, True, torch.float64, seed=17)
+    x = [a.to(dtype) if i < 3 else a.float() for i, a in enumerate(x)]
+    cu = torch.tensor([0, 70, 70, 330, 500])
+    o, _ = chunk_loglinear_attention_triton(*x, cu_seqlens=cu)
+    o_ref, _ = chunk_loglinear_attention(*[a.double() for a in x], cu_seqlens=cu)
+    assert calls == [1] and o.dtype == dtype
+    assert _rel(o.double(), o_ref) < (2e-2 if dtype == torch.bfloat16 else 1e-5)

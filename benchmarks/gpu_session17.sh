@@ -1,0 +1,58 @@
+# Session 17: the Gated DeltaNet forward on prefix states (branch gdn-prefix,
+# scan_triton.prefix_scan_delta_kernel: the plain recurrence, then each boundary pushed to its
+# readers; 80 pushes a row at 2K where main's bucket scan takes 130). Never run on a GPU.
+# Run from a checkout of the branch (.ab_prefix), beside .ab_main (git archive of main), carrying
+# [".whl", ".ab_prefix", ".ab_main"]:
+#   cd .ab_prefix && ln -sfn ../.whl .whl && bash benchmarks/gpu_session17.sh a
+# a: (1) fault check (debug_gdn_forward.py bf16 192 / 384, launches blocking);
+#    (2) main, then the branch, each checked and timed in its own process (ours, ours L=1, fla at
+#        2K / 8K; main first: it compiles fla's anchors, ~200 s);
+#    (3) the branch's bf16 GDN checks (forward and every gradient: dense, packed, initial state,
+#        varlen; the first two run the prefix forward);
+#    (4) the branch's GDN timing table (fwd, fwd+bwd, L=1, fla, SDPA at 2K and 8K) and profile at 2K;
+#    beside them: the branch's fp32 and fp16 forwards at 192 / 384 and bf16 at other head sizes.
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+pkg() {  # $1: where; $2: the root holding hf_loglinear/ and kernels/ to install
+  mkdir -p "$1" && cp -r "$2/hf_loglinear" "$1/" && cp -r "$2/kernels" "$2/conversion" "$2/model_cards" "$1/hf_loglinear/"
+}
+pkg /tmp/pkg .
+export PYTHONUNBUFFERED=1 TRITON_CACHE_DIR=$PWD/../.triton_cache
+cap() {  # seconds step $1 may take: at most $1, and none once the call is near its end
+  local left=$((565 - SECONDS)); [ "$left" -lt 20 ] && echo 0 || echo $(( $1 < left ? $1 : left ))
+}
+note() { echo "$*" | tee -a $OUT/summary.log; }
+ours() { PYTHONPATH=/tmp/pkg:/tmp/site "$@"; }
+B=benchmarks/bench_kernels.py
+timed() {  # $1: label, $2: PYTHONPATH root, $3: seconds
+  local label=$1 root=$2 t; t=$(cap $3)
+  [ "$t" = 0 ] && { note "$label: not run (time)"; return; }
+  PYTHONPATH=$root:/tmp/site timeout $t python benchmarks/debug_gdn_forward.py 192 384 bfloat16 time > $OUT/$label.log 2>&1
+  note "$label: rc $? $(grep "^ok\|^FAIL" $OUT/$label.log | head -1) (${SECONDS} s)"
+  grep "^gdn fwd" $OUT/$label.log | sed "s/^/  /" | tee -a $OUT/summary.log
+}
+python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())" | tee $OUT/versions.log
+case "$1" in
+a)
+    t=$(cap 150)
+    ours env CUDA_LAUNCH_BLOCKING=1 timeout $t python benchmarks/debug_gdn_forward.py 192 384 bfloat16 > $OUT/prefix_fault_check.log 2>&1
+    note "prefix fault check: rc $? $(grep "^ok\|^FAIL" $OUT/prefix_fault_check.log | head -1) (${SECONDS} s)"
+    grep -q "^ok" $OUT/prefix_fault_check.log || { tail -20 $OUT/prefix_fault_check.log; exit 1; }
+    ( for args in "192 384 float32" "192 384 float16" "64 64 bfloat16" "128 256 bfloat16" "256 512 bfloat16" "100 200 bfloat16"; do
+        timeout 150 env PYTHONPATH=/tmp/pkg:/tmp/site python benchmarks/debug_gdn_forward.py $args >> $OUT/side.log 2>&1
+      done ) &
+    [ -d ../.ab_main ] && { pkg /tmp/pkgmain ../.ab_main; timed main_time /tmp/pkgmain 220; }
+    timed prefix_time /tmp/pkg 100
+    t=$(cap 120)
+    ours timeout $t python $B --variants gdn --skip-decode --lengths '' --check-dtypes bfloat16 > $OUT/prefix_gdn_checks.log 2>&1
+    note "bf16 checks: rc $? $(grep -c "^check" $OUT/prefix_gdn_checks.log) lines, $(grep -c "FAIL" $OUT/prefix_gdn_checks.log) FAIL (${SECONDS} s)"
+    grep "^check" $OUT/prefix_gdn_checks.log | tee -a $OUT/summary.log
+    t=$(cap 60)
+    ours timeout $t python $B --variants gdn --profile 2048 > $OUT/prefix_gdn_profile.log 2>&1
+    note "profile: rc $? (${SECONDS} s)"; grep "kernel" $OUT/prefix_gdn_profile.log | head -8 | cut -c1-60,150-200 | tee -a $OUT/summary.log
+    mkdir -p $OUT/tables; t=$(cap 200)
+    ours timeout $t python $B --variants gdn --skip-checks --skip-decode --lengths 2048,8192 --out $OUT/tables > $OUT/prefix_gdn_timing.log 2>&1
+    note "timing: rc $? (${SECONDS} s)"; grep "ours\|fla" $OUT/prefix_gdn_timing.log | tee -a $OUT/summary.log
+    wait; grep -v "^\s" $OUT/side.log | cut -c1-200 | tee -a $OUT/summary.log
+    cat $OUT/summary.log ;;
+*)  echo "usage: bash benchmarks/gpu_session17.sh a" >&2; exit 2 ;;
+esac
