@@ -4,6 +4,7 @@
 # Run from a checkout of the branch (.ab_prefix), beside .ab_main (git archive of main), carrying
 # [".whl", ".ab_prefix", ".ab_main"]:
 #   cd .ab_prefix && ln -sfn ../.whl .whl && bash benchmarks/gpu_session17.sh a
+# b: see below (after the merge, from main: .ab_main2).
 # a: (1) fault check (debug_gdn_forward.py bf16 192 / 384, launches blocking);
 #    (2) main, then the branch, each checked and timed in its own process (ours, ours L=1, fla at
 #        2K / 8K; main first: it compiles fla's anchors, ~200 s);
@@ -54,5 +55,21 @@ a)
     note "timing: rc $? (${SECONDS} s)"; grep "ours\|fla" $OUT/prefix_gdn_timing.log | tee -a $OUT/summary.log
     wait; grep -v "^\s" $OUT/side.log | cut -c1-200 | tee -a $OUT/summary.log
     cat $OUT/summary.log ;;
-*)  echo "usage: bash benchmarks/gpu_session17.sh a" >&2; exit 2 ;;
+b)
+    # main after the merge (prefix states also behind the final state): the checks call a could
+    # not finish, side by side on the CPU's compiles: fp32 forward and final state at 192 / 384
+    # (its compile passed call a's 150 s), the fp32 dense GDN check with every gradient; then the
+    # bf16 / fp16 forward and final state at 192 / 384 and the other head sizes.
+    ( timeout 450 env PYTHONPATH=/tmp/pkg:/tmp/site python benchmarks/debug_gdn_forward.py 192 384 float32 > $OUT/fp32_forward.log 2>&1
+      echo "fp32 forward: rc $?" >> $OUT/side.log ) &
+    ( timeout 480 env PYTHONPATH=/tmp/pkg:/tmp/site python $B --variants gdn --skip-decode --lengths '' --check-dtypes float32 \
+        --gdn-checks dense > $OUT/gdn_checks_fp32.log 2>&1; echo "fp32 dense check: rc $?" >> $OUT/side.log ) &
+    for args in "192 384 bfloat16" "192 384 float16" "64 64 bfloat16" "128 256 bfloat16" "256 512 bfloat16" "100 200 bfloat16"; do
+      t=$(cap 150); ours timeout $t python benchmarks/debug_gdn_forward.py $args >> $OUT/half.log 2>&1
+    done
+    note "$(grep "^ok\|^FAIL" $OUT/half.log)"
+    wait; cat $OUT/side.log | tee -a $OUT/summary.log; grep "^ok\|^FAIL" $OUT/fp32_forward.log | tee -a $OUT/summary.log
+    grep "^check" $OUT/gdn_checks_fp32.log | tee -a $OUT/summary.log
+    cat $OUT/summary.log ;;
+*)  echo "usage: bash benchmarks/gpu_session17.sh a|b" >&2; exit 2 ;;
 esac

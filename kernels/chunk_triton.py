@@ -8,7 +8,7 @@ Stages (one launch each, all chunk- or level-parallel; SPEC §4):
    its own scan over chunks, recording the state each chunk reads (scalar decay: grid sequences
    x heads x levels x value tiles; the delta rule: one program per bucket of each level; both
    with the capped top in a second launch beside it). The delta rule's forward without an
-   initial state or final state records prefix states instead
+   initial state records prefix states instead
    (``prefix_scan_delta_kernel``: the plain recurrence, then each boundary pushed to its
    readers; 80 pushes a row at 2K where the bucket scan takes 130);
 4. ``output_triton.chunk_output_kernel``: intra-chunk (P * Lambda) V plus the level readout.
@@ -115,6 +115,7 @@ class _Recorded:
     chunk_g: torch.Tensor | None
     num_scans: int
     top_exp: int
+    prefix: bool = False  # the delta rule's prefix states (``_prefix_delta_scan``)
 
     @property
     def num_slots(self) -> int:
@@ -132,13 +133,29 @@ class _Recorded:
         idx = torch.arange(n, device=chunk.device)
         if self.chunk_g is None:
             per_chunk = self.states.view(n, -1, self.num_scans, *self.states.shape[2:])
-            return per_chunk[idx, chunk].to(dtype)
+            read = per_chunk[idx, chunk].to(dtype)
+            return _levels_from_prefixes(read, base_chunk + chunk, self.top_exp) if self.prefix else read
         out = []
         for js in range(self.num_scans):
             slot, first = scan_run(base_chunk + chunk, base_chunk, js, self.num_scans, self.chunk_g.shape[1], self.top_exp)
             decay = torch.exp(self.chunk_g[idx, chunk] - self.chunk_g[idx, first]).to(dtype)  # [N, H]
             out.append(self.states[idx, slot].to(dtype) * decay[:, :, None, None])
         return torch.stack(out, 1)
+
+
+def _levels_from_prefixes(read, chunk, top_exp):
+    """Per-level states [N, NJ, H, K, V] of absolute chunks ``chunk`` [N] from the prefix states
+    they read (``read``, same shape, garbage in slots not recorded): level js is its prefix minus
+    the prefix of the next level read above it; levels not read come out zero, as does the top
+    before its first window."""
+    shape = (-1,) + (1,) * (read.dim() - 2)
+    above = torch.where((chunk >> min(top_exp, 62) > 0).view(shape), read[:, -1], 0.0)
+    levels = [above]
+    for js in reversed(range(read.shape[1] - 1)):
+        prefix = torch.where(((chunk >> js) & 1).bool().view(shape), read[:, js], above)
+        levels.append(prefix - above)
+        above = prefix
+    return torch.stack(levels[::-1], 1)
 
 
 def _initial_terms(levels, start, base_chunk, num_js, chunk):
@@ -293,7 +310,7 @@ def _scan(rows, dtype, consts, num_levels, initial_state, chunk, prefix=False):
     chunk_g = None
     if not delta:  # cumulative log decay at chunk starts, in float64: a long row's sum is large
         chunk_g = chunk_offsets(totals, exclusive=True)
-    recorded = _Recorded(states, chunk_g, num_js, top_exp)
+    recorded = _Recorded(states, chunk_g, num_js, top_exp, prefix)
     has_init = initial_state is not None
     base_chunk = rows.base // chunk
     if has_init:
@@ -432,9 +449,9 @@ def _forward(q, k, v, g, lam, beta, cu_seqlens, initial_state, output_final_stat
     n, nc, slots = rows.num_rows, rows.num_chunks, rows.q.shape[1]
     consts = _consts(q.dtype, num_heads, num_groups, key_dim, value_dim, chunk)
     delta = rows.beta is not None
-    # prefix states: rows from chunk 0 with nothing before them, and no final level states to
-    # split out of the prefixes (the final state and the backward take per-level states)
-    prefix = delta and initial_state is None and not output_final_state and rows.max_chunk == nc - 1
+    # prefix states: rows from chunk 0 with nothing before them (the final state takes their
+    # differences, ``_Recorded.read``; the backward recomputes per-level states)
+    prefix = delta and initial_state is None and rows.max_chunk == nc - 1
     g_cum, factors, recorded, low = _scan(rows, q.dtype, consts, num_levels, initial_state, chunk, prefix)
     bv = min(block_size(value_dim), 64)
     o = torch.empty(n, slots, num_heads, value_dim, dtype=v.dtype, device=q.device)

@@ -222,28 +222,34 @@ def _spy_prefix(monkeypatch):
     [(1, 4, 1), (65, 12, 2), (128, 1, 1), (64 * 7 + 5, 9, 1), (64 * 7 + 5, 10, 1), (64 * 13 + 7, 14, 1), (64 * 37 + 5, 9, 1)],
 )
 def test_delta_prefix_states(length, num_levels, groups, monkeypatch):
-    """The delta rule's forward without initial or final state records prefix states (plain
-    recurrence, then each boundary pushed to its readers) and weights them by level differences:
-    one chunk, a non-multiple length, L = 1 (the plain recurrence alone), the top capped at
-    windows of 2 and 4 chunks over 8 chunks, 14 chunks uncapped, 38 chunks capped (windows
-    closing mid-row), G = 2; float64 against the torch chunked form."""
+    """The delta rule's forward without an initial state records prefix states (plain
+    recurrence, then each boundary pushed to its readers), weights them by level differences
+    and takes the final level states as their differences: one chunk, a non-multiple length,
+    L = 1 (the plain recurrence alone), the top capped at windows of 2 and 4 chunks over 8
+    chunks, 14 chunks uncapped, 38 chunks capped (windows closing mid-row), G = 2; float64
+    against the torch chunked form, with and without the final state."""
     calls = _spy_prefix(monkeypatch)
     x = _inputs(2, length, groups, 4, 16, 24, num_levels, True, torch.float64, seed=length + num_levels)
+    o_ref, state_ref = chunk_loglinear_attention(*x, output_final_state=True)
+    o, state = chunk_loglinear_attention_triton(*x, output_final_state=True)
+    assert _rel(o, o_ref) < 1e-10 and _rel(state.levels, state_ref.levels) < 1e-10
+    assert torch.equal(state.position, state_ref.position)
     o, state = chunk_loglinear_attention_triton(*x)
-    assert state is None and calls == [1]
-    assert _rel(o, chunk_loglinear_attention(*x)[0]) < 1e-10
+    assert state is None and calls == [1, 1] and _rel(o, o_ref) < 1e-10
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_delta_prefix_states_packed_wide_keys(dtype, monkeypatch):
     """Prefix states at K = 192 (k and W padded to 256) over packed documents of unequal lengths
-    (an empty one, one crossing 128 and 256 tokens), L = 11, V = 24; bf16 within 2e-2 of the
+    (an empty one, one crossing 128 and 256 tokens), L = 11, V = 24, output and final states;
+    bf16 within 2e-2 of the
     largest reference value (the delta rule's bf16 tolerance), fp32 within 1e-5."""
     calls = _spy_prefix(monkeypatch)
     x = _inputs(1, 500, 1, 2, 192, 24, 11, True, torch.float64, seed=17)
     x = [a.to(dtype) if i < 3 else a.float() for i, a in enumerate(x)]
     cu = torch.tensor([0, 70, 70, 330, 500])
-    o, _ = chunk_loglinear_attention_triton(*x, cu_seqlens=cu)
-    o_ref, _ = chunk_loglinear_attention(*[a.double() for a in x], cu_seqlens=cu)
+    o, state = chunk_loglinear_attention_triton(*x, cu_seqlens=cu, output_final_state=True)
+    o_ref, state_ref = chunk_loglinear_attention(*[a.double() for a in x], cu_seqlens=cu, output_final_state=True)
+    tol = 2e-2 if dtype == torch.bfloat16 else 1e-5
     assert calls == [1] and o.dtype == dtype
-    assert _rel(o.double(), o_ref) < (2e-2 if dtype == torch.bfloat16 else 1e-5)
+    assert _rel(o.double(), o_ref) < tol and _rel(state.levels.double(), state_ref.levels) < tol
