@@ -17,19 +17,7 @@
 # b: bf16 GDN checks (forward and backward), the GDN timing table at 2K / 8K with fwd+bwd, the GDN
 #    forward profile at 2K; beside them the fp32 dense GDN check (about 200 s of compiling) and the
 #    bf16 forward at K / V = 64 / 64, 128 / 256, 256 / 512 and 100 / 200.
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-pkg() {  # $1: where; $2: the root holding hf_loglinear/ and kernels/ to install
-  mkdir -p "$1" && cp -r "$2/hf_loglinear" "$1/" && cp -r "$2/kernels" "$2/conversion" "$2/model_cards" "$1/hf_loglinear/"
-}
-pkg /tmp/pkg .
-export PYTHONUNBUFFERED=1 TRITON_CACHE_DIR=$PWD/../.triton_cache
-cap() {  # seconds step $1 may take: at most $1, and none once the call is near its end
-  local left=$((560 - SECONDS)); [ "$left" -lt 20 ] && echo 0 || echo $(( $1 < left ? $1 : left ))
-}
-note() { echo "$*" | tee -a $OUT/summary.log; }
-ours() { PYTHONPATH=/tmp/pkg:/tmp/site "$@"; }
-B=benchmarks/bench_kernels.py
-python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())" | tee $OUT/versions.log
+source benchmarks/gpu_lib.sh
 case "$1" in
 a)
     t=$(cap 150)

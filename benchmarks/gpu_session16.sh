@@ -12,25 +12,7 @@
 #    (3) the branch's bf16 GDN checks (forward and backward: dense, packed, initial state, varlen);
 #    (4) the branch at 4 warps, two stages (the buckets), checked and timed;
 #    beside them: the branch's fp32 dense GDN check with every gradient, and its fp16 forward.
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-pkg() {  # $1: where; $2: the root holding hf_loglinear/ and kernels/ to install
-  mkdir -p "$1" && cp -r "$2/hf_loglinear" "$1/" && cp -r "$2/kernels" "$2/conversion" "$2/model_cards" "$1/hf_loglinear/"
-}
-pkg /tmp/pkg .
-export PYTHONUNBUFFERED=1 TRITON_CACHE_DIR=$PWD/../.triton_cache
-cap() {  # seconds step $1 may take: at most $1, and none once the call is near its end
-  local left=$((560 - SECONDS)); [ "$left" -lt 20 ] && echo 0 || echo $(( $1 < left ? $1 : left ))
-}
-note() { echo "$*" | tee -a $OUT/summary.log; }
-ours() { PYTHONPATH=/tmp/pkg:/tmp/site "$@"; }
-timed() {  # $1: label, $2: PYTHONPATH root, $3: seconds, rest: debug_gdn_forward.py arguments
-  local label=$1 root=$2 t; t=$(cap $3); shift 3
-  [ "$t" = 0 ] && { note "$label: not run (time)"; return; }
-  PYTHONPATH=$root:/tmp/site timeout $t python benchmarks/debug_gdn_forward.py 192 384 bfloat16 "$@" time > $OUT/$label.log 2>&1
-  note "$label: rc $? $(grep "^ok\|^FAIL" $OUT/$label.log | head -1) (${SECONDS} s)"
-  grep "^gdn fwd" $OUT/$label.log | sed "s/^/  /" | tee -a $OUT/summary.log
-}
-python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())" | tee $OUT/versions.log
+source benchmarks/gpu_lib.sh
 case "$1" in
 a)
     t=$(cap 150)

@@ -92,11 +92,12 @@ def test_delta_scan_key_tiles():
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("key_dim", [192, 100])
 def test_delta_scan_padded(key_dim, dtype, monkeypatch):
-    """The delta rule's bucket scan on k and W zero-padded to the key tile (``_pad_keys``): K = 192
+    """The delta rule's scans on k and W zero-padded to the key tile (``_pad_keys``): K = 192
     on a 256-wide tile and K = 100 on a 128-wide one, G = 1 over 2 heads, V = 24 (a masked value
     tile). Three documents packed in a row, continuing from initial states at an unaligned far
     position (5000: 290 tokens over 5 chunks), an unaligned (90) and an aligned one (128); L = 9
-    caps the top at windows of 2 chunks. Then the same 390 tokens as a dense row without one.
+    caps the top at windows of 2 chunks (the bucket scan). Then the same 390 tokens as a dense row
+    without one (prefix states).
     bf16 inputs (q, k, v; decay, level weights, beta fp32) within 2e-2 of the largest reference
     value, as the delta rule's other bf16 test; fp32 within 1e-5. Fails unless the pad ran
     (both calls pad k and W)."""

@@ -1,0 +1,26 @@
+# What every gpu_session*.sh from 15 on starts with (sourced from the checkout's root on the
+# device): the carried wheels installed into /tmp/site, this checkout installed into /tmp/pkg
+# (`pkg` installs another, e.g. an `.ab_<branch>` folder), one triton cache for the call, and
+# helpers: `cap S` (seconds a step may take before the call's end), `note` (to summary.log),
+# `ours CMD` (with this checkout on the path), `timed LABEL ROOT S [ARGS]` (debug_gdn_forward.py's
+# check and timing of the checkout at ROOT, in its own process).
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+pkg() {  # $1: where; $2: the root holding hf_loglinear/ and kernels/ to install
+  mkdir -p "$1" && cp -r "$2/hf_loglinear" "$1/" && cp -r "$2/kernels" "$2/conversion" "$2/model_cards" "$1/hf_loglinear/"
+}
+pkg /tmp/pkg .
+export PYTHONUNBUFFERED=1 TRITON_CACHE_DIR=$PWD/../.triton_cache
+cap() {  # seconds step $1 may take: at most $1, and none once the call (600 s) nears its end
+  local left=$((560 - SECONDS)); [ "$left" -lt 20 ] && echo 0 || echo $(( $1 < left ? $1 : left ))
+}
+note() { echo "$*" | tee -a $OUT/summary.log; }
+ours() { PYTHONPATH=/tmp/pkg:/tmp/site "$@"; }
+timed() {  # $1: label, $2: PYTHONPATH root, $3: seconds, rest: debug_gdn_forward.py arguments
+  local label=$1 root=$2 t; t=$(cap $3); shift 3
+  [ "$t" = 0 ] && { note "$label: not run (time)"; return; }
+  PYTHONPATH=$root:/tmp/site timeout $t python benchmarks/debug_gdn_forward.py 192 384 bfloat16 "$@" time > $OUT/$label.log 2>&1
+  note "$label: rc $? $(grep "^ok\|^FAIL" $OUT/$label.log | head -1) (${SECONDS} s)"
+  grep "^gdn fwd" $OUT/$label.log | sed "s/^/  /" | tee -a $OUT/summary.log
+}
+B=benchmarks/bench_kernels.py
+python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())" | tee $OUT/versions.log
