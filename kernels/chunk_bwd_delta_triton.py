@@ -138,7 +138,7 @@ def level_scan_bwd_delta_kernel(
             gc = tl.load(g_cum + tok * H + h).to(ACC)
             g_end = tl.load(g_cum + (row64 * S + c * C + C - 1) * H + h).to(ACC)
             kd = head_rows(k, tok, G, grp, K, dk, km).to(ACC) * tl.exp(g_end - gc)[:, None]
-            wt = head_rows(w, tok, H, h, K, dk, km).to(ACC)
+            wt = head_rows(w, tok, H, h, BK, dk, km).to(ACC)  # W's rows are padded to BK
             decay = tl.exp(g_end)
             if is_top:
                 tl.store(_state(dstates, row64, c, NJ, NC, NJ + 2, h, H, K, V) + hv, dp, mask=hvm)
@@ -202,7 +202,7 @@ def chunk_grad_delta_kernel(
     q, k, v, g_cum, beta, lam, a_inv, w, qt, do, states, dstates, pairs,
     dq, dk, dv, dlam, dbeta, dg,
     S, NC, NJ, L,
-    H: tl.constexpr, G: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    H: tl.constexpr, G: tl.constexpr, K: tl.constexpr, V: tl.constexpr, WK: tl.constexpr,
     C: tl.constexpr, LOG_C: tl.constexpr, LP: tl.constexpr, BKT: tl.constexpr, BV: tl.constexpr,
     ACC: tl.constexpr, PREC: tl.constexpr,
 ):
@@ -288,11 +288,11 @@ def chunk_grad_delta_kernel(
             kd1 = head_rows(k, tok, G, grp, K, kc1, km1).to(ACC) * e_k[:, None]
             d_row = _pair_block(pairs, blk, k0, k1, K, BKT)
             dw -= _dot(kd1, tl.trans(d_row), PREC, ACC)
-            dkd -= _dot(head_rows(w, tok, H, h, K, kc1, km1).to(ACC), _pair_block(pairs, blk, k1, k0, K, BKT), PREC, ACC)
+            dkd -= _dot(head_rows(w, tok, H, h, WK, kc1, km1).to(ACC), _pair_block(pairs, blk, k1, k0, K, BKT), PREC, ACC)
             if k1 == k0:
                 diag = tl.arange(0, BKT)[:, None] == tl.arange(0, BKT)[None, :]
                 d_decay += tl.sum(tl.sum(tl.where(diag, d_row, 0.0), 1), 0)
-        wt = head_rows(w, tok, H, h, K, kc, km).to(ACC)
+        wt = head_rows(w, tok, H, h, WK, kc, km).to(ACC)  # W's rows are padded to WK
         dqk -= _dot(dqt, tl.trans(wt), PREC, ACC)
         kt = head_rows(k, tok, G, grp, K, kc, km).to(ACC)
         ke = kt * e_g[:, None]

@@ -245,14 +245,17 @@ def _storage_dtype(dtype):
 @dataclass
 class _DeltaFactors:
     """The delta rule's chunk-local factors (``intra_triton``): ``a_inv`` [N, NC, H, C, C] is
-    A^-1 diag(beta) in the accumulation dtype (the backward's), ``w``, ``qt`` [N, S, H, K],
-    ``u`` [N, S, H, V] and ``pw`` [N, NC, H, C, C] in the storage dtype."""
+    A^-1 diag(beta) in the accumulation dtype (the backward's), ``w`` [N, S, H, BK] (rows
+    zero-padded to the key tile), ``qt`` [N, S, H, K], ``u`` [N, S, H, V] and ``pw`` [N, NC, H, C, C]
+    in the storage dtype; ``k`` the keys as the scans read them, [N, S, G, BK] (the inputs' when
+    K = BK, else a zero-padded copy written beside W)."""
 
     a_inv: torch.Tensor
     w: torch.Tensor
     u: torch.Tensor
     qt: torch.Tensor
     pw: torch.Tensor
+    k: torch.Tensor
 
     @classmethod
     def compute(cls, rows, g_cum, consts, num_levels, chunk):
@@ -260,12 +263,14 @@ class _DeltaFactors:
         num_heads, key_dim, value_dim = consts["H"], consts["K"], consts["V"]
         dtype = _storage_dtype(rows.q.dtype)
         new = lambda *shape, dt=dtype: torch.empty(n, *shape, dtype=dt, device=g_cum.device)  # noqa: E731
-        f = cls(new(nc, num_heads, chunk, chunk, dt=g_cum.dtype), new(slots, num_heads, key_dim),
-                new(slots, num_heads, value_dim), new(slots, num_heads, key_dim), new(nc, num_heads, chunk, chunk))
+        bk = consts["BK"]
+        kp = rows.k if bk == key_dim else torch.empty(*rows.k.shape[:-1], bk, dtype=rows.k.dtype, device=rows.k.device)
+        f = cls(new(nc, num_heads, chunk, chunk, dt=g_cum.dtype), new(slots, num_heads, bk),
+                new(slots, num_heads, value_dim), new(slots, num_heads, key_dim), new(nc, num_heads, chunk, chunk), kp)
         ut_factors_kernel[(n * nc, num_heads)](
-            rows.q, rows.k, rows.v, g_cum, rows.beta, rows.lam, f.a_inv, f.w, f.u, f.qt, f.pw, slots, nc, num_levels,
-            H=num_heads, G=consts["G"], K=key_dim, V=value_dim, C=chunk, LOG_C=chunk.bit_length() - 1,
-            LP=block_size(num_levels), BKT=min(consts["BK"], 64), BV=min(block_size(value_dim), 64),
+            rows.q, rows.k, rows.v, g_cum, rows.beta, rows.lam, f.a_inv, f.w, f.u, f.qt, f.pw, kp, slots, nc, num_levels,
+            H=num_heads, G=consts["G"], K=key_dim, V=value_dim, WK=bk, C=chunk, LOG_C=chunk.bit_length() - 1,
+            LP=block_size(num_levels), BKT=min(bk, 64), BV=min(block_size(value_dim), 64),
             ACC=consts["ACC"], PREC=consts["PREC"], DOT=_dot_dtype(rows.q.dtype), num_warps=4,
         )
         return f
@@ -366,10 +371,10 @@ def _side_by_side(first, second, device):
 def _delta_scan(rows, factors, args, consts, dot, has_init, num_row_heads, buckets):
     """The delta rule's level scans (``scan_triton.level_scan_delta_kernel``): the top, one program
     per row, head and value tile, beside the levels below it, one program per bucket (``buckets``:
-    how many a row can touch at each level, ``levels.scan_slot_sizes``). k and W are zero-padded
-    to the key tile first (``_pad_keys``)."""
+    how many a row can touch at each level, ``levels.scan_slot_sizes``), on k and W zero-padded
+    to the key tile (``_DeltaFactors``)."""
     bk, value_dim, tasks = consts["BK"], consts["V"], sum(buckets)
-    k, w = (_pad_keys(x, bk) for x in (rows.k, factors.w))
+    k, w = factors.k, factors.w
 
     def scan(programs, top):
         bv, launch = _delta_scan_tiles(dot, top)
@@ -389,7 +394,7 @@ def _prefix_delta_scan(rows, factors, args, consts, dot, num_row_heads, buckets)
     g_cum, states, slots, nc, num_js, num_slots, top_exp = args[:2] + args[6:]
     bv, launch = _delta_scan_tiles(dot, False)
     nvt = triton.cdiv(consts["V"], bv)
-    k, w = (_pad_keys(x, consts["BK"]) for x in (rows.k, factors.w))
+    k, w = factors.k, factors.w
     # windows of one chunk (top_exp 0) and level 0's buckets have no reader past their boundary
     boundaries = (((nc - 1) >> min(top_exp, 62)) if top_exp else 0) + sum(buckets[1:])
     for programs, walk_boundaries in ((1, False), (boundaries, True)):
@@ -397,12 +402,6 @@ def _prefix_delta_scan(rows, factors, args, consts, dot, num_row_heads, buckets)
             prefix_scan_delta_kernel[(programs * num_row_heads * nvt,)](
                 k, factors.u, w, g_cum, states, slots, nc, num_js, num_slots, top_exp, num_row_heads,
                 **{**consts, **launch}, BOUNDARIES=walk_boundaries, DOT=dot, BV=bv, NVT=nvt)
-
-
-def _pad_keys(x, width):
-    """x [..., K] as a contiguous copy with its last dim zero-padded to ``width`` (as it is when
-    K = width already): the delta scan's unmasked key loads read zeros past K, which add nothing."""
-    return x if x.shape[-1] == width else F.pad(x, (0, width - x.shape[-1])).contiguous()
 
 
 def _scan_tiles(value_dim):
@@ -599,7 +598,7 @@ def _backward_delta(q, k, v, g, lam, beta, do, cu_seqlens, chunk=CHUNK):
     chunk_grad_delta_kernel[(b.n * b.nc, nh)](
         rows.q, rows.k, rows.v, b.g_cum, rows.beta, rows.lam, f.a_inv, f.w, f.qt, b.do, b.states, dstates, pairs,
         dq, dk, dv, dlam, dbeta, dgc, b.slots, b.nc, b.num_js, b.num_levels,
-        G=b.consts["G"], C=chunk, LOG_C=b.log_c, LP=block_size(b.num_levels), **tiled,
+        G=b.consts["G"], WK=b.consts["BK"], C=chunk, LOG_C=b.log_c, LP=block_size(b.num_levels), **tiled,
         num_warps=8, num_stages=2,  # double- rather than triple-buffered loads: 168 KB in bf16
     )
     dg = chunk_reverse_cumsum(dgc, chunk)

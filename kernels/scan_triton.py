@@ -352,9 +352,9 @@ def level_scan_delta_kernel(
 
     1-D grid, program = (task, row x head, value tile), task slowest: the value tiles of one
     bucket run side by side and share its W and k tiles through L2. k and W come with their rows
-    zero-padded to BK (``chunk_triton._pad_keys``), so their loads take no key mask (masked key
-    tiles feeding wgmma faulted on the H200 at K = 192 once loads left a run-time branch); zero
-    key rows add nothing to the state's rows past K, which are never stored."""
+    zero-padded to BK (``intra_triton.ut_factors_kernel``), so their loads take no key mask
+    (masked key tiles feeding wgmma faulted on the H200 at K = 192 once loads left a run-time
+    branch); zero key rows add nothing to the state's rows past K, which are never stored."""
     pid = tl.program_id(0)
     row, h, grp, dk, dv, _, vm, hv, hvm = state_tile((pid // NVT) % NH, pid % NVT, H, G, K, V, BK, BV)
     task = pid // (NH * NVT)

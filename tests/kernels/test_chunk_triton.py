@@ -92,19 +92,25 @@ def test_delta_scan_key_tiles():
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("key_dim", [192, 100])
 def test_delta_scan_padded(key_dim, dtype, monkeypatch):
-    """The delta rule's scans on k and W zero-padded to the key tile (``_pad_keys``): K = 192
-    on a 256-wide tile and K = 100 on a 128-wide one, G = 1 over 2 heads, V = 24 (a masked value
-    tile). Three documents packed in a row, continuing from initial states at an unaligned far
-    position (5000: 290 tokens over 5 chunks), an unaligned (90) and an aligned one (128); L = 9
-    caps the top at windows of 2 chunks (the bucket scan). Then the same 390 tokens as a dense row
-    without one (prefix states).
-    bf16 inputs (q, k, v; decay, level weights, beta fp32) within 2e-2 of the largest reference
-    value, as the delta rule's other bf16 test; fp32 within 1e-5. Fails unless the pad ran
-    (both calls pad k and W)."""
+    """The delta rule's scans on k and W zero-padded to the key tile by ``ut_factors_kernel``:
+    K = 192 on a 256-wide tile and K = 100 on a 128-wide one, G = 1 over 2 heads, V = 24 (a masked
+    value tile). Three documents packed in a row, continuing from initial states at an unaligned
+    far position (5000: 290 tokens over 5 chunks), an unaligned (90) and an aligned one (128);
+    L = 9 caps the top at windows of 2 chunks (the bucket scan). Then the same 390 tokens as a
+    dense row without one (prefix states). bf16 inputs (q, k, v; decay, level weights, beta fp32)
+    within 2e-2 of the largest reference value, as the delta rule's other bf16 test; fp32 within
+    1e-5. The padded keys must equal the inputs' and the pads of k and W be zero."""
     from hf_loglinear.kernels import chunk_triton
 
-    pad, widths = chunk_triton._pad_keys, []
-    monkeypatch.setattr(chunk_triton, "_pad_keys", lambda x, width: widths.append((x.shape[-1], width)) or pad(x, width))
+    compute, padded = chunk_triton._DeltaFactors.compute, []
+
+    def spy(rows, *args):
+        f = compute(rows, *args)
+        padded.append((f.k.shape[-1], f.w.shape[-1], torch.equal(f.k[..., :key_dim], rows.k),
+                       bool((f.k[..., key_dim:] == 0).all() and (f.w[..., key_dim:] == 0).all())))
+        return f
+
+    monkeypatch.setattr(chunk_triton._DeltaFactors, "compute", spy)
     num_levels, heads, value_dim = 9, 2, 24
     levels, starts = [], []
     for seed, (start, length) in enumerate([(4700, 300), (0, 90), (0, 128)]):
@@ -125,7 +131,7 @@ def test_delta_scan_padded(key_dim, dtype, monkeypatch):
         assert o.dtype == dtype
         assert _rel(o.double(), o_ref) < tol and _rel(state.levels.double(), state_ref.levels) < tol
     block = 256 if key_dim == 192 else 128
-    assert widths == [(key_dim, block)] * 4
+    assert padded == [(block, block, True, True)] * 2
 
 
 @pytest.mark.parametrize("delta", [False, True])
