@@ -39,6 +39,7 @@ def test_kernels_compile_for_sm90_within_shared_memory(tmp_path):
     rows = [line.split(" | ") for line in out.splitlines() if line.startswith("| mamba2") or line.startswith("| gdn")]
     assert {row[3] for row in rows} == {"level_scan_kernel", "chunk_output_kernel", "decode_step_kernel",
                                          "ut_factors_kernel", "level_scan_bwd_kernel", "chunk_grad_kernel",
-                                         "level_scan_delta_kernel", "level_scan_bwd_delta_kernel", "state_pairs_kernel",
+                                         "level_scan_delta_kernel", "prefix_scan_delta_kernel",
+                                         "level_scan_bwd_delta_kernel", "state_pairs_kernel",
                                          "chunk_grad_delta_kernel", "chunk_decay_kernel", "chunk_offsets_kernel"}
     assert all(row[5].startswith("yes") for row in rows)
