@@ -20,8 +20,8 @@ T = 2048 and 1000 and four packed documents in 3000 tokens; continuing from an i
 the final state, dense and packed) and the dense Gated DeltaNet check, exits 1 if any is over
 tolerance, then Mamba-2 fwd and fwd+bwd at T = 2K, 16K, 64K for L = 15 and L = 1, and SDPA fwd /
 fwd+bwd. ``--variants mamba2`` or ``gdn`` restricts checks and timings to one model;
-``--profile 2048,65536`` prints where a Mamba-2 fwd+bwd (a GDN forward with ``--variants gdn``)
-spends its time, per kernel; ``--lengths ''`` skips the timings (e.g. for the decode table alone).
+``--profile 2048,65536`` prints where a Mamba-2 fwd+bwd (a GDN forward, then fwd+bwd, with
+``--variants gdn``) spends its time, per kernel; ``--lengths ''`` skips the timings (e.g. for the decode table alone).
 """
 from __future__ import annotations
 
@@ -260,8 +260,8 @@ def time_long(lengths):
 
 def profile_ops(lengths, variants=("mamba2",)):
     """Where the time goes, per kernel (torch.profiler, after a warm-up call that compiles): a
-    log-linear Mamba-2 fwd+bwd, a Gated DeltaNet forward (its target; its backward on CUDA is
-    opt-in). The table to read before tuning."""
+    log-linear Mamba-2 fwd+bwd; a Gated DeltaNet forward (its target), then its fwd+bwd. The table
+    to read before tuning."""
     from torch.profiler import ProfilerActivity, profile
 
     for variant in variants:
@@ -269,19 +269,20 @@ def profile_ops(lengths, variants=("mamba2",)):
         for length in lengths:
             batch = max(1, 32768 // length)
             xs = inputs(batch, length, **shape, num_levels=levels_for_length(length), delta=variant == "gdn", dtype=torch.bfloat16)
-            if variant == "mamba2":
-                leaves = [a.detach().clone().requires_grad_() for a in xs[:5]]
-                run, what = fwd_bwd(lambda: loglinear_attention(*leaves, backend="triton")[0], leaves), "fwd+bwd"
-            else:
-                run, what = (lambda: loglinear_attention(*xs[:5], beta=xs[5], backend="triton")), "fwd"
-            run()
-            torch.cuda.synchronize()
-            with profile(activities=[ProfilerActivity.CUDA]) as prof:
-                for _ in range(3):
-                    run()
+            leaves = [a.detach().clone().requires_grad_() for a in xs[:5]]
+            beta = {} if variant == "mamba2" else {"beta": xs[5]}
+            runs = [("fwd+bwd", fwd_bwd(lambda: loglinear_attention(*leaves, **beta, backend="triton")[0], leaves))]
+            if variant == "gdn":
+                runs.insert(0, ("fwd", lambda: loglinear_attention(*xs[:5], **beta, backend="triton")))
+            for what, run in runs:
+                run()
                 torch.cuda.synchronize()
-            log(f"profile {variant}: 3 x {what}, T={length}, B={batch}, L={levels_for_length(length)}")
-            log(prof.key_averages().table(sort_by="self_device_time_total", row_limit=14))
+                with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                    for _ in range(3):
+                        run()
+                    torch.cuda.synchronize()
+                log(f"profile {variant}: 3 x {what}, T={length}, B={batch}, L={levels_for_length(length)}")
+                log(prof.key_averages().table(sort_by="self_device_time_total", row_limit=14))
 
 
 def decode(quick):
@@ -400,7 +401,7 @@ def main():
     parser.add_argument("--long", default="", help="comma-separated T for log-linear Mamba-2 alone at B = 1 (e.g. 1048576)")
     parser.add_argument("--skip-decode", action="store_true", help="no decode-step table")
     parser.add_argument("--variants", default="mamba2,gdn", help="which of mamba2,gdn to check and time")
-    parser.add_argument("--profile", default="", help="comma-separated T: per-kernel time of a Mamba-2 fwd+bwd / GDN fwd (--variants), then exit")
+    parser.add_argument("--profile", default="", help="comma-separated T: per-kernel time of a Mamba-2 fwd+bwd / GDN fwd and fwd+bwd (--variants), then exit")
     parser.add_argument("--check-dtypes", default="float32,bfloat16", help="input dtypes of the checks")
     parser.add_argument("--gdn-checks", default=",".join(GDN_CASES), help="which Gated DeltaNet checks: " + ", ".join(GDN_CASES))
     parser.add_argument("--mamba2-groups", type=int, default=MAMBA2["groups"],
