@@ -329,7 +329,7 @@ def _scan(rows, dtype, consts, num_levels, initial_state, chunk, prefix=False):
     if delta:
         buckets = scan_slot_sizes(nc, num_js, top_exp)[:-1]
         if prefix:
-            _prefix_delta_scan(rows, factors, args, consts, dot, n * num_heads, buckets)
+            _prefix_delta_scan(factors, args, consts, dot, n * num_heads, buckets)
         else:
             _delta_scan(rows, factors, args, consts, dot, has_init, n * num_heads, buckets)
         return g_cum, factors, recorded, low
@@ -373,7 +373,7 @@ def _delta_scan(rows, factors, args, consts, dot, has_init, num_row_heads, bucke
     per row, head and value tile, beside the levels below it, one program per bucket (``buckets``:
     how many a row can touch at each level, ``levels.scan_slot_sizes``), on k and W zero-padded
     to the key tile (``_DeltaFactors``)."""
-    bk, value_dim, tasks = consts["BK"], consts["V"], sum(buckets)
+    value_dim, tasks = consts["V"], sum(buckets)
     k, w = factors.k, factors.w
 
     def scan(programs, top):
@@ -386,7 +386,7 @@ def _delta_scan(rows, factors, args, consts, dot, has_init, num_row_heads, bucke
     _side_by_side(lambda: scan(1, True), (lambda: scan(tasks, False)) if tasks else None, rows.k.device)
 
 
-def _prefix_delta_scan(rows, factors, args, consts, dot, num_row_heads, buckets):
+def _prefix_delta_scan(factors, args, consts, dot, num_row_heads, buckets):
     """The delta rule's prefix states (``scan_triton.prefix_scan_delta_kernel``) for rows that
     start at chunk 0 with nothing before them: the plain recurrence, then one program per
     boundary with readers after it (the top's windows after the first, the middles of the buckets
@@ -421,7 +421,9 @@ def _delta_scan_tiles(dot, top):
     miscompiles those shapes. The buckets' two loops prefetch their W, k and U tiles at two
     stages (sm_90 offline 176 KB of shared memory); the top's four loops would take 273 KB, so
     it keeps one: 4.69 -> 4.55 ms at 2K, 6.59 -> 6.11 at 8K beside one stage in one call
-    (``gpu_session16.sh a``); at 4 warps 5.95 / 8.24. fp32 operands: tiles of 32, one stage (their
+    (``gpu_session16.sh a``); at 4 warps 5.95 / 8.24. The prefix scan takes the buckets' tiles: at
+    value tiles of 32 (two stages) it ran correctly but slower, 3.38 ms at 2K with 4 warps and 3.75
+    with 8 against 2.94 (``gpu_session18.sh a``). fp32 operands: tiles of 32, one stage (their
     [C, BK] key tiles take twice the shared memory)."""
     if dot == tl.float32:
         return 32, dict(num_warps=8, num_stages=1)
