@@ -3,7 +3,7 @@
 # (`pkg` installs another, e.g. an `.ab_<branch>` folder), one triton cache for the call, and
 # helpers: `cap S` (seconds a step may take before the call's end), `note` (to summary.log),
 # `ours CMD` (with this checkout on the path), `timed LABEL ROOT S [ARGS]` (debug_gdn_forward.py's
-# check and timing of the checkout at ROOT, in its own process).
+# check and timing of the checkout at ROOT, in its own process), `fault_check LABEL`.
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 pkg() {  # $1: where; $2: the root holding hf_loglinear/ and kernels/ to install
   mkdir -p "$1" && cp -r "$2/hf_loglinear" "$1/" && cp -r "$2/kernels" "$2/conversion" "$2/model_cards" "$1/hf_loglinear/"
@@ -24,3 +24,9 @@ timed() {  # $1: label, $2: PYTHONPATH root, $3: seconds, rest: debug_gdn_forwar
 }
 B=benchmarks/bench_kernels.py
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())" | tee $OUT/versions.log
+fault_check() {  # $1: label; this checkout's GDN forward at 192 / 384 in bf16, launches blocking; exits the call on FAIL
+  local t; t=$(cap 150)
+  ours env CUDA_LAUNCH_BLOCKING=1 timeout $t python benchmarks/debug_gdn_forward.py 192 384 bfloat16 > $OUT/$1_fault_check.log 2>&1
+  note "$1 fault check: rc $? $(grep "^ok\|^FAIL" $OUT/$1_fault_check.log | head -1) (${SECONDS} s)"
+  grep -q "^ok" $OUT/$1_fault_check.log || { tail -20 $OUT/$1_fault_check.log; exit 1; }
+}

@@ -20,10 +20,7 @@
 source benchmarks/gpu_lib.sh
 case "$1" in
 a)
-    t=$(cap 150)
-    ours env CUDA_LAUNCH_BLOCKING=1 timeout $t python benchmarks/debug_gdn_forward.py 192 384 bfloat16 > $OUT/window_fault_check.log 2>&1
-    note "window fault check: rc $? $(grep "^ok\|^FAIL" $OUT/window_fault_check.log | head -1) (${SECONDS} s)"
-    grep -q "^ok" $OUT/window_fault_check.log || { tail -20 $OUT/window_fault_check.log; exit 1; }
+    fault_check window
     if [ -d ../.ab_padded ]; then
       pkg /tmp/pkgpad ../.ab_padded; t=$(cap 220)
       HF_LOGLINEAR_GDN_SCAN=padded PYTHONPATH=/tmp/pkgpad:/tmp/site timeout $t python ../.ab_padded/benchmarks/debug_gdn_forward.py 192 384 bfloat16 time \

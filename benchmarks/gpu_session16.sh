@@ -15,10 +15,7 @@
 source benchmarks/gpu_lib.sh
 case "$1" in
 a)
-    t=$(cap 150)
-    ours env CUDA_LAUNCH_BLOCKING=1 timeout $t python benchmarks/debug_gdn_forward.py 192 384 bfloat16 > $OUT/stages_fault_check.log 2>&1
-    note "stages fault check: rc $? $(grep "^ok\|^FAIL" $OUT/stages_fault_check.log | head -1) (${SECONDS} s)"
-    grep -q "^ok" $OUT/stages_fault_check.log || { tail -20 $OUT/stages_fault_check.log; exit 1; }
+    fault_check stages
     # beside the rest (compiling on the CPU): the fp32 dense GDN check with every gradient (~200 -
     # 400 s of compiling), then the fp16 forward at 192 / 384 (fp16 operands: not yet run on a GPU)
     ( timeout 450 env PYTHONPATH=/tmp/pkg:/tmp/site python benchmarks/bench_kernels.py --variants gdn --skip-decode \

@@ -15,10 +15,7 @@
 source benchmarks/gpu_lib.sh
 case "$1" in
 a)
-    t=$(cap 150)
-    ours env CUDA_LAUNCH_BLOCKING=1 timeout $t python benchmarks/debug_gdn_forward.py 192 384 bfloat16 > $OUT/prefix_fault_check.log 2>&1
-    note "prefix fault check: rc $? $(grep "^ok\|^FAIL" $OUT/prefix_fault_check.log | head -1) (${SECONDS} s)"
-    grep -q "^ok" $OUT/prefix_fault_check.log || { tail -20 $OUT/prefix_fault_check.log; exit 1; }
+    fault_check prefix
     ( for args in "192 384 float32" "192 384 float16" "64 64 bfloat16" "128 256 bfloat16" "256 512 bfloat16" "100 200 bfloat16"; do
         timeout 150 env PYTHONPATH=/tmp/pkg:/tmp/site python benchmarks/debug_gdn_forward.py $args >> $OUT/side.log 2>&1
       done ) &

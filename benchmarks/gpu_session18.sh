@@ -14,10 +14,7 @@
 source benchmarks/gpu_lib.sh
 case "$1" in
 a)
-    t=$(cap 150)
-    ours env CUDA_LAUNCH_BLOCKING=1 timeout $t python benchmarks/debug_gdn_forward.py 192 384 bfloat16 > $OUT/utpad_fault_check.log 2>&1
-    note "utpad fault check: rc $? $(grep "^ok\|^FAIL" $OUT/utpad_fault_check.log | head -1) (${SECONDS} s)"
-    grep -q "^ok" $OUT/utpad_fault_check.log || { tail -20 $OUT/utpad_fault_check.log; exit 1; }
+    fault_check utpad
     [ -d ../.ab_main ] && { pkg /tmp/pkgmain ../.ab_main; timed main_time /tmp/pkgmain 200; }
     timed utpad_time /tmp/pkg 60
     timed utpad_2x32x4 /tmp/pkg 60 2x32x4
