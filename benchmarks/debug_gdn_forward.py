@@ -12,7 +12,9 @@ miscompiled tile can run without a fault.
 its own), and its value tile and warps if given (e.g. 2x64x8; ``chunk_triton._delta_scan_tiles``).
 ``time``: after the check, the forward's median time at the ANCHORS.md shape (6 heads x 192 /
 384, B = 32768 / T) at T = 2K and 8K, with num_levels = 1 and fla's chunk_gated_delta_rule
-forward beside it (same run).
+forward beside it (same run). ``split``: after the check, the median time of each Triton launch
+of that forward, keyed by kernel and by its TOP / BOUNDARIES flag (torch.profiler groups by
+kernel name alone, so the prefix scan's two launches would share a row).
 """
 import sys
 import traceback
@@ -26,6 +28,7 @@ from hf_loglinear.ops import loglinear_attention
 
 K, V, dtype = int(sys.argv[1]), int(sys.argv[2]), getattr(torch, sys.argv[3])
 TIME = sys.argv[-1] == "time"
+SPLIT = sys.argv[-1] == "split"
 if len(sys.argv) > 4 and sys.argv[4][0].isdigit():
     stages, bv, warps = (sys.argv[4].split("x") + [None, None])[:3]
 
@@ -74,3 +77,43 @@ if TIME:
         except Exception as e:  # fla missing or refusing: say so
             print(f"fla: {type(e).__name__}: {str(e)[:160]}")
         print(f"gdn fwd T={length} B={32768 // length}: " + ", ".join(f"{k} {t:.2f} ms" for k, t in cells.items()), flush=True)
+if SPLIT:
+    import statistics
+
+    import triton
+
+    from bench_kernels import GDN, inputs
+    from hf_loglinear.levels import levels_for_length
+
+    class Timed:
+        """A kernel whose launches record CUDA events under (name, TOP / BOUNDARIES flag)."""
+
+        def __init__(self, kernel, log):
+            self.kernel, self.log = kernel, log
+
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                key = self.kernel.__name__ + "".join(f" {f}={kwargs[f]}" for f in ("TOP", "BOUNDARIES") if f in kwargs)
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                self.kernel[grid](*args, **kwargs)
+                end.record()
+                self.log.setdefault(key, []).append((start, end))
+            return launch
+
+    for length in (2048, 8192):
+        x = inputs(32768 // length, length, **GDN, num_levels=levels_for_length(length), delta=True, dtype=torch.bfloat16)
+        run = lambda: loglinear_attention(*x[:5], beta=x[5], backend="triton")  # noqa: E731
+        run()
+        log = {}
+        kernels = {n: f for n, f in vars(chunk_triton).items() if n.endswith("_kernel")}
+        for n, f in kernels.items():
+            setattr(chunk_triton, n, Timed(f, log))
+        for _ in range(10):
+            run()
+        torch.cuda.synchronize()
+        for n, f in kernels.items():
+            setattr(chunk_triton, n, f)
+        total = triton.testing.do_bench(run, return_mode="median")
+        cells = {key: statistics.median(s.elapsed_time(e) for s, e in evs) for key, evs in log.items()}
+        print(f"gdn fwd split T={length}: total {total:.2f} ms; " + "; ".join(f"{k} {t:.3f}" for k, t in cells.items()), flush=True)
