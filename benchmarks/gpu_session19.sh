@@ -8,8 +8,12 @@
 #   recurrence (flags with release / acquire; tasks numbered in start order): boundaries fill the
 #   SMs the recurrence's last wave leaves idle. A hang is bounded (~10 s a waiting program), and
 #   every process has a timeout.
-# Run from a checkout of gdn-prefix-overlap (.ab_overlap), beside .ab_fused and .ab_main (git
-# archives of the branch and of main), carrying [".whl", ".ab_overlap", ".ab_fused", ".ab_main"]:
+# - gdn-prefix-memory (on top of overlap): the prefix state buffer linear in T ([N, NC + NJ, H,
+#   K, V] instead of [N, NC * NJ, H, K, V]); same kernels otherwise.
+# Run from a checkout of gdn-prefix-memory (it holds the other two: "overlap" below means this
+# checkout), beside .ab_fused and .ab_main (git archives of that branch and of main), carrying
+# [".whl", ".ab_overlap", ".ab_fused", ".ab_main"]:
+#   git archive gdn-prefix-memory | tar -x -C .ab_overlap   (and likewise .ab_fused, .ab_main)
 #   cd .ab_overlap && ln -sfn ../.whl .whl && bash benchmarks/gpu_session19.sh a
 # a: (1) fault checks, launches blocking: overlap (default), and with `parts`;
 #    (2) main, overlap, fused, overlap with `parts`, each checked and timed in its own process
