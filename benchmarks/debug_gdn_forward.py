@@ -14,7 +14,9 @@ its own), and its value tile and warps if given (e.g. 2x64x8; ``chunk_triton._de
 384, B = 32768 / T) at T = 2K and 8K, with num_levels = 1 and fla's chunk_gated_delta_rule
 forward beside it (same run). ``split``: after the check, the median time of each Triton launch
 of that forward, keyed by kernel and by its TOP / BOUNDARIES flag (torch.profiler groups by
-kernel name alone, so the prefix scan's two launches would share a row).
+kernel name alone, so the prefix scan's two launches would share a row). Events are recorded on
+the current stream: right for this dense forward, not for the bucket scan's top, which runs on
+a side stream (rows from an initial state); the decay kernel (decay_triton) is not split out.
 """
 import sys
 import traceback

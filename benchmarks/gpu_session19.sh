@@ -11,9 +11,11 @@
 # - gdn-prefix-memory (on top of overlap): the prefix state buffer linear in T ([N, NC + NJ, H,
 #   K, V] instead of [N, NC * NJ, H, K, V]); same kernels otherwise.
 # Run from a checkout of gdn-prefix-memory (it holds the other two: "overlap" below means this
-# checkout), beside .ab_fused and .ab_main (git archives of that branch and of main), carrying
+# checkout), beside checkouts of gdn-fused-readout and main, carrying
 # [".whl", ".ab_overlap", ".ab_fused", ".ab_main"]:
-#   git archive gdn-prefix-memory | tar -x -C .ab_overlap   (and likewise .ab_fused, .ab_main)
+#   printf '/.ab_overlap/\n/.ab_fused/\n/.ab_main/\n' >> .git/info/exclude
+#   for x in overlap:gdn-prefix-memory fused:gdn-fused-readout main:main; do
+#     rm -rf .ab_${x%%:*}; mkdir .ab_${x%%:*}; git archive ${x#*:} | tar -x -C .ab_${x%%:*}; done
 #   cd .ab_overlap && ln -sfn ../.whl .whl && bash benchmarks/gpu_session19.sh a
 # a: (1) fault checks, launches blocking: overlap (default), and with `parts`;
 #    (2) main, overlap, fused, overlap with `parts`, each checked and timed in its own process
