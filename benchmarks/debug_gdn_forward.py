@@ -6,7 +6,8 @@ bench_kernels.py's tolerances: 1e-4 for fp32 inputs, 2e-2 for half) and exits 1 
 miscompiled tile can run without a fault.
 
     CUDA_LAUNCH_BLOCKING=1 python benchmarks/debug_gdn_forward.py K V dtype [stages[xBV[xwarps]]]
-    python benchmarks/debug_gdn_forward.py 192 384 bfloat16 [stages[xBV[xwarps]]] time
+    python benchmarks/debug_gdn_forward.py 192 384 bfloat16 [stages[xBV[xwarps]]] time|split
+    python benchmarks/debug_gdn_forward.py 192 384 bfloat16 sweep CONFIG [CONFIG ...]
 
 ``stages[xBV[xwarps]]``: the level scan's pipeline stages (of the buckets' launch; the top keeps
 its own), and its value tile and warps if given (e.g. 2x64x8; ``chunk_triton._delta_scan_tiles``).
@@ -14,10 +15,16 @@ its own), and its value tile and warps if given (e.g. 2x64x8; ``chunk_triton._de
 384, B = 32768 / T) at T = 2K and 8K, with num_levels = 1 and fla's chunk_gated_delta_rule
 forward beside it (same run). ``split``: after the check, the median time of each Triton launch
 of that forward, keyed by kernel and by its TOP / BOUNDARIES flag (torch.profiler groups by
-kernel name alone, so the prefix scan's two launches would share a row). Events are recorded on
-the current stream: right for this dense forward, not for the bucket scan's top, which runs on
-a side stream (rows from an initial state); the decay kernel (decay_triton) is not split out.
+kernel name alone, so the prefix scan's two launches would share a row), then fla's forward per
+kernel (torch.profiler). Events are recorded on the current stream: right for this dense
+forward, not for the bucket scan's top, which runs on a side stream (rows from an initial
+state); the decay kernel (decay_triton) is not split out.
+``sweep``: launch options tried in one process, each checked as above and then split at 2K and
+8K. A CONFIG is ``default`` or ``kernel:option=value,...`` joined by ``+`` (e.g.
+``ut_factors_kernel:num_warps=8+chunk_output_kernel:num_stages=2``); a ``BV`` given to a launch
+whose grid has three axes (the output kernel's value tiles) re-sizes that axis.
 """
+import statistics
 import sys
 import traceback
 
@@ -29,10 +36,9 @@ from hf_loglinear.kernels import chunk_triton
 from hf_loglinear.ops import loglinear_attention
 
 K, V, dtype = int(sys.argv[1]), int(sys.argv[2]), getattr(torch, sys.argv[3])
-TIME = sys.argv[-1] == "time"
-SPLIT = sys.argv[-1] == "split"
-if len(sys.argv) > 4 and sys.argv[4][0].isdigit():
-    stages, bv, warps = (sys.argv[4].split("x") + [None, None])[:3]
+args = sys.argv[4:]
+if args and args[0][0].isdigit():
+    stages, bv, warps = (args.pop(0).split("x") + [None, None])[:3]
 
     def tiles(dot, top, base=chunk_triton._delta_scan_tiles):
         tile, launch = base(dot, top)
@@ -40,35 +46,117 @@ if len(sys.argv) > 4 and sys.argv[4][0].isdigit():
                                  "num_warps": int(warps or launch["num_warps"])}
 
     chunk_triton._delta_scan_tiles = tiles
-gen = torch.Generator(device="cuda").manual_seed(0)
-rand = lambda *s: torch.randn(*s, device="cuda", generator=gen)  # noqa: E731
-q, k = (torch.nn.functional.normalize(rand(1, 1000, 2, K), dim=-1).to(dtype) for _ in range(2))
-v = rand(1, 1000, 2, V).to(dtype)
-g = -torch.rand(1, 1000, 2, device="cuda") * 0.1
-lam = torch.rand(1, 1000, 2, 12, device="cuda")
-beta = torch.rand(1, 1000, 2, device="cuda")
-try:
-    o, final = loglinear_attention(q, k, v, g, lam, beta=beta, backend="triton", output_final_state=True)
-    ref, ref_final = loglinear_attention(q.double(), k.double(), v.double(), g.double(), lam.double(), beta=beta.double(),
-                                         backend="torch", output_final_state=True)
-    rel = lambda a, b: ((a.double() - b).abs().max() / b.abs().max()).item()  # noqa: E731
-    err, err_final = rel(o, ref), rel(final.levels, ref_final.levels)
-    tol = 1e-4 if dtype == torch.float32 else 2e-2  # bench_kernels.py's tolerances
-    err = max(err, err_final)
-    print("ok" if err < tol else "FAIL", sys.argv[1:], f"o rel. error {rel(o, ref):.1e}, final {err_final:.1e} "
-          f"(tolerance {tol:.0e})", flush=True)
-    if err >= tol:
-        sys.exit(1)
-except Exception:
-    print("FAIL", sys.argv[1:], traceback.format_exc()[-600:], flush=True)
-    sys.exit(1)
-if TIME:
-    import triton
+MODE = args[0] if args else "check"
+KERNELS = {n: f for n, f in vars(chunk_triton).items() if n.endswith("_kernel")}
+
+
+class Timed:
+    """A kernel whose launches take launch-option overrides and record CUDA events under
+    (name, TOP / BOUNDARIES flag)."""
+
+    def __init__(self, kernel, log, over):
+        self.kernel, self.log, self.over = kernel, log, over
+
+    def __getitem__(self, grid):
+        def launch(*a, **kwargs):
+            key = self.kernel.__name__ + "".join(f" {f}={kwargs[f]}" for f in ("TOP", "BOUNDARIES") if f in kwargs)
+            g = grid
+            if "BV" in self.over and len(grid) == 3:
+                g = (*grid[:2], -(-kwargs["V"] // self.over["BV"]))
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            self.kernel[g](*a, **{**kwargs, **self.over})
+            end.record()
+            self.log.setdefault(key, []).append((start, end))
+        return launch
+
+
+def install(config, log):
+    """Wrap every chunk_triton kernel; ``config``: 'default' or 'kernel:opt=v,...+...'."""
+    over = {}
+    for part in config.split("+") if config != "default" else []:
+        name, opts = part.split(":")
+        if name not in KERNELS:
+            raise SystemExit(f"unknown kernel {name!r}: one of {sorted(KERNELS)}")
+        over[name] = {o.split("=")[0]: int(o.split("=")[1]) for o in opts.split(",")}
+    for n, f in KERNELS.items():
+        setattr(chunk_triton, n, Timed(f, log, over.get(n, {})))
+
+
+def check(label):
+    """The forward at T = 1000 against float64: prints ok / FAIL, returns whether it passed."""
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    rand = lambda *s: torch.randn(*s, device="cuda", generator=gen)  # noqa: E731
+    q, k = (torch.nn.functional.normalize(rand(1, 1000, 2, K), dim=-1).to(dtype) for _ in range(2))
+    v = rand(1, 1000, 2, V).to(dtype)
+    g = -torch.rand(1, 1000, 2, device="cuda") * 0.1
+    lam = torch.rand(1, 1000, 2, 12, device="cuda")
+    beta = torch.rand(1, 1000, 2, device="cuda")
+    try:
+        o, final = loglinear_attention(q, k, v, g, lam, beta=beta, backend="triton", output_final_state=True)
+        ref, ref_final = loglinear_attention(q.double(), k.double(), v.double(), g.double(), lam.double(),
+                                             beta=beta.double(), backend="torch", output_final_state=True)
+        rel = lambda a, b: ((a.double() - b).abs().max() / b.abs().max()).item()  # noqa: E731
+        err, err_final = rel(o, ref), rel(final.levels, ref_final.levels)
+        tol = 1e-4 if dtype == torch.float32 else 2e-2  # bench_kernels.py's tolerances
+        print("ok" if max(err, err_final) < tol else "FAIL", label, f"o rel. error {err:.1e}, final {err_final:.1e} "
+              f"(tolerance {tol:.0e})", flush=True)
+        return max(err, err_final) < tol
+    except Exception:
+        print("FAIL", label, traceback.format_exc()[-600:], flush=True)
+        return False
+
+
+def anchor_inputs(length):
     from bench_kernels import GDN, inputs
     from hf_loglinear.levels import levels_for_length
 
+    return inputs(32768 // length, length, **GDN, num_levels=levels_for_length(length), delta=True, dtype=torch.bfloat16)
+
+
+def split(label, config="default"):
+    """Median time of each launch of the anchor-shape forward at 2K and 8K, and the total."""
+    import triton
+
     for length in (2048, 8192):
-        x = inputs(32768 // length, length, **GDN, num_levels=levels_for_length(length), delta=True, dtype=torch.bfloat16)
+        x = anchor_inputs(length)
+        run = lambda: loglinear_attention(*x[:5], beta=x[5], backend="triton")  # noqa: E731
+        log = {}
+        install(config, log)
+        run()
+        log.clear()
+        for _ in range(10):
+            run()
+        torch.cuda.synchronize()
+        total = triton.testing.do_bench(run, return_mode="median")
+        cells = {key: statistics.median(s.elapsed_time(e) for s, e in evs) for key, evs in log.items()}
+        print(f"gdn fwd split {label} T={length}: total {total:.2f} ms; " + "; ".join(f"{k} {t:.3f}" for k, t in cells.items()), flush=True)
+
+
+def fla_split():
+    """fla's chunk_gated_delta_rule forward per kernel at 2K and 8K (torch.profiler, 10 calls)."""
+    from fla.ops.gated_delta_rule import chunk_gated_delta_rule
+    from torch.profiler import ProfilerActivity, profile
+
+    for length in (2048, 8192):
+        x = anchor_inputs(length)
+        run = lambda: chunk_gated_delta_rule(*x[:4], x[5], scale=1.0)  # noqa: E731
+        run()
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(10):
+                run()
+            torch.cuda.synchronize()
+        rows = sorted(prof.key_averages(), key=lambda e: -e.self_device_time_total)
+        print(f"fla fwd split T={length}: " + "; ".join(f"{e.key[:40]} {e.self_device_time_total / 10e3:.3f}"
+                                                        for e in rows if e.self_device_time_total > 0), flush=True)
+
+
+def time_anchor():
+    import triton
+
+    for length in (2048, 8192):
+        x = anchor_inputs(length)
         cells = {}
         for name, lam in (("ours", x[4]), ("ours L=1", x[4][..., :1].contiguous())):
             cells[name] = triton.testing.do_bench(lambda: loglinear_attention(*x[:4], lam, beta=x[5], backend="triton"), return_mode="median")
@@ -79,43 +167,20 @@ if TIME:
         except Exception as e:  # fla missing or refusing: say so
             print(f"fla: {type(e).__name__}: {str(e)[:160]}")
         print(f"gdn fwd T={length} B={32768 // length}: " + ", ".join(f"{k} {t:.2f} ms" for k, t in cells.items()), flush=True)
-if SPLIT:
-    import statistics
 
-    import triton
 
-    from bench_kernels import GDN, inputs
-    from hf_loglinear.levels import levels_for_length
-
-    class Timed:
-        """A kernel whose launches record CUDA events under (name, TOP / BOUNDARIES flag)."""
-
-        def __init__(self, kernel, log):
-            self.kernel, self.log = kernel, log
-
-        def __getitem__(self, grid):
-            def launch(*args, **kwargs):
-                key = self.kernel.__name__ + "".join(f" {f}={kwargs[f]}" for f in ("TOP", "BOUNDARIES") if f in kwargs)
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                self.kernel[grid](*args, **kwargs)
-                end.record()
-                self.log.setdefault(key, []).append((start, end))
-            return launch
-
-    for length in (2048, 8192):
-        x = inputs(32768 // length, length, **GDN, num_levels=levels_for_length(length), delta=True, dtype=torch.bfloat16)
-        run = lambda: loglinear_attention(*x[:5], beta=x[5], backend="triton")  # noqa: E731
-        run()
-        log = {}
-        kernels = {n: f for n, f in vars(chunk_triton).items() if n.endswith("_kernel")}
-        for n, f in kernels.items():
-            setattr(chunk_triton, n, Timed(f, log))
-        for _ in range(10):
-            run()
-        torch.cuda.synchronize()
-        for n, f in kernels.items():
-            setattr(chunk_triton, n, f)
-        total = triton.testing.do_bench(run, return_mode="median")
-        cells = {key: statistics.median(s.elapsed_time(e) for s, e in evs) for key, evs in log.items()}
-        print(f"gdn fwd split T={length}: total {total:.2f} ms; " + "; ".join(f"{k} {t:.3f}" for k, t in cells.items()), flush=True)
+if MODE == "sweep":
+    for config in args[1:]:
+        install(config, {})
+        if check(config):
+            split(config, config)
+    for n, f in KERNELS.items():
+        setattr(chunk_triton, n, f)
+    sys.exit(0)
+if not check(sys.argv[1:]):
+    sys.exit(1)
+if MODE == "time":
+    time_anchor()
+if MODE == "split":
+    split("")
+    fla_split()
