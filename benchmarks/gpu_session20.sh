@@ -1,0 +1,46 @@
+# Session 20 (2026-12-01): where the Gated DeltaNet forward's chunk-parallel launches lose time.
+# gpu_session19.sh a measured the readout inside the prefix scan (gdn-fused-readout) and the
+# single launch (gdn-prefix-overlap) slower than main; what is left to tune without a new
+# algorithm is the UT factors (0.55 ms at 2K, 255 registers and a spill at 4 warps offline) and
+# the output kernel (0.82 ms).
+# a: run from main beside `.ab_loops` (git archive of gdn-ut-loops: the UT kernel's key and
+#    value loops not unrolled), carrying [".whl", ".ab_loops"]:
+#    (1) main's split at 2K / 8K and fla's forward per kernel (fla compiles here: 200 s);
+#    (2) main's sweep of the UT and output kernels' launch options (debug_gdn_forward.py sweep:
+#        each checked against float64, then split);
+#    (3) gdn-ut-loops' sweep (default, 8 warps). The script looked for it at ../.ab_loops, so
+#        this step did not run.
+# b: run from main beside `.ab_split` (git archive of gdn-ut-split: the UT factors in two
+#    launches, the output kernel at 4 warps), carrying [".whl", ".ab_split"]:
+#      printf '/.ab_split/\n' >> .git/info/exclude
+#      rm -rf .ab_split && mkdir .ab_split && git archive gdn-ut-split | tar -x -C .ab_split
+#    (1) main's output-kernel combinations at 4 warps (value tiles of 128, one or two stages);
+#    (2) gdn-ut-split's sweep: default, each UT launch at 8 warps, U at value tiles of 128, the
+#        output kernel back at 8 warps; then its fault check, launches blocking.
+source benchmarks/gpu_lib.sh
+sweep() {  # $1: label, $2: PYTHONPATH root, $3: seconds, rest: configs
+  local label=$1 root=$2 t; t=$(cap $3); shift 3
+  PYTHONPATH=$root:/tmp/site timeout $t python benchmarks/debug_gdn_forward.py 192 384 bfloat16 sweep "$@" > $OUT/${label}_sweep.log 2>&1
+  note "$label sweep: rc $? (${SECONDS} s)"; grep "split\|^ok\|^FAIL" $OUT/${label}_sweep.log | cut -c1-400 | tee -a $OUT/summary.log
+}
+case "$1" in
+a)
+    t=$(cap 240)
+    ours timeout $t python benchmarks/debug_gdn_forward.py 192 384 bfloat16 split > $OUT/main_split.log 2>&1
+    note "main split: rc $? (${SECONDS} s)"; grep "split\|^ok\|^FAIL" $OUT/main_split.log | tee -a $OUT/summary.log
+    sweep main /tmp/pkg 240 default \
+      ut_factors_kernel:num_warps=8 ut_factors_kernel:num_stages=1 ut_factors_kernel:BV=128 ut_factors_kernel:BKT=128 \
+      chunk_output_kernel:num_warps=4 chunk_output_kernel:num_stages=2 chunk_output_kernel:BV=128 \
+      chunk_output_kernel:BV=32 chunk_output_kernel:BV=32,num_warps=4 default
+    pkg /tmp/pkgloops ../.ab_loops; sweep loops /tmp/pkgloops 120 default ut_factors_kernel:num_warps=8 ;;
+b)
+    sweep main /tmp/pkg 150 default chunk_output_kernel:num_warps=4 chunk_output_kernel:num_warps=4,BV=128 \
+      chunk_output_kernel:num_warps=4,num_stages=1 chunk_output_kernel:num_warps=4,num_stages=2
+    pkg /tmp/pkgsplit .ab_split
+    sweep split /tmp/pkgsplit 200 default ut_inverse_kernel:num_warps=8 ut_apply_kernel:num_warps=8 ut_apply_kernel:BV=128 \
+      chunk_output_kernel:num_warps=8 ut_inverse_kernel:num_stages=1 default
+    t=$(cap 100)
+    PYTHONPATH=/tmp/pkgsplit:/tmp/site CUDA_LAUNCH_BLOCKING=1 timeout $t python benchmarks/debug_gdn_forward.py 192 384 bfloat16 > $OUT/split_fault_check.log 2>&1
+    note "split fault check: rc $? $(grep "^ok\|^FAIL" $OUT/split_fault_check.log | head -1)" ;;
+*)  echo "usage: bash benchmarks/gpu_session20.sh a|b" >&2; exit 2 ;;
+esac
