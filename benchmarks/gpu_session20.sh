@@ -17,6 +17,11 @@
 #    (1) main's output-kernel combinations at 4 warps (value tiles of 128, one or two stages);
 #    (2) gdn-ut-split's sweep: default, each UT launch at 8 warps, U at value tiles of 128, the
 #        output kernel back at 8 warps; then its fault check, launches blocking.
+# c: run from main with the output kernel's tiles of 128 at 4 warps (prefix path, half operands)
+#    merged, carrying [".whl"]: (1) its fault check, launches blocking; (2) a sweep around the
+#    new tiles (256, 8 warps, two stages); (3) the GDN table (fwd, fwd+bwd, L=1, fla, SDPA at 2K
+#    / 8K); (4) the bf16 GDN checks (forward and every gradient); (5) timing nothing: fp32, fp16
+#    and other head sizes' forwards.
 source benchmarks/gpu_lib.sh
 sweep() {  # $1: label, $2: PYTHONPATH root, $3: seconds, rest: configs
   local label=$1 root=$2 t; t=$(cap $3); shift 3
@@ -42,5 +47,20 @@ b)
     t=$(cap 100)
     PYTHONPATH=/tmp/pkgsplit:/tmp/site CUDA_LAUNCH_BLOCKING=1 timeout $t python benchmarks/debug_gdn_forward.py 192 384 bfloat16 > $OUT/split_fault_check.log 2>&1
     note "split fault check: rc $? $(grep "^ok\|^FAIL" $OUT/split_fault_check.log | head -1)" ;;
-*)  echo "usage: bash benchmarks/gpu_session20.sh a|b" >&2; exit 2 ;;
+c)
+    fault_check main
+    sweep main /tmp/pkg 120 default chunk_output_kernel:BV=256 chunk_output_kernel:num_warps=8 chunk_output_kernel:num_stages=2
+    mkdir -p $OUT/tables; t=$(cap 240)
+    ours timeout $t python $B --variants gdn --skip-checks --skip-decode --lengths 2048,8192 --out $OUT/tables > $OUT/gdn_timing.log 2>&1
+    note "timing: rc $? (${SECONDS} s)"; grep "ours\|fla\|sdpa" $OUT/gdn_timing.log | tee -a $OUT/summary.log
+    t=$(cap 120)
+    ours timeout $t python $B --variants gdn --skip-decode --lengths '' --check-dtypes bfloat16 > $OUT/gdn_checks.log 2>&1
+    note "bf16 checks: rc $? $(grep -c "^check" $OUT/gdn_checks.log) lines, $(grep -c "FAIL" $OUT/gdn_checks.log) FAIL (${SECONDS} s)"
+    grep "^check" $OUT/gdn_checks.log | tee -a $OUT/summary.log
+    for args in "192 384 float32" "192 384 float16" "64 64 bfloat16" "128 256 bfloat16" "256 512 bfloat16" "100 200 bfloat16"; do
+      t=$(cap 60); [ "$t" = 0 ] && break
+      ours timeout $t python benchmarks/debug_gdn_forward.py $args >> $OUT/side.log 2>&1
+    done
+    grep "^ok\|^FAIL" $OUT/side.log | cut -c1-200 | tee -a $OUT/summary.log ;;
+*)  echo "usage: bash benchmarks/gpu_session20.sh a|b|c" >&2; exit 2 ;;
 esac

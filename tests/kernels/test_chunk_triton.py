@@ -134,6 +134,22 @@ def test_delta_scan_padded(key_dim, dtype, monkeypatch):
     assert padded == [(block, block, True, True)] * 2
 
 
+def test_delta_prefix_output_wide_value_tiles():
+    """The delta rule's prefix path with half operands reads values in tiles of 128 at 4 warps
+    (``_output_tiles``): V = 200 is one whole tile and a masked one. Two rows of 150 tokens (past
+    128, ending mid-chunk), bf16 inputs within 2e-2 of the largest float64 reference value."""
+    import triton.language as tl
+
+    from hf_loglinear.kernels import chunk_triton
+
+    assert chunk_triton._output_tiles(tl.bfloat16, {"V": 200, "num_warps": 8}, True) == (128, 4)
+    x = _inputs(2, 150, 1, 2, 64, 200, 9, True, torch.float64, seed=11)
+    o, state = chunk_loglinear_attention_triton(*[a.to(torch.bfloat16) if i < 3 else a.float() for i, a in enumerate(x)],
+                                               output_final_state=True)
+    o_ref, state_ref = chunk_loglinear_attention(*x, output_final_state=True)
+    assert _rel(o.double(), o_ref) < 2e-2 and _rel(state.levels.double(), state_ref.levels) < 2e-2
+
+
 @pytest.mark.parametrize("delta", [False, True])
 def test_gradients_match_reference(delta):
     x = _inputs(1, 70, 1, 2, 16, 16, 9, delta, torch.float64, seed=3)
