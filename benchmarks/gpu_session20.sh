@@ -62,5 +62,22 @@ c)
       ours timeout $t python benchmarks/debug_gdn_forward.py $args >> $OUT/side.log 2>&1
     done
     grep "^ok\|^FAIL" $OUT/side.log | cut -c1-200 | tee -a $OUT/summary.log ;;
-*)  echo "usage: bash benchmarks/gpu_session20.sh a|b|c" >&2; exit 2 ;;
+d)  # from main beside `.ab_half` (git archive of gdn-ut-half: the UT kernel's products that
+    # apply Ab and QK on half operands), carrying [".whl", ".ab_half"]: main's and its sweep
+    # (default; 8 warps), then its fault check and bf16 GDN checks (forward and every gradient)
+    sweep main /tmp/pkg 90 default
+    pkg /tmp/pkghalf .ab_half; sweep half /tmp/pkghalf 120 default ut_factors_kernel:num_warps=8 default
+    t=$(cap 100)
+    PYTHONPATH=/tmp/pkghalf:/tmp/site CUDA_LAUNCH_BLOCKING=1 timeout $t python benchmarks/debug_gdn_forward.py 192 384 bfloat16 > $OUT/half_fault_check.log 2>&1
+    note "half fault check: rc $? $(grep "^ok\|^FAIL" $OUT/half_fault_check.log | head -1)"
+    t=$(cap 200)
+    PYTHONPATH=/tmp/pkghalf:/tmp/site timeout $t python $B --variants gdn --skip-decode --lengths '' --check-dtypes bfloat16 > $OUT/half_gdn_checks.log 2>&1
+    note "half bf16 checks: rc $? $(grep -c "^check" $OUT/half_gdn_checks.log) lines, $(grep -c "FAIL" $OUT/half_gdn_checks.log) FAIL (${SECONDS} s)"
+    grep "^check" $OUT/half_gdn_checks.log | tee -a $OUT/summary.log
+    for args in "192 384 float16" "64 64 bfloat16" "256 512 bfloat16" "100 200 bfloat16"; do
+      t=$(cap 40); [ "$t" = 0 ] && break
+      PYTHONPATH=/tmp/pkghalf:/tmp/site timeout $t python benchmarks/debug_gdn_forward.py $args >> $OUT/half_side.log 2>&1
+    done
+    grep "^ok\|^FAIL" $OUT/half_side.log | cut -c1-200 | tee -a $OUT/summary.log ;;
+*)  echo "usage: bash benchmarks/gpu_session20.sh a|b|c|d" >&2; exit 2 ;;
 esac
