@@ -79,5 +79,10 @@ d)  # from main beside `.ab_half` (git archive of gdn-ut-half: the UT kernel's p
       PYTHONPATH=/tmp/pkghalf:/tmp/site timeout $t python benchmarks/debug_gdn_forward.py $args >> $OUT/half_side.log 2>&1
     done
     grep "^ok\|^FAIL" $OUT/half_side.log | cut -c1-200 | tee -a $OUT/summary.log ;;
-*)  echo "usage: bash benchmarks/gpu_session20.sh a|b|c|d" >&2; exit 2 ;;
+e)  # from main after merging gdn-ut-half, carrying [".whl"]: the GDN table (fwd, fwd+bwd, L=1,
+    # fla, SDPA at 2K / 8K) in one run, nothing else (the session's last 300 s of device time)
+    mkdir -p $OUT/tables; t=$(cap 250)
+    ours timeout $t python $B --variants gdn --skip-checks --skip-decode --lengths 2048,8192 --out $OUT/tables > $OUT/gdn_timing.log 2>&1
+    note "timing: rc $? (${SECONDS} s)"; grep "ours\|fla\|sdpa" $OUT/gdn_timing.log | tee -a $OUT/summary.log ;;
+*)  echo "usage: bash benchmarks/gpu_session20.sh a|b|c|d|e" >&2; exit 2 ;;
 esac
