@@ -1,6 +1,7 @@
 # Session 19 (written in session 12, which had no device time): the prefix scan's readout in the
 # scan (branch gdn-fused-readout) and, on top of it, the prefix scan in one launch (branch
-# gdn-prefix-overlap), beside main; and where main's time goes. Never run on a GPU.
+# gdn-prefix-overlap), beside main; and where main's time goes. Call a ran on 2026-12-01
+# (`logs/gpu19a_*`): every branch slower than main, `parts` failed to compile; b did not run.
 # - gdn-fused-readout: the boundaries read each prefix out into a [C, V] part (Qt padded to the
 #   key tile) instead of recording a [K, V] state for the output kernel to read back; the
 #   recurrence either records X(c, c) for the output kernel (default) or reads it out too (`parts`).
