@@ -258,12 +258,24 @@ def time_long(lengths):
     return res
 
 
+def profiled(run, repeats):
+    """torch.profiler over ``repeats`` calls of ``run`` (CUDA activity), after a warm-up call
+    that compiles."""
+    from torch.profiler import ProfilerActivity, profile
+
+    run()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(repeats):
+            run()
+        torch.cuda.synchronize()
+    return prof
+
+
 def profile_ops(lengths, variants=("mamba2",)):
     """Where the time goes, per kernel (torch.profiler, after a warm-up call that compiles): a
     log-linear Mamba-2 fwd+bwd; a Gated DeltaNet forward (its target), then its fwd+bwd. The table
     to read before tuning."""
-    from torch.profiler import ProfilerActivity, profile
-
     for variant in variants:
         shape = MAMBA2 if variant == "mamba2" else GDN
         for length in lengths:
@@ -275,12 +287,7 @@ def profile_ops(lengths, variants=("mamba2",)):
             if variant == "gdn":
                 runs.insert(0, ("fwd", lambda: loglinear_attention(*xs[:5], **beta, backend="triton")))
             for what, run in runs:
-                run()
-                torch.cuda.synchronize()
-                with profile(activities=[ProfilerActivity.CUDA]) as prof:
-                    for _ in range(3):
-                        run()
-                    torch.cuda.synchronize()
+                prof = profiled(run, 3)
                 log(f"profile {variant}: 3 x {what}, T={length}, B={batch}, L={levels_for_length(length)}")
                 log(prof.key_averages().table(sort_by="self_device_time_total", row_limit=14))
 

@@ -135,18 +135,12 @@ def split(label, config="default"):
 
 def fla_split():
     """fla's chunk_gated_delta_rule forward per kernel at 2K and 8K (torch.profiler, 10 calls)."""
+    from bench_kernels import profiled
     from fla.ops.gated_delta_rule import chunk_gated_delta_rule
-    from torch.profiler import ProfilerActivity, profile
 
     for length in (2048, 8192):
         x = anchor_inputs(length)
-        run = lambda: chunk_gated_delta_rule(*x[:4], x[5], scale=1.0)  # noqa: E731
-        run()
-        torch.cuda.synchronize()
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            for _ in range(10):
-                run()
-            torch.cuda.synchronize()
+        prof = profiled(lambda: chunk_gated_delta_rule(*x[:4], x[5], scale=1.0), 10)
         rows = sorted(prof.key_averages(), key=lambda e: -e.self_device_time_total)
         print(f"fla fwd split T={length}: " + "; ".join(f"{e.key[:40]} {e.self_device_time_total / 10e3:.3f}"
                                                         for e in rows if e.self_device_time_total > 0), flush=True)
