@@ -21,8 +21,9 @@ forward, not for the bucket scan's top, which runs on a side stream (rows from a
 state); the decay kernel (decay_triton) is not split out.
 ``sweep``: launch options tried in one process, each checked as above and then split at 2K and
 8K. A CONFIG is ``default`` or ``kernel:option=value,...`` joined by ``+`` (e.g.
-``ut_factors_kernel:num_warps=8+chunk_output_kernel:num_stages=2``); a ``BV`` given to a launch
-whose grid has three axes (the output kernel's value tiles) re-sizes that axis.
+``ut_factors_kernel:num_warps=8+chunk_output_kernel:num_stages=2``). ``BV`` is taken only where
+the grid follows from it: the output kernel's value-tile axis is re-sized, the UT kernel's is an
+inner loop; elsewhere it is refused (an unresized grid computes a wrong output, not a timing).
 """
 import statistics
 import sys
@@ -48,6 +49,7 @@ if args and args[0][0].isdigit():
     chunk_triton._delta_scan_tiles = tiles
 MODE = args[0] if args else "check"
 KERNELS = {n: f for n, f in vars(chunk_triton).items() if n.endswith("_kernel")}
+VALUE_TILE_AXIS = {"chunk_output_kernel": 2, "ut_factors_kernel": None}  # grid axis BV sizes, if any
 
 
 class Timed:
@@ -61,7 +63,7 @@ class Timed:
         def launch(*a, **kwargs):
             key = self.kernel.__name__ + "".join(f" {f}={kwargs[f]}" for f in ("TOP", "BOUNDARIES") if f in kwargs)
             g = grid
-            if "BV" in self.over and len(grid) == 3:
+            if VALUE_TILE_AXIS.get(self.kernel.__name__) is not None and "BV" in self.over:
                 g = (*grid[:2], -(-kwargs["V"] // self.over["BV"]))
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
@@ -79,6 +81,8 @@ def install(config, log):
         if name not in KERNELS:
             raise SystemExit(f"unknown kernel {name!r}: one of {sorted(KERNELS)}")
         over[name] = {o.split("=")[0]: int(o.split("=")[1]) for o in opts.split(",")}
+        if "BV" in over[name] and name not in VALUE_TILE_AXIS:
+            raise SystemExit(f"BV of {name} sizes its grid, which this script does not re-size: one of {sorted(VALUE_TILE_AXIS)}")
     for n, f in KERNELS.items():
         setattr(chunk_triton, n, Timed(f, log, over.get(n, {})))
 
@@ -168,8 +172,6 @@ if MODE == "sweep":
         install(config, {})
         if check(config):
             split(config, config)
-    for n, f in KERNELS.items():
-        setattr(chunk_triton, n, f)
     sys.exit(0)
 if not check(sys.argv[1:]):
     sys.exit(1)

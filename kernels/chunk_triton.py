@@ -445,7 +445,8 @@ def _output_tiles(dot, consts, prefix):
     tiles of up to 128 at 4 warps, each program reading Qt and Pw for twice the values. On the
     H200 at 192 / 384 in bf16 that launch takes 0.58 ms at 2K x 16 and 0.72 at 8K x 4, against
     0.82 / 1.02 for 64 at 8 warps (64 at 4 warps 0.71 / 0.88, one or two stages no change; 32
-    slower, and faulting at 4 warps: ``debug_gdn_forward.py sweep``, gpu_session20.sh a and b).
+    slower, and faulting at 4 warps; 256 at 4 warps 1.33 / 1.70: ``debug_gdn_forward.py sweep``,
+    gpu_session20.sh a, b and c).
     Elsewhere tiles of 64 and the key width's warps: rows from an initial state would take 352 KB
     of shared memory at 128 (sm_90 offline), scalar decay and fp32 operands were not timed."""
     if prefix and dot in (tl.bfloat16, tl.float16):
@@ -467,14 +468,15 @@ def _forward(q, k, v, g, lam, beta, cu_seqlens, initial_state, output_final_stat
     # differences, ``_Recorded.read``; the backward recomputes per-level states)
     prefix = delta and initial_state is None and rows.max_chunk == nc - 1
     g_cum, factors, recorded, low = _scan(rows, q.dtype, consts, num_levels, initial_state, chunk, prefix)
-    bv, warps = _output_tiles(_dot_dtype(q.dtype), consts, prefix)
+    dot = _dot_dtype(q.dtype)
+    bv, warps = _output_tiles(dot, consts, prefix)
     o = torch.empty(n, slots, num_heads, value_dim, dtype=v.dtype, device=q.device)
     states, chunk_g, num_js, num_slots, top_exp = recorded.kernel_args()
     chunk_output_kernel[(n * nc, num_heads, triton.cdiv(value_dim, bv))](
         rows.q, rows.k, rows.v, g_cum, rows.lam, factors.pw if delta else g_cum, factors.qt if delta else g_cum, states, chunk_g,
         low, rows.base // chunk, rows.start, o, slots, nc, num_js, num_slots, top_exp, num_levels,
         LOG_C=log_c, LP=block_size(num_levels), BV=bv, DELTA=delta, HAS_INIT=initial_state is not None,
-        PREFIX=prefix, DOT=_dot_dtype(q.dtype), **{**consts, "num_warps": warps},
+        PREFIX=prefix, DOT=dot, **{**consts, "num_warps": warps},
     )
     out = rows.output(o, batch, length)
     if not output_final_state:
