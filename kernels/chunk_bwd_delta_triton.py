@@ -107,7 +107,7 @@ def level_scan_bwd_delta_kernel(
     k, w, qt, g_cum, lam, do, dstates,
     S, NC, NJ, L, top_exp,
     H: tl.constexpr, G: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-    C: tl.constexpr, LOG_C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    C: tl.constexpr, LOG_C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, WK: tl.constexpr,
     ACC: tl.constexpr, PREC: tl.constexpr, DOT: tl.constexpr,
 ):
     row64, h, grp, js, js64, dk, dv, km, vm, hv, hvm, i, is_top, col, win = reverse_scan_program(
@@ -138,7 +138,7 @@ def level_scan_bwd_delta_kernel(
             gc = tl.load(g_cum + tok * H + h).to(ACC)
             g_end = tl.load(g_cum + (row64 * S + c * C + C - 1) * H + h).to(ACC)
             kd = head_rows(k, tok, G, grp, K, dk, km).to(ACC) * tl.exp(g_end - gc)[:, None]
-            wt = head_rows(w, tok, H, h, BK, dk, km).to(ACC)  # W's rows are padded to BK
+            wt = head_rows(w, tok, H, h, WK, dk, km).to(ACC)  # W's rows are WK wide
             decay = tl.exp(g_end)
             if is_top:
                 tl.store(_state(dstates, row64, c, NJ, NC, NJ + 2, h, H, K, V) + hv, dp, mask=hvm)

@@ -56,7 +56,7 @@ from .decay_triton import chunk_decay, chunk_offsets, chunk_reverse_cumsum, row_
 from .intra_triton import ut_factors_kernel
 from .layout import make_layout
 from .output_triton import chunk_output_kernel
-from .scan_triton import block_size, level_scan_delta_kernel, level_scan_kernel, prefix_scan_delta_kernel
+from .scan_triton import block_size, key_split, level_scan_delta_kernel, level_scan_kernel, prefix_scan_delta_kernel
 
 CHUNK = 64
 
@@ -245,10 +245,11 @@ def _storage_dtype(dtype):
 @dataclass
 class _DeltaFactors:
     """The delta rule's chunk-local factors (``intra_triton``): ``a_inv`` [N, NC, H, C, C] is
-    A^-1 diag(beta) in the accumulation dtype (the backward's), ``w`` [N, S, H, BK] (rows
-    zero-padded to the key tile), ``qt`` [N, S, H, K], ``u`` [N, S, H, V] and ``pw`` [N, NC, H, C, C]
-    in the storage dtype; ``k`` the keys as the scans read them, [N, S, G, BK] (the inputs' when
-    K = BK, else a zero-padded copy written beside W)."""
+    A^-1 diag(beta) in the accumulation dtype (the backward's), ``w`` [N, S, H, WK] (WK: the
+    width of the scans' two key tiles, ``scan_triton.key_split``; rows zero-padded past K),
+    ``qt`` [N, S, H, K], ``u`` [N, S, H, V] and ``pw`` [N, NC, H, C, C] in the storage dtype; ``k``
+    the keys as the scans read them, [N, S, G, WK] (the inputs' when K = WK, as at K = 192, else
+    a zero-padded copy written beside W)."""
 
     a_inv: torch.Tensor
     w: torch.Tensor
@@ -263,14 +264,14 @@ class _DeltaFactors:
         num_heads, key_dim, value_dim = consts["H"], consts["K"], consts["V"]
         dtype = _storage_dtype(rows.q.dtype)
         new = lambda *shape, dt=dtype: torch.empty(n, *shape, dtype=dt, device=g_cum.device)  # noqa: E731
-        bk = consts["BK"]
-        kp = rows.k if bk == key_dim else torch.empty(*rows.k.shape[:-1], bk, dtype=rows.k.dtype, device=rows.k.device)
-        f = cls(new(nc, num_heads, chunk, chunk, dt=g_cum.dtype), new(slots, num_heads, bk),
+        wk = sum(key_split(key_dim))
+        kp = rows.k if wk == key_dim else torch.empty(*rows.k.shape[:-1], wk, dtype=rows.k.dtype, device=rows.k.device)
+        f = cls(new(nc, num_heads, chunk, chunk, dt=g_cum.dtype), new(slots, num_heads, wk),
                 new(slots, num_heads, value_dim), new(slots, num_heads, key_dim), new(nc, num_heads, chunk, chunk), kp)
         ut_factors_kernel[(n * nc, num_heads)](
             rows.q, rows.k, rows.v, g_cum, rows.beta, rows.lam, f.a_inv, f.w, f.u, f.qt, f.pw, kp, slots, nc, num_levels,
-            H=num_heads, G=consts["G"], K=key_dim, V=value_dim, WK=bk, C=chunk, LOG_C=chunk.bit_length() - 1,
-            LP=block_size(num_levels), BKT=min(bk, 64), BV=min(block_size(value_dim), 64),
+            H=num_heads, G=consts["G"], K=key_dim, V=value_dim, WK=wk, C=chunk, LOG_C=chunk.bit_length() - 1,
+            LP=block_size(num_levels), BKT=min(wk & -wk, 64), BV=min(block_size(value_dim), 64),
             ACC=consts["ACC"], PREC=consts["PREC"], DOT=_dot_dtype(rows.q.dtype), num_warps=4,
         )
         return f
@@ -371,8 +372,8 @@ def _side_by_side(first, second, device):
 def _delta_scan(rows, factors, args, consts, dot, has_init, num_row_heads, buckets):
     """The delta rule's level scans (``scan_triton.level_scan_delta_kernel``): the top, one program
     per row, head and value tile, beside the levels below it, one program per bucket (``buckets``:
-    how many a row can touch at each level, ``levels.scan_slot_sizes``), on k and W zero-padded
-    to the key tile (``_DeltaFactors``)."""
+    how many a row can touch at each level, ``levels.scan_slot_sizes``), on k and W as
+    ``_DeltaFactors`` stores them, the state in two key tiles (``_key_tiles``)."""
     value_dim, tasks = consts["V"], sum(buckets)
     k, w = factors.k, factors.w
 
@@ -380,7 +381,7 @@ def _delta_scan(rows, factors, args, consts, dot, has_init, num_row_heads, bucke
         bv, launch = _delta_scan_tiles(dot, top)
         nvt = triton.cdiv(value_dim, bv)
         level_scan_delta_kernel[(programs * num_row_heads * nvt,)](
-            k, factors.u, w, *args, num_row_heads, **{**consts, **launch}, TOP=top, HAS_INIT=has_init, DOT=dot,
+            k, factors.u, w, *args, num_row_heads, **{**_key_tiles(consts), **launch}, TOP=top, HAS_INIT=has_init, DOT=dot,
             BV=bv, NVT=nvt)
 
     _side_by_side(lambda: scan(1, True), (lambda: scan(tasks, False)) if tasks else None, rows.k.device)
@@ -390,7 +391,7 @@ def _prefix_delta_scan(factors, args, consts, dot, num_row_heads, buckets):
     """The delta rule's prefix states (``scan_triton.prefix_scan_delta_kernel``) for rows that
     start at chunk 0 with nothing before them: the plain recurrence, then one program per
     boundary with readers after it (the top's windows after the first, the middles of the buckets
-    of levels 1 and up), on the bucket scan's tiles and padded k and W."""
+    of levels 1 and up), on the bucket scan's tiles, k and W."""
     g_cum, states, slots, nc, num_js, num_slots, top_exp = args[:2] + args[6:]
     bv, launch = _delta_scan_tiles(dot, False)
     nvt = triton.cdiv(consts["V"], bv)
@@ -401,7 +402,14 @@ def _prefix_delta_scan(factors, args, consts, dot, num_row_heads, buckets):
         if programs:
             prefix_scan_delta_kernel[(programs * num_row_heads * nvt,)](
                 k, factors.u, w, g_cum, states, slots, nc, num_js, num_slots, top_exp, num_row_heads,
-                **{**consts, **launch}, BOUNDARIES=walk_boundaries, DOT=dot, BV=bv, NVT=nvt)
+                **{**_key_tiles(consts), **launch}, BOUNDARIES=walk_boundaries, DOT=dot, BV=bv, NVT=nvt)
+
+
+def _key_tiles(consts):
+    """``consts`` as the delta rule's scans take them: the key head as two tiles
+    (``scan_triton.key_split``: KA + KB = the width of W and k, ``_DeltaFactors``) instead of BK."""
+    ka, kb = key_split(consts["K"])
+    return {**{name: x for name, x in consts.items() if name != "BK"}, "KA": ka, "KB": kb}
 
 
 def _scan_tiles(value_dim):
@@ -604,7 +612,7 @@ def _backward_delta(q, k, v, g, lam, beta, do, cu_seqlens, chunk=CHUNK):
     dstates = b.new(b.nc, b.num_js + 2, nh, nk, nv)  # slots: dh' per scan, the top's pending sum, dX
     level_scan_bwd_delta_kernel[(b.n * nh, b.num_js, triton.cdiv(nv, bv_scan))](
         rows.k, f.w, f.qt, b.g_cum, rows.lam, b.do, dstates, b.slots, b.nc, b.num_js, b.num_levels, b.top_exp,
-        LOG_C=b.log_c, BV=bv_scan, DOT=_dot_dtype(q.dtype), **{**b.consts, "num_stages": 1},
+        LOG_C=b.log_c, BV=bv_scan, WK=f.w.shape[-1], DOT=_dot_dtype(q.dtype), **{**b.consts, "num_stages": 1},
     )
     tiled.update(V=nv, BV=b.bv)
     tiles = triton.cdiv(nk, tiled["BKT"])
@@ -615,7 +623,7 @@ def _backward_delta(q, k, v, g, lam, beta, do, cu_seqlens, chunk=CHUNK):
     chunk_grad_delta_kernel[(b.n * b.nc, nh)](
         rows.q, rows.k, rows.v, b.g_cum, rows.beta, rows.lam, f.a_inv, f.w, f.qt, b.do, b.states, dstates, pairs,
         dq, dk, dv, dlam, dbeta, dgc, b.slots, b.nc, b.num_js, b.num_levels,
-        G=b.consts["G"], WK=b.consts["BK"], C=chunk, LOG_C=b.log_c, LP=block_size(b.num_levels), **tiled,
+        G=b.consts["G"], WK=f.w.shape[-1], C=chunk, LOG_C=b.log_c, LP=block_size(b.num_levels), **tiled,
         num_warps=8, num_stages=2,  # double- rather than triple-buffered loads: 168 KB in bf16
     )
     dg = chunk_reverse_cumsum(dgc, chunk)

@@ -42,7 +42,7 @@ except ImportError:  # pragma: no cover
     triton = tl = None
 
 from .output_triton import level_weights
-from .scan_triton import chunk_program, head_rows, key_tile, mma
+from .scan_triton import chunk_program, head_rows, key_tile, mma, to_dot
 
 
 @triton.jit
@@ -80,8 +80,10 @@ def ut_factors_kernel(
         kt, qq = head_rows(k, tok, G, grp, K, kc, km), head_rows(q, tok, G, grp, K, kc, km)
         kk += mma(kt, tl.trans(kt), DOT, PREC, ACC)
         qk += mma(qq, tl.trans(kt), DOT, PREC, ACC)
+    # QK is finished before the inverse, and held as the DOT operand it only ever is: its
+    # [C, C] ACC tile and Gamma would otherwise stay live through the doublings.
+    qk = to_dot(tl.where(causal, qk * gamma, 0.0), DOT)
     ab = _inverse(tl.where(lower, kk * gamma * bt[:, None], 0.0), i, LOG_C, PREC, ACC) * bt[None, :]
-    qk = tl.where(causal, qk * gamma, 0.0)
 
     blk = (row64 * NC + c) * H + h
     cc = blk * C * C + i[:, None] * C + i[None, :]

@@ -142,13 +142,18 @@ def mma(a, b, DOT: tl.constexpr, PREC: tl.constexpr, ACC: tl.constexpr):
     inputs DOT is the input dtype: the tensor cores run at twice the tf32 rate and the operand
     tiles take half the registers; products of inputs stay exact, derived factors (decayed keys,
     level-weighted scores, states) round to 2^-9 as the recorded states already do."""
+    return tl.dot(to_dot(a, DOT), to_dot(b, DOT), input_precision=PREC, out_dtype=ACC)
+
+
+@triton.jit
+def to_dot(x, DOT: tl.constexpr):
+    """x as an operand of ``mma``: rounded to DOT. The interpreter's bf16 dot returns garbage and
+    its fp32 -> bf16 cast truncates (triton 3.9), so there x is rounded to the nearest bf16 (ties
+    to even, as the GPU does) and kept in fp32; rounding it again is exact."""
     if _INTERPRETED and DOT == tl.bfloat16:
-        # The interpreter's bf16 dot returns garbage and its fp32 -> bf16 cast truncates (triton
-        # 3.9): round to nearest even as the GPU does and multiply in fp32.
-        a, b = _round_bf16(a.to(tl.float32)), _round_bf16(b.to(tl.float32))
+        return _round_bf16(x.to(tl.float32))
     else:
-        a, b = a.to(DOT), b.to(DOT)
-    return tl.dot(a, b, input_precision=PREC, out_dtype=ACC)
+        return x.to(DOT)
 
 
 @triton.jit
@@ -337,7 +342,7 @@ def level_scan_delta_kernel(
     k, u, w, g_cum, states, h0, p0, low, base_chunk,
     S, NC, NJ, NSLOT, top_exp, NH,
     H: tl.constexpr, G: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, NVT: tl.constexpr, TOP: tl.constexpr,
+    C: tl.constexpr, KA: tl.constexpr, KB: tl.constexpr, BV: tl.constexpr, NVT: tl.constexpr, TOP: tl.constexpr,
     HAS_INIT: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr, DOT: tl.constexpr,
 ):
     """The delta rule: every state goes through every chunk's transition. Launched twice, side
@@ -351,20 +356,115 @@ def level_scan_delta_kernel(
     run-time branch per chunk.
 
     1-D grid, program = (task, row x head, value tile), task slowest: the value tiles of one
-    bucket run side by side and share its W and k tiles through L2. k and W come with their rows
-    zero-padded to BK (``intra_triton.ut_factors_kernel``), so their loads take no key mask
-    (masked key tiles feeding wgmma faulted on the H200 at K = 192 once loads left a run-time
-    branch); zero key rows add nothing to the state's rows past K, which are never stored."""
+    bucket run side by side and share its W and k tiles through L2. The state is held as two
+    key tiles (``key_split``), and k and W are read KA + KB wide, zero-padded there when K is
+    less (``intra_triton.ut_factors_kernel``), so their loads take no key mask (masked key tiles
+    feeding wgmma faulted on the H200 at K = 192 once loads left a run-time branch); zero key
+    rows add nothing to the state's rows past K, which are never stored."""
     pid = tl.program_id(0)
-    row, h, grp, dk, dv, _, vm, hv, hvm = state_tile((pid // NVT) % NH, pid % NVT, H, G, K, V, BK, BV)
+    row, h, grp, dv, vm, tile = delta_tile((pid // NVT) % NH, pid % NVT, H, G, K, V, KA, KB, BV)
     task = pid // (NH * NVT)
     row64 = row.to(tl.int64)
     cb = tl.load(base_chunk + row).to(tl.int64)
-    ins = (k, u, w, g_cum, states, row64, S, NJ, NSLOT, h, grp, tl.arange(0, C), dk, dv, vm, hv, hvm)
+    ins = (k, u, w, g_cum, states, row64, S, NJ, NSLOT, h, grp, tl.arange(0, C), dv, vm, tile)
     if TOP:
-        _top_walk(ins, h0, p0, low, cb, NC, NJ - 1, top_exp, H, G, K, V, C, BK, BV, HAS_INIT, ACC, PREC, DOT)
+        _top_walk(ins, h0, p0, low, cb, NC, NJ - 1, top_exp, H, G, K, V, C, KA, KB, BV, HAS_INIT, ACC, PREC, DOT)
     else:
-        _bucket_walk(ins, h0, low, cb, task, NC, NJ, H, G, K, V, C, BK, BV, HAS_INIT, ACC, PREC, DOT)
+        _bucket_walk(ins, h0, low, cb, task, NC, NJ, H, G, K, V, C, KA, KB, BV, HAS_INIT, ACC, PREC, DOT)
+
+
+def key_split(n: int) -> tuple[int, int]:
+    """(KA, KB): the delta rule's scans hold a state of key width n as two tiles of KA and KB
+    rows (KB = 0: one tile), so that a key width that is not a power of two takes no padded
+    rows: K = 192 is 128 + 64, where one tile would be 256 wide with a quarter of its products on
+    zero rows. k and W are read KA + KB wide."""
+    whole = block_size(n)
+    if whole == n or whole == 16:
+        return whole, 0
+    return whole // 2, block_size(n - whole // 2)
+
+
+@triton.jit
+def _key_rows(k0, K: tl.constexpr, V: tl.constexpr, dv, vm, BKR: tl.constexpr):
+    """(key offsets, offsets in a [K, V] state, their mask) of a [BKR, BV] tile from key k0."""
+    dk = k0 + tl.arange(0, BKR)
+    return dk, dk[:, None] * V + dv[None, :], (dk < K)[:, None] & vm[None, :]
+
+
+@triton.jit
+def delta_tile(pid_nh, pid_v, H: tl.constexpr, G: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+               KA: tl.constexpr, KB: tl.constexpr, BV: tl.constexpr):
+    """Row, head, q/k group, value offsets and mask of program (row x head ``pid_nh``, value tile
+    ``pid_v``) of a delta scan, and ``tile``: ``_key_rows`` of its state's two key tiles (with
+    KB = 0 the second repeats the first and is never read)."""
+    row, h = pid_nh // H, pid_nh % H
+    dv = pid_v * BV + tl.arange(0, BV)
+    vm = dv < V
+    first = _key_rows(0, K, V, dv, vm, KA)
+    if KB > 0:
+        second = _key_rows(KA, K, V, dv, vm, KB)
+    else:
+        second = first
+    return row, h, h // (H // G), dv, vm, (first, second)
+
+
+# A delta-scan state is a pair of key tiles (``key_split``): [KA, BV] and [KB, BV], the second a
+# scalar zero when KB = 0. The helpers below are the few operations the scans apply to it.
+
+@triton.jit
+def _pair_zeros(KA: tl.constexpr, KB: tl.constexpr, BV: tl.constexpr, ACC: tl.constexpr):
+    if KB > 0:
+        second = tl.zeros([KB, BV], dtype=ACC)
+    else:
+        second = tl.zeros((), dtype=ACC)
+    return tl.zeros([KA, BV], dtype=ACC), second
+
+
+@triton.jit
+def _pair_in(base, tile, KB: tl.constexpr, ACC: tl.constexpr):
+    """The [K, V] state at ``base`` as this program's pair, in ACC."""
+    second = tl.zeros((), dtype=ACC)
+    if KB > 0:
+        second = _state_in(base, tile[1][1], tile[1][2], ACC)
+    return _state_in(base, tile[0][1], tile[0][2], ACC), second
+
+
+@triton.jit
+def _pair_record(states, hs, slot, row64, NSLOT, h, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, tile,
+                 KB: tl.constexpr):
+    _record(states, hs[0], slot, row64, NSLOT, h, H, K, V, tile[0][1], tile[0][2])
+    if KB > 0:
+        _record(states, hs[1], slot, row64, NSLOT, h, H, K, V, tile[1][1], tile[1][2])
+
+
+@triton.jit
+def _pair_add(x, y):
+    return x[0] + y[0], x[1] + y[1]
+
+
+@triton.jit
+def _pair_axpy(a, x, y):
+    """a x + y, a a scalar."""
+    return a * x[0] + y[0], a * x[1] + y[1]
+
+
+@triton.jit
+def _w_times(wt, hs, KB: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr, ACC: tl.constexpr):
+    """W h [C, BV]: the product over both key tiles."""
+    wh = mma(wt[0], hs[0], DOT, PREC, ACC)
+    if KB > 0:
+        wh += mma(wt[1], hs[1], DOT, PREC, ACC)
+    return wh
+
+
+@triton.jit
+def _keys_t(kt, x, KB: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr, ACC: tl.constexpr):
+    """k^T x as a pair, for x [C, BV] (already decayed to the chunk's end per token). The loaded
+    key tiles go to the tensor cores as they are (never masked: see ``level_scan_delta_kernel``)."""
+    second = tl.zeros((), dtype=ACC)
+    if KB > 0:
+        second = mma(tl.trans(kt[1]), x, DOT, PREC, ACC)
+    return mma(tl.trans(kt[0]), x, DOT, PREC, ACC), second
 
 
 @triton.jit
@@ -387,14 +487,14 @@ def _bucket_of(task, cb, NC, NJ):
 
 @triton.jit
 def _bucket_walk(ins, h0, low, cb, task, NC, NJ, H: tl.constexpr, G: tl.constexpr, K: tl.constexpr,
-                 V: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, HAS_INIT: tl.constexpr,
-                 ACC: tl.constexpr, PREC: tl.constexpr, DOT: tl.constexpr):
+                 V: tl.constexpr, C: tl.constexpr, KA: tl.constexpr, KB: tl.constexpr, BV: tl.constexpr,
+                 HAS_INIT: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr, DOT: tl.constexpr):
     """One bucket of level js: its sources' sum (the state pushed through each source with the
     source's contribution, from zero), then its readers, each recording the state and pushing it
     on (not through the last: the level restarts there). Row-local chunks [s, m) are the sources
     in the row, [m, e) the readers; a row starting inside the bucket starts from its initial
     level (``h0``), plus the initial levels inside its first chunk (``low``) if that is a source."""
-    row64, h, hv, hvm = ins[5], ins[9], ins[15], ins[16]
+    row64, h, tile = ins[5], ins[9], ins[14]
     js, b = _bucket_of(task, cb, NC, NJ)
     start = b << (js + 1)
     mid = start + (tl.full((), 1, tl.int64) << js)
@@ -402,35 +502,35 @@ def _bucket_walk(ins, h0, low, cb, task, NC, NJ, H: tl.constexpr, G: tl.constexp
     m = tl.minimum(tl.maximum(mid - cb, 0), NC)
     e = tl.minimum(start + 2 * (mid - start) - cb, NC)
     if (js >= 0) & (m < e):  # readers of this bucket in the row
-        hs = tl.zeros([BK, BV], dtype=ACC)
+        hs = _pair_zeros(KA, KB, BV, ACC)
         if HAS_INIT:
             if start <= cb:
-                hs += _state_in(h0 + ((row64 * NJ + js) * H + h) * K * V, hv, hvm, ACC)
+                hs = _pair_add(hs, _pair_in(h0 + ((row64 * NJ + js) * H + h) * K * V, tile, KB, ACC))
                 if m > 0:
-                    hs += _state_in(low + (row64 * H + h) * K * V, hv, hvm, ACC)
+                    hs = _pair_add(hs, _pair_in(low + (row64 * H + h) * K * V, tile, KB, ACC))
         none = tl.zeros((), dtype=ACC)  # the state a walk does not touch
         hs = _walk_chunks(ins, none, hs, s, m, js, False, False, True, not HAS_INIT,
-                          G, H, K, V, C, BK, ACC, PREC, DOT)[1]
+                          G, H, K, V, C, KB, ACC, PREC, DOT)[1]
         hs = _walk_chunks(ins, hs, none, m, e - 1, js, True, True, False, False,
-                          G, H, K, V, C, BK, ACC, PREC, DOT)[0]
-        _record(ins[4], hs, (e - 1) * NJ + js, row64, ins[8], h, H, K, V, hv, hvm)
+                          G, H, K, V, C, KB, ACC, PREC, DOT)[0]
+        _pair_record(ins[4], hs, (e - 1) * NJ + js, row64, ins[8], h, H, K, V, tile, KB)
 
 
 @triton.jit
 def _top_walk(ins, h0, p0, low, cb, NC, js, top_exp, H: tl.constexpr, G: tl.constexpr, K: tl.constexpr,
-              V: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, HAS_INIT: tl.constexpr,
-              ACC: tl.constexpr, PREC: tl.constexpr, DOT: tl.constexpr):
+              V: tl.constexpr, C: tl.constexpr, KA: tl.constexpr, KB: tl.constexpr, BV: tl.constexpr,
+              HAS_INIT: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr, DOT: tl.constexpr):
     """The capped top, window by window (2^top_exp chunks): every chunk reads its state h, the
     windows before its own. Through a window, h is pushed on (once a window has closed before:
     absolute window > 0) and the window's own sum p is built (when a later chunk of the row reads
     it), then p joins h. Four loop bodies, picked per window, so that no loop holds a branch."""
-    row64, h, hv, hvm = ins[5], ins[9], ins[15], ins[16]
-    hs = tl.zeros([BK, BV], dtype=ACC)
-    ps = tl.zeros([BK, BV], dtype=ACC)
+    row64, h, tile = ins[5], ins[9], ins[14]
+    hs = _pair_zeros(KA, KB, BV, ACC)
+    ps = _pair_zeros(KA, KB, BV, ACC)
     if HAS_INIT:
-        hs += _state_in(h0 + ((row64 * (js + 1) + js) * H + h) * K * V, hv, hvm, ACC)
-        ps += _state_in(p0 + (row64 * H + h) * K * V, hv, hvm, ACC)
-        ps += _state_in(low + (row64 * H + h) * K * V, hv, hvm, ACC)
+        hs = _pair_add(hs, _pair_in(h0 + ((row64 * (js + 1) + js) * H + h) * K * V, tile, KB, ACC))
+        ps = _pair_add(ps, _pair_in(p0 + (row64 * H + h) * K * V, tile, KB, ACC))
+        ps = _pair_add(ps, _pair_in(low + (row64 * H + h) * K * V, tile, KB, ACC))
     te = tl.minimum(top_exp, 62).to(tl.int64)
     for wa in range(cb >> te, ((cb + NC - 1) >> te) + 1):
         lo = tl.maximum(wa << te, cb) - cb
@@ -438,26 +538,26 @@ def _top_walk(ins, h0, p0, low, cb, NC, js, top_exp, H: tl.constexpr, G: tl.cons
         if hi < NC:  # a later chunk reads this window's sum
             if wa > 0:
                 hs, ps = _walk_chunks(ins, hs, ps, lo, hi, js, True, True, True, not HAS_INIT,
-                                      G, H, K, V, C, BK, ACC, PREC, DOT)
+                                      G, H, K, V, C, KB, ACC, PREC, DOT)
             else:
                 ps = _walk_chunks(ins, hs, ps, lo, hi, js, True, False, True, not HAS_INIT,
-                                  G, H, K, V, C, BK, ACC, PREC, DOT)[1]
-            hs += ps
-            ps = tl.zeros([BK, BV], dtype=ACC)
+                                  G, H, K, V, C, KB, ACC, PREC, DOT)[1]
+            hs = _pair_add(hs, ps)
+            ps = _pair_zeros(KA, KB, BV, ACC)
         elif wa > 0:
             hs = _walk_chunks(ins, hs, ps, lo, hi, js, True, True, False, False,
-                              G, H, K, V, C, BK, ACC, PREC, DOT)[0]
+                              G, H, K, V, C, KB, ACC, PREC, DOT)[0]
         else:
             _walk_chunks(ins, hs, ps, lo, hi, js, True, False, False, False,
-                         G, H, K, V, C, BK, ACC, PREC, DOT)
+                         G, H, K, V, C, KB, ACC, PREC, DOT)
 
 
 @triton.jit
 def prefix_scan_delta_kernel(
     k, u, w, g_cum, states, S, NC, NJ, NSLOT, top_exp, NH,
     H: tl.constexpr, G: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-    C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, NVT: tl.constexpr, BOUNDARIES: tl.constexpr,
-    ACC: tl.constexpr, PREC: tl.constexpr, DOT: tl.constexpr,
+    C: tl.constexpr, KA: tl.constexpr, KB: tl.constexpr, BV: tl.constexpr, NVT: tl.constexpr,
+    BOUNDARIES: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr, DOT: tl.constexpr,
 ):
     """The delta rule's level states by prefixes, for rows without an initial state (absolute
     chunk = row-local chunk). A reader's levels partition every chunk before it, and each
@@ -474,14 +574,14 @@ def prefix_scan_delta_kernel(
     Every source enters one push with its contribution, and a boundary's state is pushed only
     to its readers: at 2K (32 chunks of 64, top windows of 16) 80 pushes a row where the bucket
     scans (``level_scan_delta_kernel``) take 130. The top before its first window holds nothing
-    and is neither recorded nor read. Same tiles and padded k and W as the bucket scan."""
+    and is neither recorded nor read. Same tiles and k and W as the bucket scan."""
     pid = tl.program_id(0)
-    row, h, grp, dk, dv, _, vm, hv, hvm = state_tile((pid // NVT) % NH, pid % NVT, H, G, K, V, BK, BV)
-    ins = (k, u, w, g_cum, states, row.to(tl.int64), S, NJ, NSLOT, h, grp, tl.arange(0, C), dk, dv, vm, hv, hvm)
+    row, h, grp, dv, vm, tile = delta_tile((pid // NVT) % NH, pid % NVT, H, G, K, V, KA, KB, BV)
+    ins = (k, u, w, g_cum, states, row.to(tl.int64), S, NJ, NSLOT, h, grp, tl.arange(0, C), dv, vm, tile)
     if BOUNDARIES:
-        _boundary_walk(ins, pid // (NH * NVT), NC, NJ, top_exp, K, V, C, BK, BV, G, H, ACC, PREC, DOT)
+        _boundary_walk(ins, pid // (NH * NVT), NC, NJ, top_exp, K, V, C, KB, G, H, ACC, PREC, DOT)
     else:
-        _prefix_walk(ins, NC, NJ, K, V, C, BK, BV, G, H, ACC, PREC, DOT)
+        _prefix_walk(ins, NC, NJ, K, V, C, KA, KB, BV, G, H, ACC, PREC, DOT)
 
 
 @triton.jit
@@ -492,30 +592,30 @@ def _prefix_slot(c, NJ):
 
 
 @triton.jit
-def _prefix_walk(ins, NC, NJ, K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, BK: tl.constexpr,
-                 BV: tl.constexpr, G: tl.constexpr, H: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
-                 DOT: tl.constexpr):
+def _prefix_walk(ins, NC, NJ, K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, KA: tl.constexpr,
+                 KB: tl.constexpr, BV: tl.constexpr, G: tl.constexpr, H: tl.constexpr, ACC: tl.constexpr,
+                 PREC: tl.constexpr, DOT: tl.constexpr):
     """The plain recurrence through chunks 0 .. NC - 2, recording the state each next chunk
     starts from (``_prefix_slot``)."""
-    states, row64, NSLOT, h, hv, hvm = ins[4], ins[5], ins[8], ins[9], ins[15], ins[16]
+    states, row64, NSLOT, h, tile = ins[4], ins[5], ins[8], ins[9], ins[14]
     none = tl.zeros((), dtype=ACC)
-    ps = tl.zeros([BK, BV], dtype=ACC)
+    ps = _pair_zeros(KA, KB, BV, ACC)
     if NC > 1:
-        ps = _delta_step(ins, none, ps, 0, 0, False, False, True, True, G, H, K, V, C, BK, ACC, PREC, DOT)[1]
-        _record(states, ps, NJ, row64, NSLOT, h, H, K, V, hv, hvm)  # chunk 1: its lowest bit, scan 0
+        ps = _delta_step(ins, none, ps, 0, 0, False, False, True, True, G, H, K, V, C, KB, ACC, PREC, DOT)[1]
+        _pair_record(states, ps, NJ, row64, NSLOT, h, H, K, V, tile, KB)  # chunk 1: its lowest bit, scan 0
     for c in range(2, NC):
-        ps = _delta_step(ins, none, ps, c - 1, 0, False, False, True, False, G, H, K, V, C, BK, ACC, PREC, DOT)[1]
-        _record(states, ps, c * NJ + _prefix_slot(c, NJ), row64, NSLOT, h, H, K, V, hv, hvm)
+        ps = _delta_step(ins, none, ps, c - 1, 0, False, False, True, False, G, H, K, V, C, KB, ACC, PREC, DOT)[1]
+        _pair_record(states, ps, c * NJ + _prefix_slot(c, NJ), row64, NSLOT, h, H, K, V, tile, KB)
 
 
 @triton.jit
 def _boundary_walk(ins, task, NC, NJ, top_exp, K: tl.constexpr, V: tl.constexpr, C: tl.constexpr,
-                   BK: tl.constexpr, BV: tl.constexpr, G: tl.constexpr, H: tl.constexpr, ACC: tl.constexpr,
+                   KB: tl.constexpr, G: tl.constexpr, H: tl.constexpr, ACC: tl.constexpr,
                    PREC: tl.constexpr, DOT: tl.constexpr):
     """Boundary ``task``: the top's windows after the first, then the buckets' middles from level
     NJ - 2 down to 1 (``_bucket_of``; level 0's readers are their own boundaries). X(b, b),
     recorded by the recurrence, pushed through chunks b .. e - 2 and recorded at each next."""
-    states, row64, NSLOT, h, hv, hvm = ins[4], ins[5], ins[8], ins[9], ins[15], ins[16]
+    states, row64, NSLOT, h, tile = ins[4], ins[5], ins[8], ins[9], ins[14]
     te = tl.minimum(top_exp, 62).to(tl.int64)
     t = task.to(tl.int64)
     windows = (NC - 1) >> te
@@ -527,61 +627,67 @@ def _boundary_walk(ins, task, NC, NJ, top_exp, K: tl.constexpr, V: tl.constexpr,
     e = tl.minimum(first + (tl.full((), 1, tl.int64) << span_exp), NC)
     if (js >= 0) & (first + 1 < e):
         none = tl.zeros((), dtype=ACC)
-        hs = _state_in(slot_tile(states, row64, first * NJ + js, NSLOT, h, H, K, V), hv, hvm, ACC)
+        hs = _pair_in(slot_tile(states, row64, first * NJ + js, NSLOT, h, H, K, V), tile, KB, ACC)
         hs = _walk_chunks(ins, hs, none, first, first + 1, js, False, True, False, False,
-                          G, H, K, V, C, BK, ACC, PREC, DOT)[0]
+                          G, H, K, V, C, KB, ACC, PREC, DOT)[0]
         hs = _walk_chunks(ins, hs, none, first + 1, e - 1, js, True, True, False, False,
-                          G, H, K, V, C, BK, ACC, PREC, DOT)[0]
-        _record(states, hs, (e - 1) * NJ + js, row64, NSLOT, h, H, K, V, hv, hvm)
+                          G, H, K, V, C, KB, ACC, PREC, DOT)[0]
+        _pair_record(states, hs, (e - 1) * NJ + js, row64, NSLOT, h, H, K, V, tile, KB)
 
 
 @triton.jit
 def _walk_chunks(ins, hs, ps, lo, hi, js, RECORD: tl.constexpr, PUSH_H: tl.constexpr, PUSH_P: tl.constexpr,
                  FRESH: tl.constexpr, G: tl.constexpr, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-                 C: tl.constexpr, BK: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr, DOT: tl.constexpr):
+                 C: tl.constexpr, KB: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr, DOT: tl.constexpr):
     """``_delta_step`` through row-local chunks [lo, hi). FRESH: p is zero at lo (a restarted
     sum), so its first push, taken out of the loop, has no W p product."""
     if FRESH:
         if lo < hi:
             hs, ps = _delta_step(ins, hs, ps, lo, js, RECORD, PUSH_H, PUSH_P, True,
-                                 G, H, K, V, C, BK, ACC, PREC, DOT)
+                                 G, H, K, V, C, KB, ACC, PREC, DOT)
             lo += 1
     for c in range(lo, hi):
         hs, ps = _delta_step(ins, hs, ps, c, js, RECORD, PUSH_H, PUSH_P, False,
-                             G, H, K, V, C, BK, ACC, PREC, DOT)
+                             G, H, K, V, C, KB, ACC, PREC, DOT)
     return hs, ps
 
 
 @triton.jit
 def _delta_step(ins, hs, ps, c, js, RECORD: tl.constexpr, PUSH_H: tl.constexpr, PUSH_P: tl.constexpr,
                 FRESH: tl.constexpr, G: tl.constexpr, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-                C: tl.constexpr, BK: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr, DOT: tl.constexpr):
+                C: tl.constexpr, KB: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr, DOT: tl.constexpr):
     """Row-local chunk c: record h where it reads this scan (RECORD); push h through the chunk's
     transition (PUSH_H: decay h - Kd^T W h); push p through it with the chunk's contribution
-    (PUSH_P: decay p + Kd^T (U - W p), no W p term if FRESH: p is zero)."""
-    k, u, w, g_cum, states, row64, S, NJ, NSLOT, h, grp, i, dk, dv, vm, hv, hvm = ins
+    (PUSH_P: decay p + Kd^T (U - W p), no W p term if FRESH: p is zero). h and p are pairs of key
+    tiles (``delta_tile``), or a scalar placeholder where not pushed."""
+    k, u, w, g_cum, states, row64, S, NJ, NSLOT, h, grp, i, dv, vm, tile = ins
     if RECORD:
-        _record(states, hs, c * NJ + js, row64, NSLOT, h, H, K, V, hv, hvm)
+        _pair_record(states, hs, c * NJ + js, row64, NSLOT, h, H, K, V, tile, KB)
     g_end, decay = _chunk_decay(g_cum, row64, S, c, H, h, C, ACC)
-    wt, kt, ut, e = _delta_tiles(k, u, w, g_cum, row64, S, c, i, g_end, grp, h, dk, dv, vm, G, H, V, C, BK, ACC)
+    wt, kt, ut, e = _delta_tiles(k, u, w, g_cum, row64, S, c, i, g_end, grp, h, tile, dv, vm, G, H, V, C, KB, ACC)
     if PUSH_H:
-        hs = decay * hs - _keys_times(kt, mma(wt, hs, DOT, PREC, ACC), e, BK, BK, DOT, PREC, ACC)
+        hs = _pair_axpy(decay, hs, _keys_t(kt, -_w_times(wt, hs, KB, DOT, PREC, ACC) * e, KB, DOT, PREC, ACC))
     if PUSH_P:
         if FRESH:
-            ps = _keys_times(kt, ut, e, BK, BK, DOT, PREC, ACC)
+            ps = _keys_t(kt, ut * e, KB, DOT, PREC, ACC)
         else:
-            ps = decay * ps + _keys_times(kt, ut - mma(wt, ps, DOT, PREC, ACC), e, BK, BK, DOT, PREC, ACC)
+            ps = _pair_axpy(decay, ps, _keys_t(kt, (ut - _w_times(wt, ps, KB, DOT, PREC, ACC)) * e, KB, DOT, PREC, ACC))
     return hs, ps
 
 
 @triton.jit
-def _delta_tiles(k, u, w, g_cum, row64, S, c, i, g_end, grp, h, dk, dv, vm, G: tl.constexpr, H: tl.constexpr,
-                 V: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, ACC: tl.constexpr):
-    """Chunk c's W and k tiles [C, BK] (as stored, rows padded to BK), its U tile [C, BV] (in ACC)
-    and the decay of its tokens to its end, e = exp(G_end - G): what the delta rule pushes a
-    state through it with."""
+def _delta_tiles(k, u, w, g_cum, row64, S, c, i, g_end, grp, h, tile, dv, vm, G: tl.constexpr, H: tl.constexpr,
+                 V: tl.constexpr, C: tl.constexpr, KB: tl.constexpr, ACC: tl.constexpr):
+    """Chunk c's W and k as pairs of [C, KA] and [C, KB] tiles (as stored, KA + KB wide; with KB = 0
+    the second repeats the first), its U tile [C, BV] (in ACC), and the decay of its tokens to its
+    end e = exp(G_end - G) as a [C, 1] column: what the delta rule pushes a state through it with."""
     tok = row64 * S + c * C + i
-    wt = tl.load(w + (tok[:, None] * H + h) * BK + dk[None, :])
-    kt = tl.load(k + (tok[:, None] * G + grp) * BK + dk[None, :])
+    wk = tile[0][0].shape[0] + KB  # the width W and k are stored at
+    wa = tl.load(w + (tok[:, None] * H + h) * wk + tile[0][0][None, :])
+    ka = tl.load(k + (tok[:, None] * G + grp) * wk + tile[0][0][None, :])
+    wb, kb = wa, ka
+    if KB > 0:
+        wb = tl.load(w + (tok[:, None] * H + h) * wk + tile[1][0][None, :])
+        kb = tl.load(k + (tok[:, None] * G + grp) * wk + tile[1][0][None, :])
     ut = head_rows(u, tok, H, h, V, dv, vm).to(ACC)
-    return wt, kt, ut, _decay_to_end(g_cum, tok, g_end, H, h, ACC)
+    return (wa, wb), (ka, kb), ut, _decay_to_end(g_cum, tok, g_end, H, h, ACC)[:, None]

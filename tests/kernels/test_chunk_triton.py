@@ -4,6 +4,7 @@ import torch
 
 from hf_loglinear.kernels.chunk import chunk_loglinear_attention
 from hf_loglinear.kernels.chunk_triton import chunk_loglinear_attention_triton
+from hf_loglinear.kernels.scan_triton import key_split
 from hf_loglinear.ops import LevelState, loglinear_attention
 
 
@@ -92,8 +93,9 @@ def test_delta_scan_key_tiles():
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("key_dim", [192, 100])
 def test_delta_scan_padded(key_dim, dtype, monkeypatch):
-    """The delta rule's scans on k and W zero-padded to the key tile by ``ut_factors_kernel``:
-    K = 192 on a 256-wide tile and K = 100 on a 128-wide one, G = 1 over 2 heads, V = 24 (a masked
+    """The delta rule's scans on a state held as two key tiles (``key_split``), k and W read
+    as wide as both, zero-padded there by ``ut_factors_kernel``: K = 192 as 128 + 64 (no pad, the
+    inputs' keys) and K = 100 as 64 + 64, G = 1 over 2 heads, V = 24 (a masked
     value tile). Three documents packed in a row, continuing from initial states at an unaligned
     far position (5000: 290 tokens over 5 chunks), an unaligned (90) and an aligned one (128);
     L = 9 caps the top at windows of 2 chunks (the bucket scan). Then the same 390 tokens as a
@@ -130,8 +132,9 @@ def test_delta_scan_padded(key_dim, dtype, monkeypatch):
                                                      output_final_state=True, **kwargs)
         assert o.dtype == dtype
         assert _rel(o.double(), o_ref) < tol and _rel(state.levels.double(), state_ref.levels) < tol
-    block = 256 if key_dim == 192 else 128
-    assert padded == [(block, block, True, True)] * 2
+    width = sum(key_split(key_dim))  # 128 + 64: no pad at 192; 64 + 64 at 100
+    assert width == {192: 192, 100: 128}[key_dim]
+    assert padded == [(width, width, True, True)] * 2
 
 
 def test_delta_prefix_output_wide_value_tiles():

@@ -1,0 +1,33 @@
+# Session 21 (2026-12-01): the delta rule's scans with their state in two key tiles
+# (scan_triton.key_split: K = 192 as 128 + 64 rather than one 256-wide tile, a quarter of it
+# padding) and W / k stored 192 wide (no padded copy of k).
+# a: run from gdn-key-split beside `.ab_main` (git archive of main), carrying [".whl", ".ab_main"]:
+#      printf '/.ab_main/\n' >> .git/info/exclude
+#      rm -rf .ab_main && mkdir .ab_main && git archive main | tar -x -C .ab_main
+#    (1) the branch's fault check, launches blocking; (2) main's and the branch's split at 2K / 8K
+#    (debug_gdn_forward.py sweep: each config checked against float64 first), the branch also
+#    with the prefix scan at 4 warps and at three stages; (3) the branch's bf16 GDN checks (forward
+#    and every gradient) and fp32 ones; (4) its forward check at other head sizes and dtypes.
+source benchmarks/gpu_lib.sh
+sweep() {  # $1: label, $2: PYTHONPATH root, $3: seconds, rest: configs
+  local label=$1 root=$2 t; t=$(cap $3); shift 3
+  PYTHONPATH=$root:/tmp/site timeout $t python benchmarks/debug_gdn_forward.py 192 384 bfloat16 sweep "$@" > $OUT/${label}_sweep.log 2>&1
+  note "$label sweep: rc $? (${SECONDS} s)"; grep "split\|^ok\|^FAIL" $OUT/${label}_sweep.log | cut -c1-400 | tee -a $OUT/summary.log
+}
+case "$1" in
+a)
+    fault_check split
+    pkg /tmp/pkgmain .ab_main
+    sweep main /tmp/pkgmain 100 default
+    sweep split /tmp/pkg 160 default prefix_scan_delta_kernel:num_warps=4 prefix_scan_delta_kernel:num_stages=3 default
+    t=$(cap 150)
+    ours timeout $t python $B --variants gdn --skip-decode --lengths '' --check-dtypes bfloat16,float32 > $OUT/gdn_checks.log 2>&1
+    note "checks: rc $? $(grep -c "^check" $OUT/gdn_checks.log) lines, $(grep -c "FAIL" $OUT/gdn_checks.log) FAIL (${SECONDS} s)"
+    grep "^check" $OUT/gdn_checks.log | tee -a $OUT/summary.log
+    for args in "192 384 float16" "64 64 bfloat16" "128 256 bfloat16" "256 512 bfloat16" "100 200 bfloat16" "160 160 bfloat16"; do
+      t=$(cap 40); [ "$t" = 0 ] && break
+      ours timeout $t python benchmarks/debug_gdn_forward.py $args >> $OUT/side.log 2>&1
+    done
+    grep "^ok\|^FAIL" $OUT/side.log | cut -c1-200 | tee -a $OUT/summary.log ;;
+*)  echo "usage: bash benchmarks/gpu_session21.sh a" >&2; exit 2 ;;
+esac
