@@ -21,7 +21,9 @@ forward, not for the bucket scan's top, which runs on a side stream (rows from a
 state); the decay kernel (decay_triton) is not split out.
 ``sweep``: launch options tried in one process, each checked as above and then split at 2K and
 8K. A CONFIG is ``default`` or ``kernel:option=value,...`` joined by ``+`` (e.g.
-``ut_factors_kernel:num_warps=8+chunk_output_kernel:num_stages=2``). ``BV`` is taken only where
+``ut_factors_kernel:num_warps=8+chunk_output_kernel:num_stages=2``); ``kernel/FLAG=0|1:...``
+applies to the launches with that TOP / BOUNDARIES flag only (e.g.
+``prefix_scan_delta_kernel/BOUNDARIES=1:num_warps=4``). ``BV`` is taken only where
 the grid follows from it: the output kernel's value-tile axis is re-sized, the UT kernel's is an
 inner loop; elsewhere it is refused (an unresized grid computes a wrong output, not a timing).
 """
@@ -57,34 +59,42 @@ class Timed:
     (name, TOP / BOUNDARIES flag)."""
 
     def __init__(self, kernel, log, over):
-        self.kernel, self.log, self.over = kernel, log, over
+        self.kernel, self.log, self.over = kernel, log, over  # over: [(flag condition or None, options)]
 
     def __getitem__(self, grid):
         def launch(*a, **kwargs):
-            key = self.kernel.__name__ + "".join(f" {f}={kwargs[f]}" for f in ("TOP", "BOUNDARIES") if f in kwargs)
+            flags = {f: int(kwargs[f]) for f in ("TOP", "BOUNDARIES") if f in kwargs}
+            key = self.kernel.__name__ + "".join(f" {f}={bool(x)}" for f, x in flags.items())
+            over = {}
+            for cond, opts in self.over:
+                if cond is None or flags.get(cond[0]) == cond[1]:
+                    over.update(opts)
             g = grid
-            if VALUE_TILE_AXIS.get(self.kernel.__name__) is not None and "BV" in self.over:
-                g = (*grid[:2], -(-kwargs["V"] // self.over["BV"]))
+            if VALUE_TILE_AXIS.get(self.kernel.__name__) is not None and "BV" in over:
+                g = (*grid[:2], -(-kwargs["V"] // over["BV"]))
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
-            self.kernel[g](*a, **{**kwargs, **self.over})
+            self.kernel[g](*a, **{**kwargs, **over})
             end.record()
             self.log.setdefault(key, []).append((start, end))
         return launch
 
 
 def install(config, log):
-    """Wrap every chunk_triton kernel; ``config``: 'default' or 'kernel:opt=v,...+...'."""
+    """Wrap every chunk_triton kernel; ``config``: 'default' or 'kernel[/FLAG=x]:opt=v,...+...'."""
     over = {}
     for part in config.split("+") if config != "default" else []:
-        name, opts = part.split(":")
+        target, opts = part.split(":")
+        name, _, flag = target.partition("/")
         if name not in KERNELS:
             raise SystemExit(f"unknown kernel {name!r}: one of {sorted(KERNELS)}")
-        over[name] = {o.split("=")[0]: int(o.split("=")[1]) for o in opts.split(",")}
-        if "BV" in over[name] and name not in VALUE_TILE_AXIS:
+        options = {o.split("=")[0]: int(o.split("=")[1]) for o in opts.split(",")}
+        if "BV" in options and name not in VALUE_TILE_AXIS:
             raise SystemExit(f"BV of {name} sizes its grid, which this script does not re-size: one of {sorted(VALUE_TILE_AXIS)}")
+        cond = (flag.split("=")[0], int(flag.split("=")[1])) if flag else None
+        over.setdefault(name, []).append((cond, options))
     for n, f in KERNELS.items():
-        setattr(chunk_triton, n, Timed(f, log, over.get(n, {})))
+        setattr(chunk_triton, n, Timed(f, log, over.get(n, [])))
 
 
 def check(label):

@@ -7,7 +7,8 @@
 #    (1) the branch's fault check, launches blocking; (2) main's and the branch's split at 2K / 8K
 #    (debug_gdn_forward.py sweep: each config checked against float64 first), the branch also
 #    with the prefix scan at 4 warps and at three stages; (3) the branch's bf16 GDN checks (forward
-#    and every gradient) and fp32 ones; (4) its forward check at other head sizes and dtypes.
+#    and every gradient) and fp32 ones (timed out after the first line); (4) its forward check at
+#    other head sizes and dtypes.
 source benchmarks/gpu_lib.sh
 sweep() {  # $1: label, $2: PYTHONPATH root, $3: seconds, rest: configs
   local label=$1 root=$2 t; t=$(cap $3); shift 3
@@ -29,5 +30,20 @@ a)
       ours timeout $t python benchmarks/debug_gdn_forward.py $args >> $OUT/side.log 2>&1
     done
     grep "^ok\|^FAIL" $OUT/side.log | cut -c1-200 | tee -a $OUT/summary.log ;;
-*)  echo "usage: bash benchmarks/gpu_session21.sh a" >&2; exit 2 ;;
+b)  # from gdn-key-split, carrying [".whl"]: the prefix scan's launch options per launch (a
+    # measured 8 warps / 2 stages 0.604 + 0.818 ms at 2K; 4 warps 0.516 + 0.718; three stages
+    # 0.437 + 0.812), then the bf16 GDN checks alone (fp32 beside them ran out of time in a) and
+    # the fp32 forward check
+    P=prefix_scan_delta_kernel
+    sweep split /tmp/pkg 260 default "$P/BOUNDARIES=0:num_stages=3+$P/BOUNDARIES=1:num_warps=4" \
+      "$P:num_warps=4,num_stages=3" "$P/BOUNDARIES=0:num_stages=4+$P/BOUNDARIES=1:num_warps=4,num_stages=1" \
+      "$P/BOUNDARIES=0:num_warps=4,num_stages=4+$P/BOUNDARIES=1:num_warps=2" default
+    t=$(cap 160)
+    ours timeout $t python $B --variants gdn --skip-decode --lengths '' --check-dtypes bfloat16 > $OUT/gdn_checks.log 2>&1
+    note "bf16 checks: rc $? $(grep -c "^check" $OUT/gdn_checks.log) lines, $(grep -c "FAIL" $OUT/gdn_checks.log) FAIL (${SECONDS} s)"
+    grep "^check" $OUT/gdn_checks.log | tee -a $OUT/summary.log
+    t=$(cap 60)
+    ours timeout $t python benchmarks/debug_gdn_forward.py 192 384 float32 > $OUT/side.log 2>&1
+    grep "^ok\|^FAIL" $OUT/side.log | cut -c1-200 | tee -a $OUT/summary.log ;;
+*)  echo "usage: bash benchmarks/gpu_session21.sh a|b" >&2; exit 2 ;;
 esac
