@@ -45,5 +45,19 @@ b)  # from gdn-key-split, carrying [".whl"]: the prefix scan's launch options pe
     t=$(cap 60)
     ours timeout $t python benchmarks/debug_gdn_forward.py 192 384 float32 > $OUT/side.log 2>&1
     grep "^ok\|^FAIL" $OUT/side.log | cut -c1-200 | tee -a $OUT/summary.log ;;
-*)  echo "usage: bash benchmarks/gpu_session21.sh a|b" >&2; exit 2 ;;
+c)  # from gdn-key-split with _prefix_scan_tiles (4 warps; 3 stages for the recurrence, 2 for the
+    # boundaries), carrying [".whl"]: its fault check, launches blocking; the GDN table (fwd,
+    # fwd+bwd, L=1, fla, SDPA at 2K / 8K) in one run; the fp32 forward check (b's timed out at
+    # 60 s); forward checks at other head sizes
+    fault_check split
+    mkdir -p $OUT/tables; t=$(cap 260)
+    ours timeout $t python $B --variants gdn --skip-checks --skip-decode --lengths 2048,8192 --out $OUT/tables > $OUT/gdn_timing.log 2>&1
+    note "timing: rc $? (${SECONDS} s)"; grep "ours\|fla\|sdpa" $OUT/gdn_timing.log | tee -a $OUT/summary.log
+    for args in "192 384 float32" "256 512 bfloat16" "64 64 bfloat16" "100 200 bfloat16" "128 256 float16"; do
+      t=$(cap 120); [ "$t" = 0 ] && break
+      ours timeout $t python benchmarks/debug_gdn_forward.py $args >> $OUT/side.log 2>&1
+      note "side $args: rc $? (${SECONDS} s)"
+    done
+    grep "^ok\|^FAIL" $OUT/side.log | cut -c1-200 | tee -a $OUT/summary.log ;;
+*)  echo "usage: bash benchmarks/gpu_session21.sh a|b|c" >&2; exit 2 ;;
 esac

@@ -391,15 +391,15 @@ def _prefix_delta_scan(factors, args, consts, dot, num_row_heads, buckets):
     """The delta rule's prefix states (``scan_triton.prefix_scan_delta_kernel``) for rows that
     start at chunk 0 with nothing before them: the plain recurrence, then one program per
     boundary with readers after it (the top's windows after the first, the middles of the buckets
-    of levels 1 and up), on the bucket scan's tiles, k and W."""
+    of levels 1 and up), on the bucket scan's k and W (``_prefix_scan_tiles``)."""
     g_cum, states, slots, nc, num_js, num_slots, top_exp = args[:2] + args[6:]
-    bv, launch = _delta_scan_tiles(dot, False)
-    nvt = triton.cdiv(consts["V"], bv)
     k, w = factors.k, factors.w
     # windows of one chunk (top_exp 0) and level 0's buckets have no reader past their boundary
     boundaries = (((nc - 1) >> min(top_exp, 62)) if top_exp else 0) + sum(buckets[1:])
     for programs, walk_boundaries in ((1, False), (boundaries, True)):
         if programs:
+            bv, launch = _prefix_scan_tiles(dot, walk_boundaries, w.shape[-1])
+            nvt = triton.cdiv(consts["V"], bv)
             prefix_scan_delta_kernel[(programs * num_row_heads * nvt,)](
                 k, factors.u, w, g_cum, states, slots, nc, num_js, num_slots, top_exp, num_row_heads,
                 **{**_key_tiles(consts), **launch}, BOUNDARIES=walk_boundaries, DOT=dot, BV=bv, NVT=nvt)
@@ -429,13 +429,28 @@ def _delta_scan_tiles(dot, top):
     miscompiles those shapes. The buckets' two loops prefetch their W, k and U tiles at two
     stages (sm_90 offline 176 KB of shared memory); the top's four loops would take 273 KB, so
     it keeps one: 4.69 -> 4.55 ms at 2K, 6.59 -> 6.11 at 8K beside one stage in one call
-    (``gpu_session16.sh a``); at 4 warps 5.95 / 8.24. The prefix scan takes the buckets' tiles: at
-    value tiles of 32 (two stages) it ran correctly but slower, 3.38 ms at 2K with 4 warps and 3.75
-    with 8 against 2.94 (``gpu_session18.sh a``). fp32 operands: tiles of 32, one stage (their
-    [C, BK] key tiles take twice the shared memory)."""
+    (``gpu_session16.sh a``); at 4 warps 5.95 / 8.24 (all with the state one 256-wide key tile,
+    before ``_key_tiles``). The prefix scan has its own (``_prefix_scan_tiles``). fp32 operands:
+    tiles of 32, one stage (their [C, K] key tiles take twice the shared memory)."""
     if dot == tl.float32:
         return 32, dict(num_warps=8, num_stages=1)
     return 64, dict(num_warps=8, num_stages=1 if top else 2)
+
+
+def _prefix_scan_tiles(dot, boundaries, key_width):
+    """(value tile, launch options) of the prefix scan's two launches (``boundaries``: the second),
+    for W and k ``key_width`` wide. Half operands up to 192 wide: value tiles of 64 at 4 warps; the
+    recurrence's W, k and U loads triple-buffered (4 stages would take 238 KB of shared memory),
+    the boundaries' double-buffered. On the H200 at 192 / 384 in bf16
+    (``gpu_session21.sh b``, forward at 2K x 16 / 8K x 4): recurrence 0.34 / 0.54 ms and
+    boundaries 0.72 / 1.02, against 0.60 / 0.92 and 0.82 / 1.17 at 8 warps and 2 stages (the
+    bucket scan's tiles, which they used before); 8 warps with 3 stages 0.44 + 0.81 at 2K; both at
+    4 warps and 3 stages 0.34 + 0.73. Wider keys (256) and fp32 operands keep the bucket scan's
+    tiles (not timed): at 4 warps a 256-wide state alone takes 128 registers a thread, and the
+    kernel spills (sm_90 offline)."""
+    if dot == tl.float32 or key_width > 192:
+        return _delta_scan_tiles(dot, False)
+    return 64, dict(num_warps=4, num_stages=2 if boundaries else 3)
 
 
 def _reverse_scan_launch(dot):
