@@ -59,5 +59,14 @@ c)  # from gdn-key-split with _prefix_scan_tiles (4 warps; 3 stages for the recu
       note "side $args: rc $? (${SECONDS} s)"
     done
     grep "^ok\|^FAIL" $OUT/side.log | cut -c1-200 | tee -a $OUT/summary.log ;;
-*)  echo "usage: bash benchmarks/gpu_session21.sh a|b|c" >&2; exit 2 ;;
+d)  # carrying [".whl"]: the fp32 checks, which c's 120 s did not fit (their IEEE-fp32 kernels
+    # spill and compile for minutes: session 17 gave them 450 s), side by side: the forward at
+    # 192 / 384 (prefix scan) and the dense forward and every gradient (the bucket scan)
+    ( ours timeout 500 python benchmarks/debug_gdn_forward.py 192 384 float32 > $OUT/fp32_forward.log 2>&1
+      note "fp32 forward: rc $? (${SECONDS} s)" ) &
+    ( ours timeout 500 python $B --variants gdn --skip-decode --lengths '' --check-dtypes float32 --gdn-checks dense \
+        > $OUT/fp32_checks.log 2>&1; note "fp32 dense check: rc $? (${SECONDS} s)" ) &
+    wait
+    grep -h "^ok\|^FAIL\|^check" $OUT/fp32_forward.log $OUT/fp32_checks.log | cut -c1-300 | tee -a $OUT/summary.log ;;
+*)  echo "usage: bash benchmarks/gpu_session21.sh a|b|c|d" >&2; exit 2 ;;
 esac
