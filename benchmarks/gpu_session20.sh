@@ -23,11 +23,6 @@
 #    / 8K); (4) the bf16 GDN checks (forward and every gradient); (5) timing nothing: fp32, fp16
 #    and other head sizes' forwards.
 source benchmarks/gpu_lib.sh
-sweep() {  # $1: label, $2: PYTHONPATH root, $3: seconds, rest: configs
-  local label=$1 root=$2 t; t=$(cap $3); shift 3
-  PYTHONPATH=$root:/tmp/site timeout $t python benchmarks/debug_gdn_forward.py 192 384 bfloat16 sweep "$@" > $OUT/${label}_sweep.log 2>&1
-  note "$label sweep: rc $? (${SECONDS} s)"; grep "split\|^ok\|^FAIL" $OUT/${label}_sweep.log | cut -c1-400 | tee -a $OUT/summary.log
-}
 case "$1" in
 a)
     t=$(cap 240)
@@ -50,18 +45,10 @@ b)
 c)
     fault_check main
     sweep main /tmp/pkg 120 default chunk_output_kernel:BV=256 chunk_output_kernel:num_warps=8 chunk_output_kernel:num_stages=2
-    mkdir -p $OUT/tables; t=$(cap 240)
-    ours timeout $t python $B --variants gdn --skip-checks --skip-decode --lengths 2048,8192 --out $OUT/tables > $OUT/gdn_timing.log 2>&1
-    note "timing: rc $? (${SECONDS} s)"; grep "ours\|fla\|sdpa" $OUT/gdn_timing.log | tee -a $OUT/summary.log
-    t=$(cap 120)
-    ours timeout $t python $B --variants gdn --skip-decode --lengths '' --check-dtypes bfloat16 > $OUT/gdn_checks.log 2>&1
-    note "bf16 checks: rc $? $(grep -c "^check" $OUT/gdn_checks.log) lines, $(grep -c "FAIL" $OUT/gdn_checks.log) FAIL (${SECONDS} s)"
-    grep "^check" $OUT/gdn_checks.log | tee -a $OUT/summary.log
-    for args in "192 384 float32" "192 384 float16" "64 64 bfloat16" "128 256 bfloat16" "256 512 bfloat16" "100 200 bfloat16"; do
-      t=$(cap 60); [ "$t" = 0 ] && break
-      ours timeout $t python benchmarks/debug_gdn_forward.py $args >> $OUT/side.log 2>&1
-    done
-    grep "^ok\|^FAIL" $OUT/side.log | cut -c1-200 | tee -a $OUT/summary.log ;;
+    gdn_table 240
+    gdn_checks 120 bfloat16
+    forward_checks 60 "192 384 float32" "192 384 float16" "64 64 bfloat16" "128 256 bfloat16" "256 512 bfloat16" \
+      "100 200 bfloat16" ;;
 d)  # from main beside `.ab_half` (git archive of gdn-ut-half: the UT kernel's products that
     # apply Ab and QK on half operands), carrying [".whl", ".ab_half"]: main's and its sweep
     # (default; 8 warps), then its fault check and bf16 GDN checks (forward and every gradient)
@@ -81,8 +68,6 @@ d)  # from main beside `.ab_half` (git archive of gdn-ut-half: the UT kernel's p
     grep "^ok\|^FAIL" $OUT/half_side.log | cut -c1-200 | tee -a $OUT/summary.log ;;
 e)  # from main after merging gdn-ut-half, carrying [".whl"]: the GDN table (fwd, fwd+bwd, L=1,
     # fla, SDPA at 2K / 8K) in one run, nothing else (the session's last 300 s of device time)
-    mkdir -p $OUT/tables; t=$(cap 250)
-    ours timeout $t python $B --variants gdn --skip-checks --skip-decode --lengths 2048,8192 --out $OUT/tables > $OUT/gdn_timing.log 2>&1
-    note "timing: rc $? (${SECONDS} s)"; grep "ours\|fla\|sdpa" $OUT/gdn_timing.log | tee -a $OUT/summary.log ;;
+    gdn_table 250 ;;
 *)  echo "usage: bash benchmarks/gpu_session20.sh a|b|c|d|e" >&2; exit 2 ;;
 esac

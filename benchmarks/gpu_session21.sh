@@ -10,26 +10,15 @@
 #    and every gradient) and fp32 ones (timed out after the first line); (4) its forward check at
 #    other head sizes and dtypes.
 source benchmarks/gpu_lib.sh
-sweep() {  # $1: label, $2: PYTHONPATH root, $3: seconds, rest: configs
-  local label=$1 root=$2 t; t=$(cap $3); shift 3
-  PYTHONPATH=$root:/tmp/site timeout $t python benchmarks/debug_gdn_forward.py 192 384 bfloat16 sweep "$@" > $OUT/${label}_sweep.log 2>&1
-  note "$label sweep: rc $? (${SECONDS} s)"; grep "split\|^ok\|^FAIL" $OUT/${label}_sweep.log | cut -c1-400 | tee -a $OUT/summary.log
-}
 case "$1" in
 a)
     fault_check split
     pkg /tmp/pkgmain .ab_main
     sweep main /tmp/pkgmain 100 default
     sweep split /tmp/pkg 160 default prefix_scan_delta_kernel:num_warps=4 prefix_scan_delta_kernel:num_stages=3 default
-    t=$(cap 150)
-    ours timeout $t python $B --variants gdn --skip-decode --lengths '' --check-dtypes bfloat16,float32 > $OUT/gdn_checks.log 2>&1
-    note "checks: rc $? $(grep -c "^check" $OUT/gdn_checks.log) lines, $(grep -c "FAIL" $OUT/gdn_checks.log) FAIL (${SECONDS} s)"
-    grep "^check" $OUT/gdn_checks.log | tee -a $OUT/summary.log
-    for args in "192 384 float16" "64 64 bfloat16" "128 256 bfloat16" "256 512 bfloat16" "100 200 bfloat16" "160 160 bfloat16"; do
-      t=$(cap 40); [ "$t" = 0 ] && break
-      ours timeout $t python benchmarks/debug_gdn_forward.py $args >> $OUT/side.log 2>&1
-    done
-    grep "^ok\|^FAIL" $OUT/side.log | cut -c1-200 | tee -a $OUT/summary.log ;;
+    gdn_checks 150 bfloat16,float32
+    forward_checks 40 "192 384 float16" "64 64 bfloat16" "128 256 bfloat16" "256 512 bfloat16" "100 200 bfloat16" \
+      "160 160 bfloat16" ;;
 b)  # from gdn-key-split, carrying [".whl"]: the prefix scan's launch options per launch (a
     # measured 8 warps / 2 stages 0.604 + 0.818 ms at 2K; 4 warps 0.516 + 0.718; three stages
     # 0.437 + 0.812), then the bf16 GDN checks alone (fp32 beside them ran out of time in a) and
@@ -38,27 +27,15 @@ b)  # from gdn-key-split, carrying [".whl"]: the prefix scan's launch options pe
     sweep split /tmp/pkg 260 default "$P/BOUNDARIES=0:num_stages=3+$P/BOUNDARIES=1:num_warps=4" \
       "$P:num_warps=4,num_stages=3" "$P/BOUNDARIES=0:num_stages=4+$P/BOUNDARIES=1:num_warps=4,num_stages=1" \
       "$P/BOUNDARIES=0:num_warps=4,num_stages=4+$P/BOUNDARIES=1:num_warps=2" default
-    t=$(cap 160)
-    ours timeout $t python $B --variants gdn --skip-decode --lengths '' --check-dtypes bfloat16 > $OUT/gdn_checks.log 2>&1
-    note "bf16 checks: rc $? $(grep -c "^check" $OUT/gdn_checks.log) lines, $(grep -c "FAIL" $OUT/gdn_checks.log) FAIL (${SECONDS} s)"
-    grep "^check" $OUT/gdn_checks.log | tee -a $OUT/summary.log
-    t=$(cap 60)
-    ours timeout $t python benchmarks/debug_gdn_forward.py 192 384 float32 > $OUT/side.log 2>&1
-    grep "^ok\|^FAIL" $OUT/side.log | cut -c1-200 | tee -a $OUT/summary.log ;;
+    gdn_checks 160 bfloat16
+    forward_checks 60 "192 384 float32" ;;
 c)  # from gdn-key-split with _prefix_scan_tiles (4 warps; 3 stages for the recurrence, 2 for the
     # boundaries), carrying [".whl"]: its fault check, launches blocking; the GDN table (fwd,
     # fwd+bwd, L=1, fla, SDPA at 2K / 8K) in one run; the fp32 forward check (b's timed out at
     # 60 s); forward checks at other head sizes
     fault_check split
-    mkdir -p $OUT/tables; t=$(cap 260)
-    ours timeout $t python $B --variants gdn --skip-checks --skip-decode --lengths 2048,8192 --out $OUT/tables > $OUT/gdn_timing.log 2>&1
-    note "timing: rc $? (${SECONDS} s)"; grep "ours\|fla\|sdpa" $OUT/gdn_timing.log | tee -a $OUT/summary.log
-    for args in "192 384 float32" "256 512 bfloat16" "64 64 bfloat16" "100 200 bfloat16" "128 256 float16"; do
-      t=$(cap 120); [ "$t" = 0 ] && break
-      ours timeout $t python benchmarks/debug_gdn_forward.py $args >> $OUT/side.log 2>&1
-      note "side $args: rc $? (${SECONDS} s)"
-    done
-    grep "^ok\|^FAIL" $OUT/side.log | cut -c1-200 | tee -a $OUT/summary.log ;;
+    gdn_table 260
+    forward_checks 120 "192 384 float32" "256 512 bfloat16" "64 64 bfloat16" "100 200 bfloat16" "128 256 float16" ;;
 d)  # carrying [".whl"]: the fp32 checks, which c's 120 s did not fit (their IEEE-fp32 kernels
     # spill and compile for minutes: session 17 gave them 450 s), side by side: the forward at
     # 192 / 384 (prefix scan) and the dense forward and every gradient (the bucket scan)
