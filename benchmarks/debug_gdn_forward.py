@@ -19,6 +19,11 @@ kernel name alone, so the prefix scan's two launches would share a row), then fl
 kernel (torch.profiler). Events are recorded on the current stream: right for this dense
 forward, not for the bucket scan's top, which runs on a side stream (rows from an initial
 state); the decay kernel (decay_triton) is not split out.
+``long``: the check with the forward cut into segments of 256 tokens
+(``chunk_triton.DELTA_STATE_BUDGET`` forced down; each segment continues from the last one's
+level state), then the forward alone without gradients at B = 1 for T = 128K and 1M
+(``levels_for_length``): median time and peak memory, the recorded states bounded by half the
+free memory (the default budget).
 ``sweep``: launch options tried in one process, each checked as above and then split at 2K and
 8K. A CONFIG is ``default`` or ``kernel:option=value,...`` joined by ``+`` (e.g.
 ``ut_factors_kernel:num_warps=8+chunk_output_kernel:num_stages=2``); ``kernel/FLAG=0|1:...``
@@ -160,6 +165,26 @@ def fla_split():
                                                         for e in rows if e.self_device_time_total > 0), flush=True)
 
 
+def time_long():
+    """The forward without gradients at B = 1, 128K and 1M tokens: time and peak memory."""
+    import triton
+    from bench_kernels import GDN, inputs
+    from hf_loglinear.levels import levels_for_length
+
+    for length in (1 << 17, 1 << 20):
+        x = inputs(1, length, **GDN, num_levels=levels_for_length(length), delta=True, dtype=dtype)
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        with torch.no_grad():
+            t = triton.testing.do_bench(lambda: loglinear_attention(*x[:5], beta=x[5], backend="triton",
+                                                                    output_final_state=True), return_mode="median")
+        peak = (torch.cuda.max_memory_allocated() - base) / 2**30
+        print(f"gdn fwd long T={length} B=1 L={levels_for_length(length)}: {t:.1f} ms, peak {peak:.2f} GiB", flush=True)
+        del x
+        torch.cuda.empty_cache()
+
+
 def time_anchor():
     import triton
 
@@ -183,8 +208,17 @@ if MODE == "sweep":
         if check(config):
             split(config, config)
     sys.exit(0)
+if MODE == "long":  # the check in segments of 256 tokens: a budget of 4 chunks of its recorded states
+    num_js = chunk_triton.inter_chunk_scans((1000 - 1) // 64 + 1, 12, 64)[0]
+    chunk_triton.DELTA_STATE_BUDGET = 4 * num_js * 2 * K * V * torch.tensor([], dtype=dtype).element_size()
+    whole, segments = chunk_triton._forward, []
+    chunk_triton._forward = lambda q, *a: segments.append(q.shape[1]) or whole(q, *a)
 if not check(sys.argv[1:]):
     sys.exit(1)
+if MODE == "long":
+    print("segments of the check:", segments, flush=True)
+    chunk_triton.DELTA_STATE_BUDGET, chunk_triton._forward = None, whole
+    time_long()
 if MODE == "time":
     time_anchor()
 if MODE == "split":

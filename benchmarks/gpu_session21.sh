@@ -45,5 +45,10 @@ d)  # carrying [".whl"]: the fp32 checks, which c's 120 s did not fit (their IEE
         > $OUT/fp32_checks.log 2>&1; note "fp32 dense check: rc $? (${SECONDS} s)" ) &
     wait
     grep -h "^ok\|^FAIL\|^check" $OUT/fp32_forward.log $OUT/fp32_checks.log | cut -c1-300 | tee -a $OUT/summary.log ;;
-*)  echo "usage: bash benchmarks/gpu_session21.sh a|b|c|d" >&2; exit 2 ;;
+e)  # carrying nothing (the session's last 245 s): the forward without gradients in segments
+    # (chunk_triton._forward_bounded): the check cut into 256-token segments, then 128K and 1M
+    # tokens at B = 1, time and peak memory
+    ours timeout 170 python benchmarks/debug_gdn_forward.py 192 384 bfloat16 long > $OUT/long.log 2>&1
+    note "long: rc $? (${SECONDS} s)"; grep "^ok\|^FAIL\|segments\|long" $OUT/long.log | tee -a $OUT/summary.log ;;
+*)  echo "usage: bash benchmarks/gpu_session21.sh a|b|c|d|e" >&2; exit 2 ;;
 esac

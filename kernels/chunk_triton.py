@@ -546,6 +546,49 @@ class _Backward:
         return tuple(self.rows.output(x, batch, length).to(like.dtype) for x, like in zip(grads, self.inputs))
 
 
+# Bytes the delta rule's recorded states may take in one forward without gradients; None: half
+# the device's free memory (CUDA), no bound elsewhere. See ``_forward_bounded``.
+DELTA_STATE_BUDGET: int | None = None
+
+
+def _forward_bounded(q, k, v, g, lam, beta, cu_seqlens, initial_state, output_final_state, chunk=CHUNK):
+    """``_forward`` without gradients, in consecutive segments when the delta rule's recorded
+    states would not fit the budget. Those states are [N, NC * NJ, H, K, V] (T log T: ~200 GB for
+    one row of 1M tokens at 6 x 192 / 384 in bf16), since every chunk reads its own per level;
+    a segment continues from the level state the previous one ends with (the ``initial_state``
+    path: exact, at the cost of the bucket scan and one host read per segment), so the buffer is
+    bounded by the segment. Dense rows only: packed documents would each need their own cut."""
+    seg = _segment_length(q, v, lam.shape[-1], beta, cu_seqlens, initial_state, chunk)
+    if seg is None:
+        return _forward(q, k, v, g, lam, beta, cu_seqlens, initial_state, output_final_state)
+    o = torch.empty_like(v)
+    state = initial_state
+    for s0 in range(0, q.shape[1], seg):
+        part = slice(s0, s0 + seg)
+        o[:, part], state = _forward(q[:, part], k[:, part], v[:, part], g[:, part], lam[:, part], beta[:, part],
+                                     None, state, True, chunk)
+    return o, (state if output_final_state else None)
+
+
+def _segment_length(q, v, num_levels, beta, cu_seqlens, initial_state, chunk):
+    """Tokens per segment of ``_forward_bounded`` (a multiple of the chunk), or None when the
+    whole input fits ``DELTA_STATE_BUDGET``: scalar decay records states linear in T, and packed
+    documents are not cut."""
+    if beta is None or cu_seqlens is not None:
+        return None
+    budget = DELTA_STATE_BUDGET
+    if budget is None:
+        if q.device.type != "cuda":
+            return None
+        budget = torch.cuda.mem_get_info(q.device)[0] // 2
+    batch, length = q.shape[:2]
+    start = 0 if initial_state is None else int(initial_state.position.max())  # host read, as the layout's
+    num_js = inter_chunk_scans((start + length - 1) // chunk + 1, num_levels, chunk)[0]
+    per_chunk = batch * num_js * v.shape[2] * q.shape[3] * v.shape[3] * _storage_dtype(q.dtype).itemsize
+    seg = max(1, budget // per_chunk) * chunk
+    return None if seg >= length else seg
+
+
 def _backward_scalar(q, k, v, g, lam, do, cu_seqlens, chunk=CHUNK):
     """Gradients of (q, k, v, g, lam) for scalar decay without initial or final state, dense
     rows or documents packed with ``cu_seqlens`` (each its own row of slots, as in the forward).
@@ -704,7 +747,7 @@ def chunk_loglinear_attention_triton(
 
     tensors = [q, k, v, g, level_weights, beta] + ([initial_state.levels] if initial_state is not None else [])
     if not (torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in tensors)):
-        return _forward(q, k, v, g, level_weights, beta, cu_seqlens, initial_state, output_final_state)
+        return _forward_bounded(q, k, v, g, level_weights, beta, cu_seqlens, initial_state, output_final_state)
     levels0 = None if initial_state is None else initial_state.levels
     pos0 = None if initial_state is None else initial_state.position
     o, levels, pos = _LogLinearAttention.apply(

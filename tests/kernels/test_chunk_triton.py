@@ -90,6 +90,44 @@ def test_delta_scan_key_tiles():
     assert _rel(o, o_ref) < 1e-10 and _rel(state.levels, state_ref.levels) < 1e-10
 
 
+@pytest.mark.parametrize("start", [None, (90, 200)])
+def test_delta_forward_in_segments(start, monkeypatch):
+    """Without gradients, a delta-rule input whose recorded states exceed ``DELTA_STATE_BUDGET``
+    runs as segments, each continuing from the level state the last one ends with. B = 2, T =
+    300, L = 10 (three scans, 2 x 3 x 2 x 24 x 16 float64 values a chunk): a budget of two chunks
+    cuts it into 128 + 128 + 44 tokens (crossing 256; the last not a multiple of the chunk), from
+    nothing and from initial states at unaligned positions 90 and 200. Output and final state
+    equal one pass and the float64 reference within 1e-10; with gradients it runs whole."""
+    from hf_loglinear.kernels import chunk_triton
+
+    x = _inputs(2, 300, 1, 2, 24, 16, 10, True, torch.float64, seed=40)
+    init = None
+    if start is not None:  # the level states each row's own prefix of that many tokens ends with
+        prefixes = [_inputs(1, n, 1, 2, 24, 16, 10, True, torch.float64, seed=41 + n) for n in start]
+        levels = [chunk_loglinear_attention(*p, output_final_state=True)[1].levels for p in prefixes]
+        init = LevelState(torch.cat(levels), torch.tensor(start))
+    whole, whole_state = chunk_loglinear_attention_triton(*x, initial_state=init, output_final_state=True)
+    ref, ref_state = chunk_loglinear_attention(*x, initial_state=init, output_final_state=True)
+    forward, seen = chunk_triton._forward, []
+
+    def spy(q, *args):
+        seen.append(q.shape[1])
+        return forward(q, *args)
+
+    monkeypatch.setattr(chunk_triton, "_forward", spy)
+    monkeypatch.setattr(chunk_triton, "DELTA_STATE_BUDGET", 2 * (2 * 3 * 2 * 24 * 16 * 8))
+    o, state = chunk_loglinear_attention_triton(*x, initial_state=init, output_final_state=True)
+    assert seen == [128, 128, 44]
+    assert _rel(o, whole) < 1e-10 and _rel(o, ref) < 1e-10
+    assert _rel(state.levels, whole_state.levels) < 1e-10 and _rel(state.levels, ref_state.levels) < 1e-10
+    assert torch.equal(state.position, ref_state.position)
+    assert chunk_loglinear_attention_triton(*x, initial_state=init)[1] is None
+    seen.clear()
+    leaves = [a.clone().requires_grad_() for a in x]
+    chunk_loglinear_attention_triton(*leaves, initial_state=init)
+    assert seen == [300]
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("key_dim", [192, 100])
 def test_delta_scan_padded(key_dim, dtype, monkeypatch):
