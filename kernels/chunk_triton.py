@@ -21,6 +21,8 @@ tokens to a multiple of the chunk when T is not one): no copies, no host synchro
 ``cu_seqlens`` or ``initial_state`` go through ``layout.make_layout``, the torch planner, which
 reads lengths and start positions on the host (one synchronisation per call) and gathers the
 tokens into position-aligned rows.
+Memory: the delta rule records a state per chunk and level (T log T); without gradients, a dense
+input whose states would exceed ``DELTA_STATE_BUDGET`` runs in segments (``_forward_bounded``).
 
 Gradients: without initial state or final-state output (dense rows or documents packed with
 ``cu_seqlens``: the training case), ``chunk_bwd_triton`` for scalar decay and
