@@ -12,9 +12,10 @@ Gamma[t, s] = exp(G_t - G_s) for s <= t::
     Pw     = (QK Ab) * Lambda                     [C, C]   the intra-chunk output is Pw v
 
 so the level scans read only k, W, U and the output kernel only Pw, Qt and v (``output_triton``).
-W's rows are stored zero-padded to WK (the scans' key tile) and, when K < WK, the keys too (``kp``,
-written by each group's first head): the scans' key loads then need no mask, and no copy pads
-them (two torch copies took ~0.25 ms of a 3.1 ms forward at 2K x 16, 192 / 384, on an H200).
+W's rows are stored WK wide (the scans' two key tiles, ``scan_triton.key_split``: 192 at K = 192,
+128 at K = 100), zero-padded past K, and when K < WK the keys too (``kp``, written by each
+group's first head): the scans' key loads then need no mask, and no torch copy pads them (two
+took ~0.25 ms of a 3.1 ms forward at 2K x 16, 192 / 384, on an H200).
 Lambda[t, s] = lambda_t at the level of (t, s) (``output_triton.level_weights``).
 
 A^-1 is built by block doubling: with X the inverse of the diagonal blocks of size s, the inverse

@@ -170,7 +170,7 @@ def _keys_times(kt, vt, e, K: tl.constexpr, BK: tl.constexpr, DOT: tl.constexpr,
     [C, BV] value side, so the loaded key tile goes to the tensor cores as it is, except for a
     masked key tile (K not a multiple of BK): there triton 3.6 on sm_90 faulted (out-of-range
     shared address, K = 192) on the loaded, masked, transposed bf16 operand, so those keys are
-    scaled in registers. (The delta scan loads keys padded in memory: never masked.)"""
+    scaled in registers. (The delta scans load theirs unmasked, ``_keys_t``.)"""
     if K % BK == 0:
         return mma(tl.trans(kt), vt * e[:, None], DOT, PREC, ACC)
     else:
