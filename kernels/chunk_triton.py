@@ -21,8 +21,8 @@ tokens to a multiple of the chunk when T is not one): no copies, no host synchro
 ``cu_seqlens`` or ``initial_state`` go through ``layout.make_layout``, the torch planner, which
 reads lengths and start positions on the host (one synchronisation per call) and gathers the
 tokens into position-aligned rows.
-Memory: the delta rule records a state per chunk and level (T log T); without gradients, a dense
-input whose states would exceed ``DELTA_STATE_BUDGET`` runs in segments (``_forward_bounded``).
+Memory: the delta rule records a state per chunk and level (T log T); a dense input whose states
+would exceed ``DELTA_STATE_BUDGET`` runs in segments (``_segments``), with or without gradients.
 
 Gradients: without initial state or final-state output (dense rows or documents packed with
 ``cu_seqlens``: the training case), ``chunk_bwd_triton`` for scalar decay and
@@ -548,49 +548,6 @@ class _Backward:
         return tuple(self.rows.output(x, batch, length).to(like.dtype) for x, like in zip(grads, self.inputs))
 
 
-# Bytes the delta rule's recorded states may take in one forward without gradients; None: half
-# the device's free memory (CUDA), no bound elsewhere. See ``_forward_bounded``.
-DELTA_STATE_BUDGET: int | None = None
-
-
-def _forward_bounded(q, k, v, g, lam, beta, cu_seqlens, initial_state, output_final_state, chunk=CHUNK):
-    """``_forward`` without gradients, in consecutive segments when the delta rule's recorded
-    states would not fit the budget. Those states are [N, NC * NJ, H, K, V] (T log T: ~200 GB for
-    one row of 1M tokens at 6 x 192 / 384 in bf16), since every chunk reads its own per level;
-    a segment continues from the level state the previous one ends with (the ``initial_state``
-    path: exact, at the cost of the bucket scan and one host read per segment), so the buffer is
-    bounded by the segment. Dense rows only: packed documents would each need their own cut."""
-    seg = _segment_length(q, v, lam.shape[-1], beta, cu_seqlens, initial_state, chunk)
-    if seg is None:
-        return _forward(q, k, v, g, lam, beta, cu_seqlens, initial_state, output_final_state)
-    o = torch.empty_like(v)
-    state = initial_state
-    for s0 in range(0, q.shape[1], seg):
-        part = slice(s0, s0 + seg)
-        o[:, part], state = _forward(q[:, part], k[:, part], v[:, part], g[:, part], lam[:, part], beta[:, part],
-                                     None, state, True, chunk)
-    return o, (state if output_final_state else None)
-
-
-def _segment_length(q, v, num_levels, beta, cu_seqlens, initial_state, chunk):
-    """Tokens per segment of ``_forward_bounded`` (a multiple of the chunk), or None when the
-    whole input fits ``DELTA_STATE_BUDGET``: scalar decay records states linear in T, and packed
-    documents are not cut."""
-    if beta is None or cu_seqlens is not None:
-        return None
-    budget = DELTA_STATE_BUDGET
-    if budget is None:
-        if q.device.type != "cuda":
-            return None
-        budget = torch.cuda.mem_get_info(q.device)[0] // 2
-    batch, length = q.shape[:2]
-    start = 0 if initial_state is None else int(initial_state.position.max())  # host read, as the layout's
-    num_js = inter_chunk_scans((start + length - 1) // chunk + 1, num_levels, chunk)[0]
-    per_chunk = batch * num_js * v.shape[2] * q.shape[3] * v.shape[3] * _storage_dtype(q.dtype).itemsize
-    seg = max(1, budget // per_chunk) * chunk
-    return None if seg >= length else seg
-
-
 def _backward_scalar(q, k, v, g, lam, do, cu_seqlens, chunk=CHUNK):
     """Gradients of (q, k, v, g, lam) for scalar decay without initial or final state, dense
     rows or documents packed with ``cu_seqlens`` (each its own row of slots, as in the forward).
@@ -742,17 +699,79 @@ class _LogLinearAttention(torch.autograd.Function):
         return (*result, None, None, None)
 
 
+# Bytes the delta rule's per-chunk level states may take in one call; None: half the device's
+# free memory (CUDA), no bound elsewhere. See ``_segments``.
+DELTA_STATE_BUDGET: int | None = None
+# Level-state-sized fp32 tensors autograd keeps per chunk when a segment's backward recomputes
+# through the torch chunked form (``chunk.chunk_loglinear_attention``): 5.6 measured with
+# saved-tensor hooks at K = 64, V = 128 (``test_torch_recompute_memory_per_chunk``).
+RECOMPUTE_STATES_PER_CHUNK = 6
+
+
 def chunk_loglinear_attention_triton(
     q, k, v, g, level_weights, beta=None, cu_seqlens=None, initial_state=None, output_final_state=False
 ):
+    tensors = [q, k, v, g, level_weights, beta] + ([initial_state.levels] if initial_state is not None else [])
+    grad = torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in tensors)
+    seg = _segment_length(q, v, level_weights.shape[-1], beta, cu_seqlens, initial_state, grad)
+    run = _differentiable if grad else _forward
+    if seg is None:
+        return run(q, k, v, g, level_weights, beta, cu_seqlens, initial_state, output_final_state)
+    return _segments((q, k, v, g, level_weights, beta), initial_state, output_final_state, seg, run)
+
+
+def _differentiable(q, k, v, g, lam, beta, cu_seqlens, initial_state, output_final_state):
+    """``_forward`` under autograd (``_LogLinearAttention``), with the final state as a LevelState."""
     from ..ops import LevelState
 
-    tensors = [q, k, v, g, level_weights, beta] + ([initial_state.levels] if initial_state is not None else [])
-    if not (torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in tensors)):
-        return _forward_bounded(q, k, v, g, level_weights, beta, cu_seqlens, initial_state, output_final_state)
     levels0 = None if initial_state is None else initial_state.levels
     pos0 = None if initial_state is None else initial_state.position
-    o, levels, pos = _LogLinearAttention.apply(
-        q, k, v, g, level_weights, beta, levels0, pos0, cu_seqlens, output_final_state
-    )
+    o, levels, pos = _LogLinearAttention.apply(q, k, v, g, lam, beta, levels0, pos0, cu_seqlens, output_final_state)
     return o, (LevelState(levels, pos) if output_final_state else None)
+
+
+def _segments(inputs, initial_state, output_final_state, seg, run):
+    """The delta rule over dense rows in consecutive segments of ``seg`` tokens, each continuing
+    from the level state the last one ends with (``run``: ``_forward``, or ``_differentiable``,
+    through which the gradient flows back along the chain of states). The delta rule keeps a
+    [K, V] state per chunk and level: T log T, ~200 GB for one row of 1M tokens at 6 x 192 / 384
+    in bf16 in the forward, more in the Triton backward. A segment bounds that by its own length;
+    exact (the ``initial_state`` path), at the cost of the bucket scan and one host read per
+    segment, and, with gradients, of the torch recomputation in each segment's backward."""
+    q, v = inputs[0], inputs[2]
+    o = torch.empty_like(v)
+    state = initial_state
+    for s0 in range(0, q.shape[1], seg):
+        part = [x[:, s0 : s0 + seg] for x in inputs]
+        o[:, s0 : s0 + seg], state = run(*part, None, state, True)
+    return o, (state if output_final_state else None)
+
+
+def _segment_length(q, v, num_levels, beta, cu_seqlens, initial_state, grad, chunk=CHUNK):
+    """Tokens per segment of ``_segments`` (a multiple of the chunk), or None when the delta
+    rule's per-chunk level states fit ``DELTA_STATE_BUDGET`` in one call: those the forward
+    records (``_Recorded``), and with gradients also the Triton backward's fp32 gradients of
+    them. Segments with gradients are sized for their backward's torch recomputation
+    (``RECOMPUTE_STATES_PER_CHUNK``). Scalar decay records states linear in T, and packed
+    documents are not cut."""
+    if beta is None or cu_seqlens is not None:
+        return None
+    budget = DELTA_STATE_BUDGET
+    if budget is None:
+        if q.device.type != "cuda":
+            return None
+        budget = torch.cuda.mem_get_info(q.device)[0] // 2
+    batch, length = q.shape[:2]
+    start = 0 if initial_state is None else int(initial_state.position.max())  # host read, as the layout's
+    num_js = inter_chunk_scans((start + length - 1) // chunk + 1, num_levels, chunk)[0]
+    state = batch * v.shape[2] * q.shape[3] * v.shape[3]  # values of one [K, V] state per row and head
+    stored, acc = _storage_dtype(q.dtype).itemsize, (8 if q.dtype == torch.float64 else 4)
+    per_chunk = num_js * stored * state
+    if grad:
+        per_chunk += (num_js + 2) * acc * state  # the backward's dstates
+    if per_chunk * -(-length // chunk) <= budget:
+        return None
+    if grad:
+        per_chunk = RECOMPUTE_STATES_PER_CHUNK * num_levels * acc * state
+    seg = max(1, budget // per_chunk) * chunk
+    return None if seg >= length else seg

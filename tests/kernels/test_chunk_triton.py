@@ -90,24 +90,21 @@ def test_delta_scan_key_tiles():
     assert _rel(o, o_ref) < 1e-10 and _rel(state.levels, state_ref.levels) < 1e-10
 
 
-@pytest.mark.parametrize("start", [None, (90, 200)])
-def test_delta_forward_in_segments(start, monkeypatch):
-    """Without gradients, a delta-rule input whose recorded states exceed ``DELTA_STATE_BUDGET``
-    runs as segments, each continuing from the level state the last one ends with. B = 2, T =
-    300, L = 10 (three scans, 2 x 3 x 2 x 24 x 16 float64 values a chunk): a budget of two chunks
-    cuts it into 128 + 128 + 44 tokens (crossing 256; the last not a multiple of the chunk), from
-    nothing and from initial states at unaligned positions 90 and 200. Output and final state
-    equal one pass and the float64 reference within 1e-10; with gradients it runs whole."""
+def _segment_inputs(start):
+    """B = 2, T = 300, L = 10 delta-rule inputs in float64 (three scans; 2 x 2 x 24 x 16 values a
+    state), and None or level states at positions ``start`` from each row's own prefix."""
+    x = _inputs(2, 300, 1, 2, 24, 16, 10, True, torch.float64, seed=40)
+    if start is None:
+        return x, None
+    prefixes = [_inputs(1, n, 1, 2, 24, 16, 10, True, torch.float64, seed=41 + n) for n in start]
+    levels = [chunk_loglinear_attention(*p, output_final_state=True)[1].levels for p in prefixes]
+    return x, LevelState(torch.cat(levels), torch.tensor(start))
+
+
+def _count_segments(monkeypatch, budget):
+    """Set ``DELTA_STATE_BUDGET`` and record the length of every ``_forward`` call."""
     from hf_loglinear.kernels import chunk_triton
 
-    x = _inputs(2, 300, 1, 2, 24, 16, 10, True, torch.float64, seed=40)
-    init = None
-    if start is not None:  # the level states each row's own prefix of that many tokens ends with
-        prefixes = [_inputs(1, n, 1, 2, 24, 16, 10, True, torch.float64, seed=41 + n) for n in start]
-        levels = [chunk_loglinear_attention(*p, output_final_state=True)[1].levels for p in prefixes]
-        init = LevelState(torch.cat(levels), torch.tensor(start))
-    whole, whole_state = chunk_loglinear_attention_triton(*x, initial_state=init, output_final_state=True)
-    ref, ref_state = chunk_loglinear_attention(*x, initial_state=init, output_final_state=True)
     forward, seen = chunk_triton._forward, []
 
     def spy(q, *args):
@@ -115,17 +112,82 @@ def test_delta_forward_in_segments(start, monkeypatch):
         return forward(q, *args)
 
     monkeypatch.setattr(chunk_triton, "_forward", spy)
-    monkeypatch.setattr(chunk_triton, "DELTA_STATE_BUDGET", 2 * (2 * 3 * 2 * 24 * 16 * 8))
+    monkeypatch.setattr(chunk_triton, "DELTA_STATE_BUDGET", budget)
+    return seen
+
+
+@pytest.mark.parametrize("start", [None, (90, 200)])
+def test_delta_forward_in_segments(start, monkeypatch):
+    """Without gradients, a delta-rule input whose recorded states exceed ``DELTA_STATE_BUDGET``
+    runs as segments, each continuing from the level state the last one ends with: a budget of
+    two chunks' states (3 scans x 2 x 2 x 24 x 16 float64 values) cuts T = 300 into 128 + 128 + 44
+    tokens (crossing 256; the last not a multiple of the chunk), from nothing and from initial
+    states at unaligned positions 90 and 200. Output and final state equal one pass and the
+    float64 reference within 1e-10."""
+    x, init = _segment_inputs(start)
+    whole, whole_state = chunk_loglinear_attention_triton(*x, initial_state=init, output_final_state=True)
+    ref, ref_state = chunk_loglinear_attention(*x, initial_state=init, output_final_state=True)
+    seen = _count_segments(monkeypatch, 2 * (3 * 2 * 2 * 24 * 16 * 8))
     o, state = chunk_loglinear_attention_triton(*x, initial_state=init, output_final_state=True)
     assert seen == [128, 128, 44]
     assert _rel(o, whole) < 1e-10 and _rel(o, ref) < 1e-10
     assert _rel(state.levels, whole_state.levels) < 1e-10 and _rel(state.levels, ref_state.levels) < 1e-10
     assert torch.equal(state.position, ref_state.position)
     assert chunk_loglinear_attention_triton(*x, initial_state=init)[1] is None
-    seen.clear()
-    leaves = [a.clone().requires_grad_() for a in x]
-    chunk_loglinear_attention_triton(*leaves, initial_state=init)
-    assert seen == [300]
+
+
+@pytest.mark.parametrize("start", [None, (90, 200)])
+def test_delta_gradients_in_segments(start, monkeypatch):
+    """With gradients the budget also counts the Triton backward's fp32 state gradients (5 per
+    chunk here: 3 x 8 + 5 x 8 bytes a value, 5 chunks, over a budget of 2 chunks' recorded states),
+    and a segment is sized for its backward's torch recomputation (``RECOMPUTE_STATES_PER_CHUNK``
+    level states of 10 levels a chunk: more than the budget, so one chunk a segment, 4 x 64 + 44).
+    Output, final state and the gradients of every input and of the initial levels, through the
+    chain of segment states, equal the float64 torch form's within 1e-10."""
+    x, init = _segment_inputs(start)
+    gen = torch.Generator().manual_seed(7)
+    do, dfinal = torch.randn(2, 300, 2, 16, generator=gen, dtype=torch.float64), None
+
+    def grads(fn):
+        leaves = [a.clone().requires_grad_() for a in x]
+        state = None if init is None else LevelState(init.levels.clone().requires_grad_(), init.position)
+        o, final = fn(*leaves, initial_state=state, output_final_state=True)
+        nonlocal dfinal
+        dfinal = torch.randn(final.levels.shape, generator=gen, dtype=torch.float64) if dfinal is None else dfinal
+        wrt = leaves + ([] if state is None else [state.levels])
+        return [o, final.levels, *torch.autograd.grad([o, final.levels], wrt, [do, dfinal])]
+
+    ref = grads(chunk_loglinear_attention)
+    seen = _count_segments(monkeypatch, 2 * (3 * 2 * 2 * 24 * 16 * 8))
+    got = grads(chunk_loglinear_attention_triton)
+    assert seen == [64, 64, 64, 64, 44]
+    for a, b in zip(got, ref):
+        assert _rel(a, b) < 1e-10
+
+
+def test_torch_recompute_memory_per_chunk():
+    """What ``RECOMPUTE_STATES_PER_CHUNK`` sizes segments with: the bytes autograd keeps for the
+    torch chunked form's backward (the recomputation a segment's backward runs, from a state and
+    with the final state out), counted with saved-tensor hooks (each storage once), grow by at most
+    that many fp32 level states ([L, K, V] per row and head) per chunk: 512 -> 1024 tokens at
+    L = 10, K = 64, V = 128, one head, where the states dominate (5.6 measured)."""
+    from hf_loglinear.kernels.chunk_triton import RECOMPUTE_STATES_PER_CHUNK
+
+    def saved(length):
+        x = [a.float().requires_grad_() for a in _inputs(1, length, 1, 1, 64, 128, 10, True, torch.float64, seed=3)]
+        init = LevelState(torch.zeros(1, 1, 10, 64, 128, requires_grad=True), torch.tensor([5000]))
+        storages = {}
+
+        def pack(t):
+            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            chunk_loglinear_attention(*x, initial_state=init, output_final_state=True)
+        return sum(storages.values())
+
+    per_chunk = (saved(1024) - saved(512)) / 8 / (10 * 64 * 128 * 4)
+    assert 4 < per_chunk <= RECOMPUTE_STATES_PER_CHUNK
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
