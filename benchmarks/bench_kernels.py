@@ -241,20 +241,23 @@ def time_fla(variant, x, shape, length):
     return res
 
 
-def time_long(lengths):
-    """Log-linear Mamba-2 alone at B = 1 for long T: fwd and fwd+bwd time and peak memory (the
-    recorded states are linear in T under scalar decay; the target asks for 1M tokens)."""
+def time_long(lengths, variants):
+    """Ours alone at B = 1 for long T: fwd and fwd+bwd time and peak memory (the target asks for
+    1M tokens; under scalar decay the recorded states are linear in T, under the delta rule a
+    long input runs in segments, ``chunk_triton._segments``). do_bench calls a slow fwd+bwd about
+    eight times: the GDN's at 1M, whose segments' backwards recompute through torch, takes minutes."""
     res = {}
-    for length in lengths:
-        num_levels = levels_for_length(length)
-        try:
-            time_ours(res, "mamba2", MAMBA2, 1, length, num_levels)
-        except torch.OutOfMemoryError as e:
-            log(f"long T={length}: out of memory: {str(e)[:160]}")
-        for key, (t, peak) in res.items():
-            if key[1] == f"ours L={num_levels}":
-                log(f"long T={length} {key[2]}: {t:.1f} ms, peak {peak:.2f} GiB")
-        torch.cuda.empty_cache()
+    for variant in variants:
+        for length in lengths:
+            num_levels = levels_for_length(length)
+            try:
+                time_ours(res, variant, MAMBA2 if variant == "mamba2" else GDN, 1, length, num_levels)
+            except torch.OutOfMemoryError as e:
+                log(f"long {variant} T={length}: out of memory: {str(e)[:160]}")
+            for key, (t, peak) in res.items():
+                if key[:2] == (variant, f"ours L={num_levels}"):
+                    log(f"long {variant} T={length} {key[2]}: {t:.1f} ms, peak {peak:.2f} GiB")
+            torch.cuda.empty_cache()
     return res
 
 
@@ -405,7 +408,7 @@ def main():
     parser.add_argument("--lengths", default="2048,8192,16384,32768,65536")
     parser.add_argument("--skip-checks", action="store_true", help="timings only (the checks were run before)")
     parser.add_argument("--smoke", action="store_true", help="the checks only, tiny shapes on CPU (TRITON_INTERPRET=1)")
-    parser.add_argument("--long", default="", help="comma-separated T for log-linear Mamba-2 alone at B = 1 (e.g. 1048576)")
+    parser.add_argument("--long", default="", help="comma-separated T for ours alone at B = 1 (e.g. 1048576), for each of --variants")
     parser.add_argument("--skip-decode", action="store_true", help="no decode-step table")
     parser.add_argument("--variants", default="mamba2,gdn", help="which of mamba2,gdn to check and time")
     parser.add_argument("--profile", default="", help="comma-separated T: per-kernel time of a Mamba-2 fwd+bwd / GDN fwd and fwd+bwd (--variants), then exit")
@@ -447,7 +450,7 @@ def main():
         for key, (t, peak) in timings[length].items():
             log(f"  {key}: {t:.3f} ms, peak {peak:.2f} GiB")
     if args.long:
-        time_long([int(t) for t in args.long.split(",")])
+        time_long([int(t) for t in args.long.split(",")], args.variants.split(","))
     dec = None if args.skip_decode else decode(args.quick)
 
     lines = ["| check | T | L | dtype | max rel. error per tensor |", "|---|---|---|---|---|", *ROWS, ""]
