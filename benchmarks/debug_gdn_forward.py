@@ -209,7 +209,7 @@ if MODE == "sweep":
             split(config, config)
     sys.exit(0)
 if MODE == "long":  # the check in segments of 256 tokens: a budget of 4 chunks of its recorded states
-    num_js = chunk_triton.inter_chunk_scans((1000 - 1) // 64 + 1, 12, 64)[0]
+    num_js = chunk_triton.inter_chunk_scans(-(-1000 // 64) - 1, 12, 64)[0]
     chunk_triton.DELTA_STATE_BUDGET = 4 * num_js * 2 * K * V * torch.tensor([], dtype=dtype).element_size()
     whole, segments = chunk_triton._forward, []
     chunk_triton._forward = lambda q, *a: segments.append(q.shape[1]) or whole(q, *a)

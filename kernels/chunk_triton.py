@@ -762,8 +762,9 @@ def _segment_length(q, v, num_levels, beta, cu_seqlens, initial_state, grad, chu
             return None
         budget = torch.cuda.mem_get_info(q.device)[0] // 2
     batch, length = q.shape[:2]
-    start = 0 if initial_state is None else int(initial_state.position.max())  # host read, as the layout's
-    num_js = inter_chunk_scans((start + length - 1) // chunk + 1, num_levels, chunk)[0]
+    # from a state, positions are not read here (no host synchronisation): every scan counts
+    last_chunk = -(-length // chunk) - 1 if initial_state is None else 1 << 62
+    num_js = inter_chunk_scans(last_chunk, num_levels, chunk)[0]
     state = batch * v.shape[2] * q.shape[3] * v.shape[3]  # values of one [K, V] state per row and head
     stored, acc = _storage_dtype(q.dtype).itemsize, (8 if q.dtype == torch.float64 else 4)
     per_chunk = num_js * stored * state
