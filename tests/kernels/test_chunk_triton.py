@@ -136,6 +136,24 @@ def test_delta_forward_in_segments(start, monkeypatch):
     assert chunk_loglinear_attention_triton(*x, initial_state=init)[1] is None
 
 
+def test_delta_forward_in_segments_bf16(monkeypatch):
+    """The same cut from states at 90 / 200 with bf16 q, k, v (decay, level weights, beta and the
+    level states fp32), as a model's prefill runs it: the recorded states bf16 (a budget of two
+    chunks' is 3 x 2 x 2 x 24 x 16 x 2 bytes each), the level state handed between segments fp32.
+    Output and final state within 2e-2 of the float64 form on the same rounded inputs (the delta
+    rule's other bf16 tests' tolerance; measured 1.1e-2 / 3.3e-3, one pass 1.1e-2 / 4.1e-3: the
+    cut adds no error)."""
+    x, init = _segment_inputs((90, 200))
+    x = [a.to(torch.bfloat16) if i < 3 else a.float() for i, a in enumerate(x)]
+    init = LevelState(init.levels.float(), init.position)
+    seen = _count_segments(monkeypatch, 2 * (3 * 2 * 2 * 24 * 16 * 2))
+    o, state = chunk_loglinear_attention_triton(*x, initial_state=init, output_final_state=True)
+    ref, ref_state = chunk_loglinear_attention(*[a.double() for a in x], initial_state=LevelState(init.levels.double(), init.position),
+                                               output_final_state=True)
+    assert seen == [128, 128, 44] and o.dtype == torch.bfloat16
+    assert _rel(o.double(), ref) < 2e-2 and _rel(state.levels.double(), ref_state.levels) < 2e-2
+
+
 @pytest.mark.parametrize("start", [None, (90, 200)])
 def test_delta_gradients_in_segments(start, monkeypatch):
     """With gradients the budget also counts the Triton backward's fp32 state gradients (5 per
