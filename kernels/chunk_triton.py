@@ -756,11 +756,6 @@ def _segment_length(q, v, num_levels, beta, cu_seqlens, initial_state, grad, chu
     documents are not cut."""
     if beta is None or cu_seqlens is not None:
         return None
-    budget = DELTA_STATE_BUDGET
-    if budget is None:
-        if q.device.type != "cuda":
-            return None
-        budget = torch.cuda.mem_get_info(q.device)[0] // 2
     batch, length = q.shape[:2]
     # from a state, positions are not read here (no host synchronisation): every scan counts
     last_chunk = -(-length // chunk) - 1 if initial_state is None else 1 << 62
@@ -770,7 +765,15 @@ def _segment_length(q, v, num_levels, beta, cu_seqlens, initial_state, grad, chu
     per_chunk = num_js * stored * state
     if grad:
         per_chunk += (num_js + 2) * acc * state  # the backward's dstates
-    if per_chunk * -(-length // chunk) <= budget:
+    whole = per_chunk * -(-length // chunk)
+    budget = DELTA_STATE_BUDGET
+    if budget is None:
+        if q.device.type != "cuda":
+            return None
+        if whole <= torch.cuda.get_device_properties(q.device).total_memory // 8:
+            return None  # far inside any bound: no driver query of the free memory on every call
+        budget = torch.cuda.mem_get_info(q.device)[0] // 2
+    if whole <= budget:
         return None
     if grad:
         per_chunk = RECOMPUTE_STATES_PER_CHUNK * num_levels * acc * state
