@@ -393,7 +393,8 @@ def _prefix_delta_scan(factors, args, consts, dot, num_row_heads, buckets):
     """The delta rule's prefix states (``scan_triton.prefix_scan_delta_kernel``) for rows that
     start at chunk 0 with nothing before them: the plain recurrence, then one program per
     boundary with readers after it (the top's windows after the first, the middles of the buckets
-    of levels 1 and up), on the bucket scan's k and W (``_prefix_scan_tiles``)."""
+    of levels 1 and up), on the bucket scan's k and W, with launch options of its own
+    (``_prefix_scan_tiles``)."""
     g_cum, states, slots, nc, num_js, num_slots, top_exp = args[:2] + args[6:]
     k, w = factors.k, factors.w
     # windows of one chunk (top_exp 0) and level 0's buckets have no reader past their boundary
