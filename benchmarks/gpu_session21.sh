@@ -46,7 +46,7 @@ d)  # carrying [".whl"]: the fp32 checks, which c's 120 s did not fit (their IEE
     wait
     grep -h "^ok\|^FAIL\|^check" $OUT/fp32_forward.log $OUT/fp32_checks.log | cut -c1-300 | tee -a $OUT/summary.log ;;
 e)  # carrying nothing (the session's last 245 s): the forward without gradients in segments
-    # (chunk_triton._forward_bounded): the check cut into 256-token segments, then 128K and 1M
+    # (chunk_triton._segments, then named _forward_bounded): the check cut into 256-token segments, then 128K and 1M
     # tokens at B = 1, time and peak memory
     ours timeout 170 python benchmarks/debug_gdn_forward.py 192 384 bfloat16 long > $OUT/long.log 2>&1
     note "long: rc $? (${SECONDS} s)"; grep "^ok\|^FAIL\|segments\|long" $OUT/long.log | tee -a $OUT/summary.log ;;

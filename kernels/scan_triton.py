@@ -67,9 +67,18 @@ def state_tile(pid_nh, pid_v, H: tl.constexpr, G: tl.constexpr, K: tl.constexpr,
     """Row, head, q/k group, and the key / value offsets and masks of the [BK, BV] state tile of
     program (row x head ``pid_nh``, value tile ``pid_v``)."""
     row, h = pid_nh // H, pid_nh % H
-    dk, dv = tl.arange(0, BK), pid_v * BV + tl.arange(0, BV)
-    km, vm = dk < K, dv < V
-    return row, h, h // (H // G), dk, dv, km, vm, dk[:, None] * V + dv[None, :], km[:, None] & vm[None, :]
+    dv = pid_v * BV + tl.arange(0, BV)
+    vm = dv < V
+    dk, km, hv, hvm = _key_rows(0, K, V, dv, vm, BK)
+    return row, h, h // (H // G), dk, dv, km, vm, hv, hvm
+
+
+@triton.jit
+def _key_rows(k0, K: tl.constexpr, V: tl.constexpr, dv, vm, BKR: tl.constexpr):
+    """(key offsets, their mask, offsets in a [K, V] state, that mask) of a [BKR, BV] state tile
+    from key k0 over value offsets ``dv`` (mask ``vm``)."""
+    dk, km = key_tile(k0, K, BKR)
+    return dk, km, dk[:, None] * V + dv[None, :], km[:, None] & vm[None, :]
 
 
 @triton.jit
@@ -385,27 +394,19 @@ def key_split(n: int) -> tuple[int, int]:
 
 
 @triton.jit
-def _key_rows(k0, K: tl.constexpr, V: tl.constexpr, dv, vm, BKR: tl.constexpr):
-    """(key offsets, offsets in a [K, V] state, their mask) of a [BKR, BV] tile from key k0."""
-    dk = k0 + tl.arange(0, BKR)
-    return dk, dk[:, None] * V + dv[None, :], (dk < K)[:, None] & vm[None, :]
-
-
-@triton.jit
 def delta_tile(pid_nh, pid_v, H: tl.constexpr, G: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
                KA: tl.constexpr, KB: tl.constexpr, BV: tl.constexpr):
-    """Row, head, q/k group, value offsets and mask of program (row x head ``pid_nh``, value tile
-    ``pid_v``) of a delta scan, and ``tile``: ``_key_rows`` of its state's two key tiles (with
-    KB = 0 the second repeats the first and is never read)."""
-    row, h = pid_nh // H, pid_nh % H
-    dv = pid_v * BV + tl.arange(0, BV)
-    vm = dv < V
-    first = _key_rows(0, K, V, dv, vm, KA)
+    """``state_tile`` of a delta scan's program, its state as two key tiles: row, head, q/k
+    group, value offsets and mask, and ``tile``: (key offsets, offsets in a [K, V] state, their
+    mask) of each (with KB = 0 the second repeats the first and is never read)."""
+    row, h, grp, dk, dv, _, vm, hv, hvm = state_tile(pid_nh, pid_v, H, G, K, V, KA, BV)
+    first = (dk, hv, hvm)
     if KB > 0:
-        second = _key_rows(KA, K, V, dv, vm, KB)
+        dkb, _, hvb, hvmb = _key_rows(KA, K, V, dv, vm, KB)
+        second = (dkb, hvb, hvmb)
     else:
         second = first
-    return row, h, h // (H // G), dv, vm, (first, second)
+    return row, h, grp, dv, vm, (first, second)
 
 
 # A delta-scan state is a pair of key tiles (``key_split``): [KA, BV] and [KB, BV], the second a
