@@ -140,13 +140,24 @@ def check_dense(name, shape, length, num_levels, cu_seqlens=None, delta=False):
         ROWS.append(f"| {name} | {length} | {num_levels} | {str(dtype)[6:]} {kind} (Triton bwd) | {text} |")
 
 
-def bench(fn, reps_ms=200):
+def bench(fn, reps_ms=200, slow_ms=2000):
+    """(median ms, peak extra GiB) of ``fn``. After a warm-up call (it compiles), a call slower than
+    ``slow_ms`` (the delta rule's training segments at 1M tokens) is the time, one call measured
+    with CUDA events, instead of do_bench's dozens of calls."""
     import triton
 
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
-    t = triton.testing.do_bench(fn, warmup=25, rep=reps_ms, return_mode="median")
+    fn()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    fn()
+    end.record()
+    torch.cuda.synchronize()
+    t = start.elapsed_time(end)
+    if t <= slow_ms:
+        t = triton.testing.do_bench(fn, warmup=25, rep=reps_ms, return_mode="median")
     peak = (torch.cuda.max_memory_allocated() - base) / 2**30
     return t, peak
 
@@ -244,12 +255,20 @@ def time_fla(variant, x, shape, length):
 def time_long(lengths, variants):
     """Ours alone at B = 1 for long T: fwd and fwd+bwd time and peak memory (the target asks for
     1M tokens; under scalar decay the recorded states are linear in T, under the delta rule a
-    long input runs in segments, ``chunk_triton._segments``). do_bench calls a slow fwd+bwd about
-    eight times: the GDN's at 1M, whose segments' backwards recompute through torch, takes minutes."""
+    long input runs in segments, ``kernels/segments.py``, timed with one call when slow:
+    ``bench``)."""
     res = {}
     for variant in variants:
         for length in lengths:
             num_levels = levels_for_length(length)
+            if variant == "gdn":
+                from hf_loglinear.kernels import segments
+
+                x = torch.empty(1, length, GDN["groups"], GDN["key_dim"], device="cuda", dtype=torch.bfloat16)
+                v = torch.empty(1, length, GDN["heads"], GDN["value_dim"], device="cuda", dtype=torch.bfloat16)
+                seg = [segments.segment_length(x, v, num_levels, v[..., 0], None, None, grad, False, 64) for grad in (False, True)]
+                log(f"long gdn T={length}: segments of {seg[0]} tokens without gradients, {seg[1]} with (None: one pass)")
+                del x, v
             try:
                 time_ours(res, variant, MAMBA2 if variant == "mamba2" else GDN, 1, length, num_levels)
             except torch.OutOfMemoryError as e:
@@ -357,7 +376,7 @@ def graphed_time(step, steps=20):
         return float("nan")
 
 
-GDN_CASES = ("dense", "packed", "init", "varlen")
+GDN_CASES = ("dense", "packed", "init", "varlen", "segments")
 
 
 def run_checks(quick, smoke=False, variants=("mamba2", "gdn"), gdn_cases=GDN_CASES):
@@ -385,6 +404,24 @@ def run_checks(quick, smoke=False, variants=("mamba2", "gdn"), gdn_cases=GDN_CAS
         check("gdn", gdn, 512 // scale, True, 12)
     if "varlen" in gdn_cases:
         check("gdn", gdn, 400 // scale, True, 4, varlen=True)
+    if "segments" in gdn_cases:
+        check_segments(gdn, 200 if smoke else 1000, 12)
+
+
+def check_segments(shape, length, num_levels):
+    """The dense check with ``segments.DELTA_STATE_BUDGET`` forced down to one byte, so that the
+    input runs in training segments of one chunk (``kernels/segments.py``: each fresh through the
+    Triton kernels, the carried level states read and handed on in torch), at a length the float64
+    reference fits."""
+    from hf_loglinear.kernels import segments
+
+    segments.DELTA_STATE_BUDGET = 1
+    try:
+        x = inputs(1, length, **shape, num_levels=num_levels, delta=True, dtype=torch.bfloat16)
+        seg = segments.segment_length(x[0], x[2], num_levels, x[5], None, None, True, False, 64)
+        check_dense(f"gdn segments of {seg}", shape, length, num_levels, delta=True)
+    finally:
+        segments.DELTA_STATE_BUDGET = None
 
 
 def smoke():
@@ -409,6 +446,9 @@ def main():
     parser.add_argument("--skip-checks", action="store_true", help="timings only (the checks were run before)")
     parser.add_argument("--smoke", action="store_true", help="the checks only, tiny shapes on CPU (TRITON_INTERPRET=1)")
     parser.add_argument("--long", default="", help="comma-separated T for ours alone at B = 1 (e.g. 1048576), for each of --variants")
+    parser.add_argument("--delta-state-budget", type=float, default=None,
+                        help="GiB for segments.DELTA_STATE_BUDGET in the timings (default: half the free memory), "
+                             "e.g. 1000 to time a long delta-rule input in one pass rather than in segments")
     parser.add_argument("--skip-decode", action="store_true", help="no decode-step table")
     parser.add_argument("--variants", default="mamba2,gdn", help="which of mamba2,gdn to check and time")
     parser.add_argument("--profile", default="", help="comma-separated T: per-kernel time of a Mamba-2 fwd+bwd / GDN fwd and fwd+bwd (--variants), then exit")
@@ -441,6 +481,11 @@ def main():
     if FAILED:
         print("\n".join(["CHECKS FAILED:", *FAILED]), flush=True)
         return 1
+    if args.delta_state_budget is not None:
+        from hf_loglinear.kernels import segments
+
+        segments.DELTA_STATE_BUDGET = int(args.delta_state_budget * 2**30)
+        log(f"DELTA_STATE_BUDGET {args.delta_state_budget} GiB")
     timings = {}
     lengths = (2048, 16384, 65536) if args.quick else [int(t) for t in args.lengths.split(",") if t]
     for length in lengths:

@@ -20,7 +20,7 @@ kernel (torch.profiler). Events are recorded on the current stream: right for th
 forward, not for the bucket scan's top, which runs on a side stream (rows from an initial
 state); the decay kernel (decay_triton) is not split out.
 ``long``: the check with the forward cut into segments of 256 tokens
-(``chunk_triton.DELTA_STATE_BUDGET`` forced down; each segment continues from the last one's
+(``segments.DELTA_STATE_BUDGET`` forced down; each segment continues from the last one's
 level state), then the forward alone without gradients at B = 1 for T = 128K and 1M
 (``levels_for_length``): median time and peak memory, the recorded states bounded by half the
 free memory (the default budget).
@@ -209,15 +209,17 @@ if MODE == "sweep":
             split(config, config)
     sys.exit(0)
 if MODE == "long":  # the check in segments of 256 tokens: a budget of 4 chunks of its recorded states
+    from hf_loglinear.kernels import segments as cut
+
     num_js = chunk_triton.inter_chunk_scans(-(-1000 // 64) - 1, 12, 64)[0]
-    chunk_triton.DELTA_STATE_BUDGET = 4 * num_js * 2 * K * V * torch.tensor([], dtype=dtype).element_size()
+    cut.DELTA_STATE_BUDGET = 4 * num_js * 2 * K * V * torch.tensor([], dtype=dtype).element_size()
     whole, segments = chunk_triton._forward, []
     chunk_triton._forward = lambda q, *a: segments.append(q.shape[1]) or whole(q, *a)
 if not check(sys.argv[1:]):
     sys.exit(1)
 if MODE == "long":
     print("segments of the check:", segments, flush=True)
-    chunk_triton.DELTA_STATE_BUDGET, chunk_triton._forward = None, whole
+    cut.DELTA_STATE_BUDGET, chunk_triton._forward = None, whole
     time_long()
 if MODE == "time":
     time_anchor()

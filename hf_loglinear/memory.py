@@ -11,7 +11,7 @@ Everything is counted from the config, exactly as the code allocates it:
   of 64 read (in the input dtype), the largest working buffer of prefill: under the delta rule
   one per chunk and level (T log T; what one pass takes: a dense prefill whose buffer would
   exceed half the free device memory runs in segments bounded by it,
-  ``kernels/chunk_triton._segments``), under scalar decay one per run of chunks reading
+  ``kernels/segments.py``), under scalar decay one per run of chunks reading
   the same state (``levels.scan_slot_sizes``: about one per chunk, linear in T);
 - Mamba-2 / Gated DeltaNet: one K x V state per head and layer (fp32) plus conv states;
 - Transformer: keys and values of every position, layer and KV head (the input dtype);

@@ -22,7 +22,8 @@ tokens to a multiple of the chunk when T is not one): no copies, no host synchro
 reads lengths and start positions on the host (one synchronisation per call) and gathers the
 tokens into position-aligned rows.
 Memory: the delta rule records a state per chunk and level (T log T); a dense input whose states
-would exceed ``DELTA_STATE_BUDGET`` runs in segments (``_segments``), with or without gradients.
+would exceed ``segments.DELTA_STATE_BUDGET`` runs in segments (``segments.py``), with or without
+gradients.
 
 Gradients: without initial state or final-state output (dense rows or documents packed with
 ``cu_seqlens``: the training case), ``chunk_bwd_triton`` for scalar decay and
@@ -59,6 +60,7 @@ from .intra_triton import ut_factors_kernel
 from .layout import make_layout
 from .output_triton import chunk_output_kernel
 from .scan_triton import block_size, key_split, level_scan_delta_kernel, level_scan_kernel, prefix_scan_delta_kernel
+from .segments import in_segments, segment_length
 
 CHUNK = 64
 
@@ -700,25 +702,17 @@ class _LogLinearAttention(torch.autograd.Function):
         return (*result, None, None, None)
 
 
-# Bytes the delta rule's per-chunk level states may take in one call; None: half the device's
-# free memory (CUDA), no bound elsewhere. See ``_segments``.
-DELTA_STATE_BUDGET: int | None = None
-# Level-state-sized fp32 tensors autograd keeps per chunk when a segment's backward recomputes
-# through the torch chunked form (``chunk.chunk_loglinear_attention``): 5.6 measured with
-# saved-tensor hooks at K = 64, V = 128 (``test_torch_recompute_memory_per_chunk``).
-RECOMPUTE_STATES_PER_CHUNK = 6
-
-
 def chunk_loglinear_attention_triton(
     q, k, v, g, level_weights, beta=None, cu_seqlens=None, initial_state=None, output_final_state=False
 ):
     tensors = [q, k, v, g, level_weights, beta] + ([initial_state.levels] if initial_state is not None else [])
     grad = torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in tensors)
-    seg = _segment_length(q, v, level_weights.shape[-1], beta, cu_seqlens, initial_state, grad)
-    run = _differentiable if grad else _forward
+    seg = segment_length(q, v, level_weights.shape[-1], beta, cu_seqlens, initial_state, grad, output_final_state, CHUNK)
     if seg is None:
+        run = _differentiable if grad else _forward
         return run(q, k, v, g, level_weights, beta, cu_seqlens, initial_state, output_final_state)
-    return _segments((q, k, v, g, level_weights, beta), initial_state, output_final_state, seg, run)
+    inputs = (q, k, v, g, level_weights, beta)
+    return in_segments(inputs, initial_state, output_final_state, seg, grad, _forward, _differentiable)
 
 
 def _differentiable(q, k, v, g, lam, beta, cu_seqlens, initial_state, output_final_state):
@@ -729,54 +723,3 @@ def _differentiable(q, k, v, g, lam, beta, cu_seqlens, initial_state, output_fin
     pos0 = None if initial_state is None else initial_state.position
     o, levels, pos = _LogLinearAttention.apply(q, k, v, g, lam, beta, levels0, pos0, cu_seqlens, output_final_state)
     return o, (LevelState(levels, pos) if output_final_state else None)
-
-
-def _segments(inputs, initial_state, output_final_state, seg, run):
-    """The delta rule over dense rows in consecutive segments of ``seg`` tokens, each continuing
-    from the level state the last one ends with (``run``: ``_forward``, or ``_differentiable``,
-    through which the gradient flows back along the chain of states). The delta rule keeps a
-    [K, V] state per chunk and level: T log T, ~200 GB for one row of 1M tokens at 6 x 192 / 384
-    in bf16 in the forward, more in the Triton backward. A segment bounds that by its own length;
-    exact (the ``initial_state`` path), at the cost of the bucket scan and one host read per
-    segment, and, with gradients, of the torch recomputation in each segment's backward."""
-    q, v = inputs[0], inputs[2]
-    o = torch.empty_like(v)
-    state = initial_state
-    for s0 in range(0, q.shape[1], seg):
-        part = [x[:, s0 : s0 + seg] for x in inputs]
-        o[:, s0 : s0 + seg], state = run(*part, None, state, True)
-    return o, (state if output_final_state else None)
-
-
-def _segment_length(q, v, num_levels, beta, cu_seqlens, initial_state, grad, chunk=CHUNK):
-    """Tokens per segment of ``_segments`` (a multiple of the chunk), or None when the delta
-    rule's per-chunk level states fit ``DELTA_STATE_BUDGET`` in one call: those the forward
-    records (``_Recorded``), and with gradients also the Triton backward's fp32 gradients of
-    them. Segments with gradients are sized for their backward's torch recomputation
-    (``RECOMPUTE_STATES_PER_CHUNK``). Scalar decay records states linear in T, and packed
-    documents are not cut."""
-    if beta is None or cu_seqlens is not None:
-        return None
-    batch, length = q.shape[:2]
-    # from a state, positions are not read here (no host synchronisation): every scan counts
-    last_chunk = -(-length // chunk) - 1 if initial_state is None else 1 << 62
-    num_js = inter_chunk_scans(last_chunk, num_levels, chunk)[0]
-    state = batch * v.shape[2] * q.shape[3] * v.shape[3]  # values of one [K, V] state per row and head
-    stored, acc = _storage_dtype(q.dtype).itemsize, (8 if q.dtype == torch.float64 else 4)
-    per_chunk = num_js * stored * state
-    if grad:
-        per_chunk += (num_js + 2) * acc * state  # the backward's dstates
-    whole = per_chunk * -(-length // chunk)
-    budget = DELTA_STATE_BUDGET
-    if budget is None:
-        if q.device.type != "cuda":
-            return None
-        if whole <= torch.cuda.get_device_properties(q.device).total_memory // 8:
-            return None  # far inside any bound: no driver query of the free memory on every call
-        budget = torch.cuda.mem_get_info(q.device)[0] // 2
-    if whole <= budget:
-        return None
-    if grad:
-        per_chunk = RECOMPUTE_STATES_PER_CHUNK * num_levels * acc * state
-    seg = max(1, budget // per_chunk) * chunk
-    return None if seg >= length else seg
