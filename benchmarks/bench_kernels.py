@@ -311,7 +311,7 @@ def profile_ops(lengths, variants=("mamba2",)):
             for what, run in runs:
                 prof = profiled(run, 3)
                 log(f"profile {variant}: 3 x {what}, T={length}, B={batch}, L={levels_for_length(length)}")
-                log(prof.key_averages().table(sort_by="self_device_time_total", row_limit=14))
+                log(prof.key_averages().table(sort_by="self_device_time_total", row_limit=30))
 
 
 def decode(quick):
@@ -472,6 +472,11 @@ def main():
         log(f"fla {fla.__version__}")
     except ImportError:
         log("fla not importable")
+    if args.delta_state_budget is not None:
+        from hf_loglinear.kernels import segments
+
+        segments.DELTA_STATE_BUDGET = int(args.delta_state_budget * 2**30)
+        log(f"DELTA_STATE_BUDGET {args.delta_state_budget} GiB")
     if args.profile:
         return profile_ops([int(t) for t in args.profile.split(",")], args.variants.split(","))
     t0 = time.time()
@@ -481,11 +486,6 @@ def main():
     if FAILED:
         print("\n".join(["CHECKS FAILED:", *FAILED]), flush=True)
         return 1
-    if args.delta_state_budget is not None:
-        from hf_loglinear.kernels import segments
-
-        segments.DELTA_STATE_BUDGET = int(args.delta_state_budget * 2**30)
-        log(f"DELTA_STATE_BUDGET {args.delta_state_budget} GiB")
     timings = {}
     lengths = (2048, 16384, 65536) if args.quick else [int(t) for t in args.lengths.split(",") if t]
     for length in lengths:

@@ -23,8 +23,9 @@ each continuing from the level state the one before ends with. Exact in every ca
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
-from torch.utils.checkpoint import checkpoint
 
 from ..levels import inter_chunk_scans, relevel
 from .block import block_terms
@@ -36,6 +37,9 @@ DELTA_STATE_BUDGET: int | None = None
 # through the torch chunked form (``chunk.chunk_loglinear_attention``): 5.6 measured with
 # saved-tensor hooks at K = 64, V = 128 (``test_torch_recompute_memory_per_chunk``).
 RECOMPUTE_STATES_PER_CHUNK = 6
+# Chunks per block of ``_carried``: one chunk after another within a block, log-depth products
+# over the blocks' totals (K x K each). 8 keeps both tiers short at 256 to 4096 chunks a segment.
+BLOCK = 8
 
 
 def segment_length(q, v, num_levels, beta, cu_seqlens, initial_state, grad, output_final_state, chunk):
@@ -92,11 +96,11 @@ def _budget(device, whole):
 
 
 def _carried_bytes(q, v, num_chunks, chunk, acc):
-    """What ``_carried``'s backward holds for a segment of ``num_chunks`` chunks: the saved inputs of
-    both log-depth products of [K, K] transitions, and a few chunk-sized tensors and states."""
+    """What ``_carried``'s backward holds for a segment of ``num_chunks`` chunks: the running
+    products and block states of every step ([K, K] and [K, V] a chunk, a few of each with their
+    products' saved inputs), the outer tier's products, and a few chunk-sized tensors."""
     batch, heads, key_dim, value_dim = q.shape[0], v.shape[2], q.shape[3], v.shape[3]
-    squares = 2 * max(1, (num_chunks - 1).bit_length()) + 6
-    per_chunk = squares * key_dim * key_dim + 3 * key_dim * value_dim + chunk * (16 * key_dim + 4 * value_dim)
+    per_chunk = 4 * key_dim * key_dim + 4 * key_dim * value_dim + chunk * (16 * key_dim + 4 * value_dim)
     return num_chunks * batch * heads * acc * per_chunk
 
 
@@ -134,65 +138,137 @@ def _carried_segments(inputs, output_final_state, seg, differentiable):
             o[:, s0:], final = differentiable(*part, None, LevelState(levels, position), True)
             return o, final
         fresh = differentiable(*part, None, None, False)[0]
-        if s0 == 0:
-            o[:, s0:s1] = fresh
-            levels = checkpoint(_carried, *part, levels, s0, s1, True, use_reentrant=False)[1]
-            continue
-        read, levels = checkpoint(_carried, *part, levels, s0, s1, s1 < length, use_reentrant=False)
-        o[:, s0:s1] = (fresh.to(acc) + read).to(v.dtype)
+        read, levels = _Carried.apply(levels, s0, s1, s1 < length, *part)
+        o[:, s0:s1] = fresh if read is None else (fresh.to(acc) + read).to(v.dtype)
     return o, None
+
+
+class _Carried(torch.autograd.Function):
+    """``_carried`` as a checkpoint: the forward keeps only its inputs, the backward runs it again
+    under autograd."""
+
+    @staticmethod
+    def forward(ctx, levels, start, end, carry, *inputs):
+        ctx.save_for_backward(levels, *inputs)
+        ctx.args = (start, end, carry)
+        return _carried(*inputs, levels, start, end, carry)
+
+    @staticmethod
+    def backward(ctx, dread, dlevels):
+        saved = ctx.saved_tensors
+        leaves = [x.detach().requires_grad_(need) for x, need in zip(saved, ctx.needs_input_grad[:1] + ctx.needs_input_grad[4:])]
+        with torch.enable_grad():
+            outs = _carried(*leaves[1:], leaves[0], *ctx.args)
+        pairs = [(o, d) for o, d in zip(outs, (dread, dlevels)) if o is not None and d is not None]
+        wanted = [x for x in leaves if x.requires_grad]
+        grads = iter(torch.autograd.grad([o for o, _ in pairs], wanted, [d for _, d in pairs], allow_unused=True))
+        result = [next(grads) if x.requires_grad else None for x in leaves]
+        return (result[0], None, None, None, *result[1:])
+
+
+class _Product(torch.autograd.Function):
+    """a @ b (broadcasting batch dims) with TF32 products in the forward and the backward when
+    ``tf32``: for half-precision inputs, whose Triton kernels take half operands. torch's own
+    matmul backward ran in IEEE fp32 on the H200 even inside a "high" precision context."""
+
+    @staticmethod
+    def forward(ctx, a, b, tf32):
+        ctx.save_for_backward(a, b)
+        ctx.tf32 = tf32
+        with _matmul_precision(tf32):
+            return a @ b
+
+    @staticmethod
+    def backward(ctx, d):
+        a, b = ctx.saved_tensors
+        with _matmul_precision(ctx.tf32):
+            da = (d @ b.transpose(-1, -2)).sum_to_size(a.shape) if ctx.needs_input_grad[0] else None
+            db = (a.transpose(-1, -2) @ d).sum_to_size(b.shape) if ctx.needs_input_grad[1] else None
+        return da, db, None
+
+
+@contextmanager
+def _matmul_precision(tf32):
+    """torch's fp32 matmul precision "high" (TF32) inside, when ``tf32``; restored after."""
+    before = torch.get_float32_matmul_precision()
+    if tf32:
+        torch.set_float32_matmul_precision("high")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(before)
 
 
 def _carried(q, k, v, g, lam, beta, levels, start, end, carry):
     """For the segment of tokens [start, end) of dense rows (``start`` a multiple of the segment's
     power-of-two length), with ``levels`` [N, H, L, K, V] the level states seen from ``start``:
     (the readout of the levels by the segment's queries [N, T, H, V] or None at start 0, the
-    level states seen from ``end`` or None without ``carry``), in the dtype of ``levels``."""
+    level states seen from ``end`` or None without ``carry``), in the dtype of ``levels``.
+
+    The chunk transitions M = d I - Kd^T W are taken in two tiers: one chunk after another
+    within blocks of ``BLOCK`` chunks (all blocks at once), applied to the running product (for
+    the readout) and to the block's own state (what its tokens leave at its end, for the
+    hand-on), never formed as K x K matrices; then log-depth products of the blocks' totals."""
     dtype, chunk = levels.dtype, 64
     num_heads, num_levels = v.shape[2], lam.shape[-1]
     length = q.shape[1]
-    num_chunks = -(-length // chunk)
+    num_blocks = -(-length // (chunk * BLOCK))
+    tf32 = q.dtype in (torch.bfloat16, torch.float16)
+    mm = lambda a, b: _Product.apply(a, b, tf32)  # noqa: E731
 
-    def chunks(x, repeat=1):  # [N, T, X, ...] -> [N, X * repeat, NC, C, ...], null tokens padded
+    def blocks(x, repeat=1):  # [N, T, X, ...] -> [BLOCK, N, X * repeat, NB, C, ...], null tokens padded
         x = x.to(dtype)
-        if num_chunks * chunk > length:
-            x = torch.cat([x, x.new_zeros(x.shape[0], num_chunks * chunk - length, *x.shape[2:])], 1)
+        if num_blocks * BLOCK * chunk > length:
+            x = torch.cat([x, x.new_zeros(x.shape[0], num_blocks * BLOCK * chunk - length, *x.shape[2:])], 1)
         x = x.repeat_interleave(repeat, dim=2) if repeat > 1 else x
-        return x.unflatten(1, (num_chunks, chunk)).movedim(3, 1)
+        x = x.unflatten(1, (num_blocks, BLOCK, chunk))  # [N, NB, BLOCK, C, X, ...]
+        return x.permute(2, 0, 4, 1, 3, *range(5, x.dim())).contiguous()
 
     rep = num_heads // q.shape[2]
-    t = block_terms(chunks(q, rep), chunks(k, rep), chunks(g), chunks(beta))
+    t = block_terms(blocks(q, rep), blocks(k, rep), blocks(g), blocks(beta))
     eye = torch.eye(q.shape[3], dtype=dtype, device=q.device)
-    m = t.decay[..., None, None] * eye - t.Kd.transpose(-1, -2) @ t.W  # [N, H, NC, K, K]
+    vb = blocks(v) if carry else None
+    queries, product, own = [], None, None  # product: the transitions before chunk j of each block
+    for j in range(BLOCK):
+        decay, kd_t, w = t.decay[j][..., None, None], t.Kd[j].transpose(-1, -2), t.W[j]
+        queries.append(t.Qt[j] if product is None else mm(t.Qt[j], product))
+        product = decay * eye - mm(kd_t, w) if product is None else decay * product - mm(kd_t, mm(w, product))
+        if carry:
+            pushed = mm(t.R[j], vb[j])
+            own = pushed if own is None else decay * own - mm(kd_t, mm(w, own)) + pushed
     read = None
     if start > 0:
-        before = torch.cat([eye.expand_as(m[:, :, :1]), _products(m[:, :, :-1])], 2)
-        y = t.Qt @ before  # the queries moved to the segment's start
-        lam_c = chunks(lam)
+        y = mm(torch.stack(queries), _exclusive(_products(product, mm), eye))  # the queries moved to the segment's start
+        lam_b = blocks(lam)
         # Levels below the one the last merge filled are empty (``relevel``).
         low = min((start ^ (start - 1)).bit_length(), num_levels - 1)
-        read = sum(lam_c[..., lvl, None] * (y @ levels[:, :, lvl, None]) for lvl in range(low, num_levels))
-        read = read.movedim(1, 3).flatten(1, 2)[:, :length]
+        read = sum(lam_b[..., lvl, None] * mm(y, levels[:, :, lvl, None]) for lvl in range(low, num_levels))
+        read = read.permute(1, 3, 0, 4, 2, 5).flatten(1, 3)[:, :length]
     if not carry:
         return read, None
-    after = torch.cat([_products(m[:, :, 1:], reverse=True), eye.expand_as(m[:, :, :1])], 2)
-    own = (after @ (t.R @ chunks(v))).sum(2)  # the segment's tokens pushed to its end
-    whole = after[:, :, :1] @ m[:, :, :1]
-    moved = torch.einsum("nhkj,nhljv->nhlkv", whole[:, :, 0], levels)
+    after = _exclusive(_products(product, mm, reverse=True), eye, reverse=True)  # blocks after each block
+    own = mm(after, own).sum(2)  # the segment's tokens pushed to its end
+    moved = torch.einsum("nhkj,nhljv->nhlkv", mm(after[:, :, 0], product[:, :, 0]), levels)
     moved = torch.cat([moved[:, :, :1] + own[:, :, None], moved[:, :, 1:]], 2)
-    rows = q.shape[0]
-    where = lambda p: torch.full((rows,), p, dtype=torch.int64, device=q.device)  # noqa: E731
+    where = lambda p: torch.full((q.shape[0],), p, dtype=torch.int64, device=q.device)  # noqa: E731
     return read, relevel(moved, where(start), where(end))
 
 
-def _products(m, reverse=False):
+def _exclusive(products, eye, reverse=False):
+    """Inclusive products [..., n, K, K] of ``_products`` shifted to exclusive ones: out[c] the
+    product of the transitions before c (``reverse``: after c), the identity at the end."""
+    one = eye.expand_as(products[..., :1, :, :])
+    if reverse:
+        return torch.cat([products[..., 1:, :, :], one], -3)
+    return torch.cat([one, products[..., :-1, :, :]], -3)
+
+
+def _products(m, mm=torch.matmul, reverse=False):
     """Products of the transitions m [..., NC, K, K] in the order they act, out[c] = m[c] ... m[0]
-    (``reverse``: m[NC-1] ... m[c]), by log2(NC) batched products (Hillis-Steele)."""
+    (``reverse``: m[NC-1] ... m[c]), by log2(NC) batched products ``mm`` (Hillis-Steele)."""
     out, step, n = m, 1, m.shape[-3]
     while step < n:
-        if reverse:
-            out = torch.cat([out[..., step:, :, :] @ out[..., : n - step, :, :], out[..., n - step :, :, :]], -3)
-        else:
-            out = torch.cat([out[..., :step, :, :], out[..., step:, :, :] @ out[..., : n - step, :, :]], -3)
+        prod = mm(out[..., step:, :, :], out[..., : n - step, :, :])
+        out = torch.cat([prod, out[..., n - step :, :, :]] if reverse else [out[..., :step, :, :], prod], -3)
         step *= 2
     return out

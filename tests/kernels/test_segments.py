@@ -106,27 +106,47 @@ def test_gradients_through_recomputed_segments(start, inputs, monkeypatch):
         assert _rel(a, b) < 1e-10
 
 
-@pytest.mark.parametrize("num_levels, groups, budget_chunks, cut", [
-    (10, 1, 2, [128, 128, 44]),  # levels 8, 9 carried above the segments' own 0 .. 7
-    (4, 2, 2, [128, 128, 44]),  # capped: the carried states share the top level with the segment's own
-    (10, 1, 1, [64, 64, 64, 64, 44]),
+@pytest.mark.parametrize("num_levels, groups, budget_chunks, block, cut", [
+    (10, 1, 2, 8, [128, 128, 44]),  # levels 8, 9 carried above the segments' own 0 .. 7
+    (10, 1, 4, 2, [256, 44]),  # two blocks of two chunks a segment: both tiers of the products
+    (4, 2, 2, 8, [128, 128, 44]),  # capped: the carried states share the top level with the segment's own
+    (10, 1, 1, 8, [64, 64, 64, 64, 44]),
 ])
-def test_training_segments(num_levels, groups, budget_chunks, cut, inputs, monkeypatch):
+def test_training_segments(num_levels, groups, budget_chunks, block, cut, inputs, monkeypatch):
     """Training from position 0 (gradients, no initial or final state): each power-of-two segment
     runs through the fresh Triton forward and backward, plus the readout and hand-on of the
-    carried level states in torch (``segments._carried``). B = 2, T = 300 cut at ``cut`` by a
-    budget of ``budget_chunks`` chunks of the Triton states (``_carried``'s own sizing set to
-    nothing), G = 1 and 2 (q / k shared by two heads), L = 10 and L = 4 (capped below the
+    carried level states in torch (``segments._carried``, its transition products in blocks of
+    ``block`` chunks). B = 2, T = 300 cut at ``cut`` by a budget of ``budget_chunks`` chunks of the
+    Triton states (``_carried``'s own sizing set to nothing), G = 1 and 2 (q / k shared by two heads), L = 10 and L = 4 (capped below the
     segment's own levels). Output and every input's gradient equal the float64 torch form in one
     pass within 1e-10."""
     x, _ = _segment_inputs(inputs, None, groups=groups, heads=2 * groups, num_levels=num_levels)
     ref = _grads(chunk_loglinear_attention, x, None, False)
     monkeypatch.setattr(segments, "_carried_bytes", lambda q, v, n, chunk, acc: 0)
+    monkeypatch.setattr(segments, "BLOCK", block)
     seen = _count_segments(monkeypatch, segments.state_bytes(x[0], x[2], num_levels, None, True, budget_chunks, 64))
     got = _grads(chunk_loglinear_attention_triton, x, None, False)
     assert seen == cut
     for a, b in zip(got, ref):
         assert _rel(a, b) < 1e-10
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 8])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_transition_products(n, reverse):
+    """``_products`` (log-depth) and ``_exclusive`` equal the products taken one by one, in the
+    order the transitions act, for counts that are and are not powers of two."""
+    m = torch.randn(2, n, 3, 3, generator=torch.Generator().manual_seed(n), dtype=torch.float64)
+    eye = torch.eye(3, dtype=torch.float64)
+    order = range(n - 1, -1, -1) if reverse else range(n)
+    inclusive, exclusive, p = [None] * n, [None] * n, eye.expand(2, 3, 3)
+    for c in order:
+        exclusive[c] = p
+        p = p @ m[:, c] if reverse else m[:, c] @ p
+        inclusive[c] = p
+    got = segments._products(m, reverse=reverse)
+    assert torch.allclose(got, torch.stack(inclusive, 1), rtol=1e-12, atol=1e-12)
+    assert torch.allclose(segments._exclusive(got, eye, reverse), torch.stack(exclusive, 1), rtol=1e-12, atol=1e-12)
 
 
 def test_torch_recompute_memory_per_chunk(inputs):
