@@ -40,6 +40,7 @@ MAMBA2 = dict(heads=48, groups=1, key_dim=128, value_dim=64)
 GDN = dict(heads=6, groups=6, key_dim=192, value_dim=384)
 DEVICE = "cuda"  # --smoke: "cpu" under TRITON_INTERPRET=1
 CHECK_DTYPES = (torch.float32, torch.bfloat16)  # --check-dtypes
+FORWARD_ONLY = False  # --forward-only
 ROWS: list[str] = []
 FAILED: list[str] = []
 # Max relative error allowed per tensor. The reference runs on the same (rounded) inputs, so what
@@ -178,6 +179,8 @@ def time_ours(res, variant, shape, batch, length, num_levels):
     tag = f"ours L={num_levels}"
     f = lambda: loglinear_attention(*xs[:5], beta=xs[5], backend="triton")[0]  # noqa: E731
     res[(variant, tag, "fwd")] = bench(f)
+    if FORWARD_ONLY:
+        return xs
     leaves = [a if a is None else a.detach().clone().requires_grad_() for a in xs]
     g = lambda: loglinear_attention(*leaves[:5], beta=leaves[5], backend="triton")[0]  # noqa: E731
     try:  # the Gated DeltaNet backward recomputes through torch: long T may not fit
@@ -192,6 +195,8 @@ def time_sdpa(res, batch, length):
     q = torch.randn(batch, 16, length, 96, device="cuda", dtype=torch.bfloat16)
     k, v = torch.randn_like(q), torch.randn_like(q)
     res[("attn", "sdpa", "fwd")] = bench(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True))
+    if FORWARD_ONLY:
+        return
     leaves = [t.clone().requires_grad_() for t in (q, k, v)]
     res[("attn", "sdpa", "fwdbwd")] = bench(fwd_bwd(lambda: F.scaled_dot_product_attention(*leaves, is_causal=True), leaves))
 
@@ -239,12 +244,13 @@ def time_fla(variant, x, shape, length):
         from fla.ops.simple_gla import chunk_simple_gla
 
         attempt(res, length, (variant, "fla simple_gla", "fwd"), lambda: chunk_simple_gla(qh, kh, v, g, scale=1.0)[0])
-        leaves = [a.detach().clone().requires_grad_() for a in (qh, kh, v, g)]
-        attempt(res, length, (variant, "fla simple_gla", "fwdbwd"),
-                fwd_bwd(lambda: chunk_simple_gla(*leaves, scale=1.0)[0], leaves), 100)
         attempt(res, length, (variant, "fla log-linear", "fwd"), lambda: chunk_log_linear_attn(q, k, v, g, lam)[0])
-        leaves = [a.detach().clone().requires_grad_() for a in (q, k, v, g, lam)]
-        attempt(res, length, (variant, "fla log-linear", "fwdbwd"), fwd_bwd(lambda: chunk_log_linear_attn(*leaves)[0], leaves), 100)
+        if not FORWARD_ONLY:
+            leaves = [a.detach().clone().requires_grad_() for a in (qh, kh, v, g)]
+            attempt(res, length, (variant, "fla simple_gla", "fwdbwd"),
+                    fwd_bwd(lambda: chunk_simple_gla(*leaves, scale=1.0)[0], leaves), 100)
+            leaves = [a.detach().clone().requires_grad_() for a in (q, k, v, g, lam)]
+            attempt(res, length, (variant, "fla log-linear", "fwdbwd"), fwd_bwd(lambda: chunk_log_linear_attn(*leaves)[0], leaves), 100)
     else:
         from fla.ops.gated_delta_rule import chunk_gated_delta_rule
 
@@ -450,6 +456,7 @@ def main():
                         help="GiB for segments.DELTA_STATE_BUDGET in the timings (default: half the free memory), "
                              "e.g. 1000 to time a long delta-rule input in one pass rather than in segments")
     parser.add_argument("--skip-decode", action="store_true", help="no decode-step table")
+    parser.add_argument("--forward-only", action="store_true", help="time forwards only (ours, fla's, SDPA's)")
     parser.add_argument("--variants", default="mamba2,gdn", help="which of mamba2,gdn to check and time")
     parser.add_argument("--profile", default="", help="comma-separated T: per-kernel time of a Mamba-2 fwd+bwd / GDN fwd and fwd+bwd (--variants), then exit")
     parser.add_argument("--check-dtypes", default="float32,bfloat16", help="input dtypes of the checks")
@@ -459,8 +466,9 @@ def main():
                              "so dq / dk are stored instead of added atomically across heads)")
     args = parser.parse_args()
     MAMBA2["groups"] = args.mamba2_groups
-    global CHECK_DTYPES
+    global CHECK_DTYPES, FORWARD_ONLY
     CHECK_DTYPES = tuple(getattr(torch, d) for d in args.check_dtypes.split(","))
+    FORWARD_ONLY = args.forward_only
     if args.smoke:
         return smoke()
     import triton

@@ -32,6 +32,7 @@ applies to the launches with that TOP / BOUNDARIES flag only (e.g.
 the grid follows from it: the output kernel's value-tile axis is re-sized, the UT kernel's is an
 inner loop; elsewhere it is refused (an unresized grid computes a wrong output, not a timing).
 """
+import os
 import statistics
 import sys
 import traceback
@@ -134,10 +135,11 @@ def anchor_inputs(length):
 
 
 def split(label, config="default"):
-    """Median time of each launch of the anchor-shape forward at 2K and 8K, and the total."""
+    """Median time of each launch of the anchor-shape forward at 2K and 8K (or the lengths in
+    $SPLIT_LENGTHS, comma-separated), and the total."""
     import triton
 
-    for length in (2048, 8192):
+    for length in [int(t) for t in os.environ.get("SPLIT_LENGTHS", "2048,8192").split(",")]:
         x = anchor_inputs(length)
         run = lambda: loglinear_attention(*x[:5], beta=x[5], backend="triton")  # noqa: E731
         log = {}

@@ -63,20 +63,62 @@ e)  # carrying [".whl"]: the GDN side-by-side table past 8K (ours, num_levels=1,
     note "timing: rc $? (${SECONDS} s)"; grep "ours\|fla\|sdpa\|T=" $OUT/gdn_timing.log | tee -a $OUT/summary.log ;;
 f)  # carrying [".whl", ".ab_prev"] (64d8e11, b's code), after d's profile (per 128K fwd+bwd in two
     # segments: the fresh Triton launches ~238 ms, the carried torch part ~220 ms, half of whose
-    # products ran in IEEE fp32, in the backward): _carried walks each block of 8 chunks one chunk
-    # after another (no K x K transition formed; log-depth products over block totals only), its
-    # products TF32 in forward and backward for half inputs (_Product). Check, 64K once more, 1M
-    # beside b's code.
-    t=$(cap 90)
-    ours timeout $t python $B --variants gdn --skip-decode --lengths '' --check-dtypes bfloat16 --gdn-checks segments \
-      > $OUT/segments_check.log 2>&1
-    note "segments check: rc $? (${SECONDS} s)"; grep "^check\|FAIL" $OUT/segments_check.log | tee -a $OUT/summary.log
-    grep -q "FAIL" $OUT/segments_check.log && exit 1
-    long long_1m 120 --long 65536,1048576
+    # products ran in IEEE fp32, in the backward) and e's table (GDN fwd 2.63x fla's at 16K x 2:
+    # the prefix scan's recurrence has 6 x 6 programs a row): (1) _carried walks each block of 8
+    # chunks one chunk after another (no K x K transition formed; log-depth products over block
+    # totals only), its products TF32 in forward and backward for half inputs (_Product); (2) the
+    # prefix scan halves its value tile until its programs cover the SMs (_spread_value_tiles).
+    # Checks (dense forward + every gradient, segments), the GDN forward table at 2K .. 64K beside
+    # .ab_prev's kernels (forward-only, same call), 1M beside b's code. Measured: checks <= 5.7e-3;
+    # forward 2K / 8K / 16K / 32K 2.046 / 2.694 / 3.177 / 3.794 ms against .ab_prev's 2.041 / 2.696
+    # / 2.906 / 3.664 (64K cut off by the step's 70 s); 1M fwd+bwd 4258 ms / 59.0 GiB against b's
+    # 8331 ms / 78.3 GiB.
+    t=$(cap 100)
+    ours timeout $t python $B --variants gdn --skip-decode --lengths '' --check-dtypes bfloat16 --gdn-checks dense,segments \
+      > $OUT/checks.log 2>&1
+    note "checks: rc $? (${SECONDS} s)"; grep "^check\|FAIL" $OUT/checks.log | tee -a $OUT/summary.log
+    grep -q "FAIL" $OUT/checks.log && exit 1
     pkg /tmp/pkgprev .ab_prev
-    t=$(cap 120)
+    for tree in /tmp/pkg /tmp/pkgprev; do
+      t=$(cap 70)
+      PYTHONPATH=$tree:/tmp/site timeout $t python $B --variants gdn --skip-checks --skip-decode --forward-only \
+        --lengths 2048,8192,16384,32768,65536 > $OUT/fwd_$(basename $tree).log 2>&1
+      note "forward table $tree: rc $? (${SECONDS} s)"; grep "^  (" $OUT/fwd_$(basename $tree).log | grep -v sdpa | tee -a $OUT/summary.log
+    done
+    long long_1m 120 --long 1048576
+    t=$(cap 100)
     PYTHONPATH=/tmp/pkgprev:/tmp/site timeout $t python $B --variants gdn --skip-checks --skip-decode --lengths '' --long 1048576 \
       > $OUT/prev_1m.log 2>&1
     note "prev 1m: rc $? (${SECONDS} s)"; grep "long" $OUT/prev_1m.log | tee -a $OUT/summary.log ;;
-*)  echo "usage: bash benchmarks/gpu_session22.sh a|b|c|d|e|f" >&2; exit 2 ;;
+g)  # carrying [".whl"], after f (spreading the prefix scan's value tiles over the SMs made the
+    # forward slower: 2.91 -> 3.18 ms at 16K x 2, reverted; GDN fwd is 2.62x fla's there, over the
+    # 2.5x target): per-launch times at 8K x 4 and 16K x 2 and the prefix scan's launch options
+    # at 16K (debug_gdn_forward.py sweep, each checked against float64 first)
+    P=prefix_scan_delta_kernel
+    export SPLIT_LENGTHS=8192,16384
+    sweep split16k /tmp/pkg 200 default "$P/BOUNDARIES=0:num_warps=8" \
+      "$P/BOUNDARIES=0:num_stages=2" "$P/BOUNDARIES=1:num_warps=8" "$P/BOUNDARIES=1:num_stages=3" ;;
+h)  # carrying [".whl"], after g (per launch at 16K x 2: UT 0.42, recurrence 0.53 as at 8K, boundaries
+    # 1.14, output 0.80; the boundaries at 3 stages 1.10): the prefix scan's boundaries at 3
+    # stages. The bf16 dense check, then the GDN forward table at 2K .. 64K (ours, num_levels=1,
+    # fla) in one run. Measured: check o 3.9e-3, gradients <= 4.3e-3; forward 2.057 / 2.677 / 2.851 /
+    # 3.596 / 7.668 ms at 2K / 8K / 16K / 32K / 64K against fla's 0.875 / 1.096 / 1.110 / 1.680 /
+    # 3.327: 2.35x / 2.44x / 2.57x / 2.14x / 2.30x.
+    t=$(cap 70)
+    ours timeout $t python $B --variants gdn --skip-decode --lengths '' --check-dtypes bfloat16 --gdn-checks dense \
+      > $OUT/checks.log 2>&1
+    note "checks: rc $? (${SECONDS} s)"; grep "^check\|FAIL" $OUT/checks.log | tee -a $OUT/summary.log
+    grep -q "FAIL" $OUT/checks.log && exit 1
+    t=$(cap 150); mkdir -p $OUT/tables
+    ours timeout $t python $B --variants gdn --skip-checks --skip-decode --forward-only --lengths 2048,8192,16384,32768,65536 \
+      --out $OUT/tables > $OUT/fwd.log 2>&1
+    note "forward table: rc $? (${SECONDS} s)"; grep "^  (" $OUT/fwd.log | tee -a $OUT/summary.log ;;
+i)  # carrying [".whl"], after h (16K x 2 still 2.57x fla's forward): launch options untried at
+    # 16K, per launch, 2K beside it: the boundaries at 2 warps, the output kernel at 3 stages and at
+    # 8 warps. Measured at 16K / 2K: default 2.87 / 2.07 ms; boundaries at 2 warps 41.0 / 22.0 (that
+    # launch 39.2 / 20.6: spilling); output at 3 stages 2.87 / 2.07 (no change); at 8 warps 3.11 / 2.25.
+    export SPLIT_LENGTHS=16384,2048
+    sweep split16k /tmp/pkg 150 default "prefix_scan_delta_kernel/BOUNDARIES=1:num_warps=2" \
+      "chunk_output_kernel:num_stages=3" "chunk_output_kernel:num_warps=8" ;;
+*)  echo "usage: bash benchmarks/gpu_session22.sh a|b|c|d|e|f|g|h|i" >&2; exit 2 ;;
 esac

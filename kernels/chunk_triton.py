@@ -403,7 +403,7 @@ def _prefix_delta_scan(factors, args, consts, dot, num_row_heads, buckets):
     boundaries = (((nc - 1) >> min(top_exp, 62)) if top_exp else 0) + sum(buckets[1:])
     for programs, walk_boundaries in ((1, False), (boundaries, True)):
         if programs:
-            bv, launch = _prefix_scan_tiles(dot, walk_boundaries, w.shape[-1])
+            bv, launch = _prefix_scan_tiles(dot, w.shape[-1])
             nvt = triton.cdiv(consts["V"], bv)
             prefix_scan_delta_kernel[(programs * num_row_heads * nvt,)](
                 k, factors.u, w, g_cum, states, slots, nc, num_js, num_slots, top_exp, num_row_heads,
@@ -442,20 +442,22 @@ def _delta_scan_tiles(dot, top):
     return 64, dict(num_warps=8, num_stages=1 if top else 2)
 
 
-def _prefix_scan_tiles(dot, boundaries, key_width):
-    """(value tile, launch options) of the prefix scan's two launches (``boundaries``: the second),
-    for W and k ``key_width`` wide. Half operands up to 192 wide: value tiles of 64 at 4 warps; the
-    recurrence's W, k and U loads triple-buffered (4 stages would take 238 KB of shared memory),
-    the boundaries' double-buffered. On the H200 at 192 / 384 in bf16
-    (``gpu_session21.sh b``, forward at 2K x 16 / 8K x 4): recurrence 0.34 / 0.54 ms and
+def _prefix_scan_tiles(dot, key_width):
+    """(value tile, launch options) of the prefix scan's two launches, for W and k ``key_width``
+    wide. Half operands up to 192 wide: value tiles of 64 at 4 warps,
+    loads triple-buffered (4 stages would take 238 KB of shared memory). On the H200 at 192 / 384
+    in bf16 (``gpu_session21.sh b``, forward at 2K x 16 / 8K x 4): recurrence 0.34 / 0.54 ms and
     boundaries 0.72 / 1.02, against 0.60 / 0.92 and 0.82 / 1.17 at 8 warps and 2 stages (the
     bucket scan's tiles, which they used before); 8 warps with 3 stages 0.44 + 0.81 at 2K; both at
-    4 warps and 3 stages 0.34 + 0.73. Wider keys (256) and fp32 operands keep the bucket scan's
-    tiles (not timed): at 4 warps a 256-wide state alone takes 128 registers a thread, and the
-    kernel spills (sm_90 offline)."""
+    4 warps and 3 stages 0.34 + 0.73. The boundaries at 3 stages against 2 (``gpu_session22.sh
+    g``, 8K x 4 / 16K x 2): 0.979 / 1.095 ms against 1.006 / 1.141; at 8 warps 1.157 / 1.318.
+    Smaller value tiles, so that a row or two at batch 1 or 2 fill the SMs, made the forward
+    slower (2.91 -> 3.18 ms at 16K x 2, gpu_session22.sh f). Wider keys (256) and fp32 operands
+    keep the bucket scan's tiles (not timed): at 4 warps a 256-wide state alone takes 128
+    registers a thread, and the kernel spills (sm_90 offline)."""
     if dot == tl.float32 or key_width > 192:
         return _delta_scan_tiles(dot, False)
-    return 64, dict(num_warps=4, num_stages=2 if boundaries else 3)
+    return 64, dict(num_warps=4, num_stages=3)
 
 
 def _reverse_scan_launch(dot):
