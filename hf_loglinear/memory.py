@@ -123,7 +123,9 @@ def train_op_bytes(shape: Shape, seq_len: int, batch: int = 1, dtype: str = "bfl
     Mamba-2), under the delta rule its Triton backward, for attention flash SDPA. Within 3% of what
     ``bench_kernels.py`` measured on an H200 (log-linear Mamba-2 at 2K x 16 .. 1M tokens, Gated
     DeltaNet at 2K x 16 and 8K x 4) once its 256 MiB L2-flush buffer is added
-    (``tests/test_memory.py``)."""
+    (``tests/test_memory.py``). Under the delta rule this is one pass, T log T (70 GiB measured at
+    128K, B = 1); an input whose per-chunk states would exceed half the free device memory runs
+    in segments that bound them (``kernels/segments.py``: 59 GiB at 1M)."""
     d = DTYPE_BYTES[dtype]
     if shape.kind == "attention":  # o, dO, dq / dk / dv, the fp32 dq accumulator; the fp32 logsumexp
         q_elems = batch * seq_len * shape.heads * shape.head_dim

@@ -116,17 +116,22 @@ def test_training_segments(num_levels, groups, budget_chunks, block, cut, inputs
     """Training from position 0 (gradients, no initial or final state): each power-of-two segment
     runs through the fresh Triton forward and backward, plus the readout and hand-on of the
     carried level states in torch (``segments._carried``, its transition products in blocks of
-    ``block`` chunks). B = 2, T = 300 cut at ``cut`` by a budget of ``budget_chunks`` chunks of the
-    Triton states (``_carried``'s own sizing set to nothing), G = 1 and 2 (q / k shared by two heads), L = 10 and L = 4 (capped below the
-    segment's own levels). Output and every input's gradient equal the float64 torch form in one
-    pass within 1e-10."""
+    ``block`` chunks; run once per segment forward and once more in the backward). B = 2, T = 300
+    cut at ``cut`` by a budget of ``budget_chunks`` chunks of the Triton states (``_carried``'s
+    own sizing set to nothing), G = 1 and 2 (q / k shared by two heads), L = 10 and L = 4 (capped
+    below the segment's own levels). Output and every input's gradient equal the float64 torch
+    form in one pass within 1e-10."""
     x, _ = _segment_inputs(inputs, None, groups=groups, heads=2 * groups, num_levels=num_levels)
     ref = _grads(chunk_loglinear_attention, x, None, False)
     monkeypatch.setattr(segments, "_carried_bytes", lambda q, v, n, chunk, acc: 0)
     monkeypatch.setattr(segments, "BLOCK", block)
+    carried, calls = segments._carried, []
+    monkeypatch.setattr(segments, "_carried", lambda *a: calls.append(a[-3]) or carried(*a))
     seen = _count_segments(monkeypatch, segments.state_bytes(x[0], x[2], num_levels, None, True, budget_chunks, 64))
     got = _grads(chunk_loglinear_attention_triton, x, None, False)
     assert seen == cut
+    starts = [sum(cut[:i]) for i in range(len(cut))]
+    assert sorted(calls) == sorted(starts * 2)
     for a, b in zip(got, ref):
         assert _rel(a, b) < 1e-10
 
