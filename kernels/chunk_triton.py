@@ -59,6 +59,7 @@ from .decay_triton import chunk_decay, chunk_offsets, chunk_reverse_cumsum, row_
 from .intra_triton import ut_factors_kernel
 from .layout import make_layout
 from .output_triton import chunk_output_kernel
+from .recompute import recompute_grads
 from .scan_triton import block_size, key_split, level_scan_delta_kernel, level_scan_kernel, prefix_scan_delta_kernel
 from .segments import in_segments, segment_length
 
@@ -689,19 +690,13 @@ class _LogLinearAttention(torch.autograd.Function):
                 grads = _backward_delta(q, k, v, g, lam, beta, do, cu_seqlens)
             grads += (None,) * (len(ctx.needs_input_grad) - len(grads))
             return tuple(d if need else None for d, need in zip(grads, ctx.needs_input_grad))
+        def torch_form(q, k, v, g, lam, beta, levels0):
+            init = None if levels0 is None else LevelState(levels0, pos0)
+            o, final = chunk_loglinear_attention(q, k, v, g, lam, beta, cu_seqlens, init, ctx.output_final_state)
+            return o, (None if final is None else final.levels)
+
         inputs = [q, k, v, g, lam, beta, levels0]
-        with torch.enable_grad():
-            leaves = [None if x is None else x.detach().requires_grad_(need) for x, need in zip(inputs, ctx.needs_input_grad)]
-            init = None if levels0 is None else LevelState(leaves[6], pos0)
-            o, final = chunk_loglinear_attention(*leaves[:6], cu_seqlens, init, ctx.output_final_state)
-            outs, grads_out = [o], [do]
-            if final is not None and dlevels is not None:
-                outs.append(final.levels)
-                grads_out.append(dlevels)
-            wanted = [x for x in leaves if x is not None and x.requires_grad]
-            grads = iter(torch.autograd.grad(outs, wanted, grads_out, allow_unused=True))
-        result = [next(grads) if x is not None and x.requires_grad else None for x in leaves]
-        return (*result, None, None, None)
+        return (*recompute_grads(torch_form, inputs, ctx.needs_input_grad, (do, dlevels)), None, None, None)
 
 
 def chunk_loglinear_attention_triton(

@@ -32,6 +32,7 @@ import torch
 
 from ..levels import inter_chunk_scans, relevel
 from .block import block_terms
+from .recompute import recompute_grads
 
 # Bytes the delta rule's per-chunk level states may take in one call; None: half the device's
 # free memory (CUDA, counting what torch's allocator holds unused), no bound elsewhere.
@@ -158,15 +159,10 @@ class _Carried(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dread, dlevels):
-        saved = ctx.saved_tensors
-        leaves = [x.detach().requires_grad_(need) for x, need in zip(saved, ctx.needs_input_grad[:1] + ctx.needs_input_grad[4:])]
-        with torch.enable_grad():
-            outs = _carried(*leaves[1:], leaves[0], *ctx.args)
-        pairs = [(o, d) for o, d in zip(outs, (dread, dlevels)) if o is not None and d is not None]
-        wanted = [x for x in leaves if x.requires_grad]
-        grads = iter(torch.autograd.grad([o for o, _ in pairs], wanted, [d for _, d in pairs], allow_unused=True))
-        result = [next(grads) if x.requires_grad else None for x in leaves]
-        return (result[0], None, None, None, *result[1:])
+        needs = ctx.needs_input_grad[:1] + ctx.needs_input_grad[4:]
+        run = lambda levels, *inputs: _carried(*inputs, levels, *ctx.args)  # noqa: E731
+        grads = recompute_grads(run, ctx.saved_tensors, needs, (dread, dlevels))
+        return (grads[0], None, None, None, *grads[1:])
 
 
 class _Product(torch.autograd.Function):
