@@ -9,7 +9,9 @@ Per chunk of C tokens (SPEC §4):
   transitions, and adds the chunk's own tokens, which all sit at level bit_length(b XOR (b-1))
   as seen from b. A query t reads state level l at min(max(l, bit_length(t XOR a)), L-1).
 The scan is a Python loop over chunks (not tokens), each step batched over sequences, heads and
-levels. Levels that are provably empty at a chunk start are skipped in the readout.
+levels. Levels that are provably empty at a chunk start are skipped in the readout, except from
+an initial state that takes gradients: the decode rule reads every level, so the entries no real
+prefix could fill still get theirs.
 """
 from __future__ import annotations
 
@@ -93,7 +95,10 @@ def chunk_loglinear_attention(
         if i in keep:
             at_chunk_start[i] = states
         a_host = [max(b + i * layout.block, s) for b, s in zip(*first_pos)]
-        live = list(range(num_levels)) if (i == 0 and initial_state is not None) else _live_levels(a_host, num_levels)
+        # A level empty in value still carries gradient to a differentiable initial state (its
+        # entries that no real prefix could fill): read them all, as the decode rule does.
+        every = initial_state is not None and (i == 0 or initial_state.levels.requires_grad)
+        live = list(range(num_levels)) if every else _live_levels(a_host, num_levels)
         if live and (i > 0 or initial_state is not None):
             sel = torch.tensor(live, device=q.device)
             w = lam[:, :, i].gather(-1, read_levels(a[:, None], pos[:, i], num_levels)[:, None].expand(-1, num_heads, -1, -1))

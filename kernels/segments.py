@@ -6,23 +6,27 @@ input whose states would exceed ``DELTA_STATE_BUDGET`` runs in segments of a pow
 each continuing from the level state the one before ends with. Exact in every case:
 
 - Without gradients, each segment is the Triton forward from that level state.
-- With gradients and rows from position 0 (training), segment [p, p + n) with p a multiple of n
-  sees every earlier token at one level per token, the same for all its queries (bit_length of
-  the position XOR is decided above bit log2(n)). So its output is the segment on its own (the
-  Triton forward and backward of a fresh sequence: levels inside it depend only on bits below
-  log2(n)) plus the readout of the carried level states S, which only pass through the
-  segment's transitions: o_t += sum_l lambda_t[l] Qt_t^T P_c S_l, where P_c is the product of the
-  chunk transitions M = e^(G_end) I - Kd^T W before chunk t's (``block.block_terms``). The segment
-  then hands on relevel(P S + F, p, p + n), F being the plain delta-rule state of its own tokens.
-  ``_carried`` computes both in torch, chunk by chunk within blocks of ``BLOCK`` chunks and by
-  log-depth products over the blocks' totals, as a checkpoint (``_Carried``: nothing of it is
-  kept between forward and backward). On an H200 at 6 x 192 / 384 in bf16, 1M tokens fwd+bwd at
-  B = 1 take 4.26 s and 59 GiB in 16 segments of 64K (one pass would need ~670 GB); the fresh
-  segments are ~1.9 s of that (benchmarks/RESULTS.md).
-- With gradients from an initial state (rows from any position, which no power of two aligns),
-  or when the final state is asked for, each segment (the last one, respectively) runs through
-  the differentiable Triton forward from the last one's state, whose backward recomputes through
-  the torch chunked form (~5 ms a chunk at 6 x 192 / 384 on an H200).
+- With gradients, segment [p, p + n) with p a multiple of n sees every earlier token at one level
+  per token, the same for all its queries (bit_length of the position XOR is decided above bit
+  log2(n)). So its output is the segment on its own (the Triton forward and backward of a fresh
+  sequence: levels inside it depend only on bits below log2(n)) plus the readout of the carried
+  level states S, which only pass through the segment's transitions: o_t += sum_l lambda_t[l]
+  Qt_t^T P_c S_l, where P_c is the product of the chunk transitions M = e^(G_end) I - Kd^T W
+  before chunk t's (``block.block_terms``). The segment then hands on relevel(P S + F, p, p + n),
+  F being the plain delta-rule state of its own tokens. ``_carried`` computes both in torch,
+  chunk by chunk within blocks of ``BLOCK`` chunks and by log-depth products over the blocks'
+  totals, as a checkpoint (``_Carried``: nothing of it is kept between forward and backward). On
+  an H200 at 6 x 192 / 384 in bf16, 1M tokens fwd+bwd at B = 1 take 4.26 s and 59 GiB in 16
+  segments of 64K (one pass would need ~670 GB); the fresh segments are ~1.9 s of that
+  (benchmarks/RESULTS.md).
+- Cuts: from position 0, segments of the budget's length. From an initial state that every row
+  shares, pieces aligned to their own power-of-two length (``_pieces``: they grow from an
+  unaligned start until they reach it). When the final state is asked for, the last chunk runs
+  through the differentiable Triton forward from the carried state (its backward recomputes that
+  chunk through the torch form). Rows from different positions cannot share cuts: each segment
+  runs through the differentiable Triton forward from the last one's state, whose backward
+  recomputes the whole segment through the torch form (~5 ms a chunk at 6 x 192 / 384 on an
+  H200: 79 s at 1M).
 """
 from __future__ import annotations
 
@@ -38,9 +42,10 @@ from .recompute import recompute_grads
 # free memory (CUDA, counting what torch's allocator holds unused), no bound elsewhere.
 DELTA_STATE_BUDGET: int | None = None
 # Level-state-sized fp32 tensors autograd keeps per chunk when a segment's backward recomputes
-# through the torch chunked form (``chunk.chunk_loglinear_attention``): 5.6 measured with
-# saved-tensor hooks at K = 64, V = 128 (``test_torch_recompute_memory_per_chunk``).
-RECOMPUTE_STATES_PER_CHUNK = 6
+# through the torch chunked form (``chunk.chunk_loglinear_attention``, reading every level from a
+# differentiable state): 7.3 measured with saved-tensor hooks at K = 64, V = 128
+# (``test_torch_recompute_memory_per_chunk``).
+RECOMPUTE_STATES_PER_CHUNK = 8
 # Chunks per block of ``_carried``: one chunk after another within a block, log-depth products
 # over the blocks' totals (K x K each). 8 keeps both tiers short at 256 to 4096 chunks a segment.
 BLOCK = 8
@@ -64,11 +69,11 @@ def segment_length(q, v, num_levels, beta, cu_seqlens, initial_state, grad, outp
     def need(n):  # bytes a segment of n chunks keeps at once
         if not grad:
             return triton_bytes(n)
-        recompute = n * RECOMPUTE_STATES_PER_CHUNK * num_levels * acc * state  # through torch
-        if initial_state is not None:
-            return recompute
-        fresh = max(triton_bytes(n), _carried_bytes(q, v, n, chunk, acc))
-        return max(fresh, recompute) if output_final_state else fresh  # the last segment recomputes
+        recompute = RECOMPUTE_STATES_PER_CHUNK * num_levels * acc * state  # a chunk through torch
+        if initial_state is not None and q.shape[0] > 1:  # rows may start apart: the chain
+            return n * recompute
+        fresh = max(state_bytes(q, v, num_levels, None, grad, n, chunk), _carried_bytes(q, v, n, chunk, acc))
+        return max(fresh, recompute) if output_final_state else fresh  # the last chunk recomputes
 
     n = 1 << (chunks - 1).bit_length()
     while n > 1 and need(n) > budget:
@@ -109,42 +114,82 @@ def _carried_bytes(q, v, num_chunks, chunk, acc):
 
 
 def in_segments(inputs, initial_state, output_final_state, seg, grad, forward, differentiable):
-    """The delta rule over dense rows in segments of ``seg`` tokens (module docstring): ``forward``
-    and ``differentiable`` are the Triton forward without and with autograd, called as
+    """The delta rule over dense rows in segments of at most ``seg`` tokens (module docstring):
+    ``forward`` and ``differentiable`` are the Triton forward without and with autograd, called as
     (q, k, v, g, lam, beta, cu_seqlens, initial_state, output_final_state)."""
-    if grad and initial_state is None:
-        return _carried_segments(inputs, output_final_state, seg, differentiable)
-    run = differentiable if grad else forward
-    q, v = inputs[0], inputs[2]
-    o = torch.empty_like(v)
+    length = inputs[0].shape[1]
+    start = _shared_start(initial_state)
+    if start is None:  # rows from different positions: plain cuts, each from the last one's state
+        cuts = [(s0, min(s0 + seg, length)) for s0 in range(0, length, seg)]
+        return _chain(inputs, initial_state, output_final_state, cuts, differentiable if grad else forward)
+    if grad:
+        return _carried_segments(inputs, initial_state, start, output_final_state, seg, differentiable)
+    return _chain(inputs, initial_state, output_final_state, _pieces(start, length, seg, exact=False), forward)
+
+
+def _shared_start(initial_state):
+    """The position every row starts at (0 without a state), or None when the rows' differ (one
+    host read of the positions, which the initial-state path's planner makes anyway)."""
+    if initial_state is None:
+        return 0
+    positions = initial_state.position.tolist()
+    return positions[0] if len(set(positions)) == 1 else None
+
+
+def _pieces(start, length, seg, exact):
+    """Cuts [(s0, s1)] of tokens [0, length) at absolute positions from ``start``: each piece starts
+    at a multiple of the power of two n it fits in (n at most ``seg``; from position p > 0, n
+    divides p, so pieces from an unaligned start grow by powers of two until they reach ``seg``).
+    Every piece is n long, except that the last may be shorter unless ``exact``, where each is
+    the largest power of two that fits."""
+    cuts, s0 = [], 0
+    while s0 < length:
+        p = start + s0
+        n = seg if p == 0 else min(seg, p & -p)
+        m = min(n, length - s0)
+        if exact:
+            m = 1 << (m.bit_length() - 1)
+        cuts.append((s0, s0 + m))
+        s0 += m
+    return cuts
+
+
+def _chain(inputs, initial_state, output_final_state, cuts, run):
+    """Each cut through ``run`` from the level state the one before ends with."""
+    o = torch.empty_like(inputs[2])
     state = initial_state
-    for s0 in range(0, q.shape[1], seg):
-        part = [x[:, s0 : s0 + seg] for x in inputs]
-        o[:, s0 : s0 + seg], state = run(*part, None, state, True)
+    for s0, s1 in cuts:
+        o[:, s0:s1], state = run(*[x[:, s0:s1] for x in inputs], None, state, True)
     return o, (state if output_final_state else None)
 
 
-def _carried_segments(inputs, output_final_state, seg, differentiable):
-    """Training from position 0: each segment fresh through the Triton kernels, plus the carried
-    states' readout and hand-on of ``_carried`` (module docstring)."""
+def _carried_segments(inputs, initial_state, start, output_final_state, seg, differentiable):
+    """With gradients, every row from position ``start``: each piece fresh through the Triton
+    kernels, plus the carried states' readout and hand-on of ``_carried`` (module docstring). With
+    the final state asked for, the last chunk runs through ``differentiable`` from the level state
+    before it (its backward recomputes that one chunk through torch)."""
     from ..ops import LevelState
 
     q, k, v, g, lam, beta = inputs
     batch, length = q.shape[:2]
     acc = torch.float64 if q.dtype == torch.float64 else torch.float32
-    levels = v.new_zeros(batch, v.shape[2], lam.shape[-1], q.shape[3], v.shape[3], dtype=acc)
+    if initial_state is None:
+        levels = v.new_zeros(batch, v.shape[2], lam.shape[-1], q.shape[3], v.shape[3], dtype=acc)
+    else:  # seen from ``start`` (``_carried``'s form)
+        levels = relevel(initial_state.levels.to(acc), initial_state.position - 1, initial_state.position)
+    body = length - min(length, 64) if output_final_state else length
     o = torch.empty_like(v)
-    for s0 in range(0, length, seg):
-        s1 = min(s0 + seg, length)
+    for s0, s1 in _pieces(start, body, seg, exact=output_final_state):
         part = [x[:, s0:s1] for x in inputs]
-        if s1 == length and output_final_state:
-            position = torch.full((batch,), s0, dtype=torch.int64, device=q.device)
-            o[:, s0:], final = differentiable(*part, None, LevelState(levels, position), True)
-            return o, final
         fresh = differentiable(*part, None, None, False)[0]
-        read, levels = _Carried.apply(levels, s0, s1, s1 < length, *part)
+        readout = start + s0 > 0 or initial_state is not None
+        read, levels = _Carried.apply(levels, start + s0, start + s1, readout, s1 < length, *part)
         o[:, s0:s1] = fresh if read is None else (fresh.to(acc) + read).to(v.dtype)
-    return o, None
+    if not output_final_state:
+        return o, None
+    position = torch.full((batch,), start + body, dtype=torch.int64, device=q.device)
+    o[:, body:], final = differentiable(*[x[:, body:] for x in inputs], None, LevelState(levels, position), True)
+    return o, final
 
 
 class _Carried(torch.autograd.Function):
@@ -152,17 +197,17 @@ class _Carried(torch.autograd.Function):
     under autograd."""
 
     @staticmethod
-    def forward(ctx, levels, start, end, carry, *inputs):
+    def forward(ctx, levels, start, end, readout, carry, *inputs):
         ctx.save_for_backward(levels, *inputs)
-        ctx.args = (start, end, carry)
-        return _carried(*inputs, levels, start, end, carry)
+        ctx.args = (start, end, readout, carry)
+        return _carried(*inputs, levels, start, end, readout, carry)
 
     @staticmethod
     def backward(ctx, dread, dlevels):
-        needs = ctx.needs_input_grad[:1] + ctx.needs_input_grad[4:]
+        needs = ctx.needs_input_grad[:1] + ctx.needs_input_grad[5:]
         run = lambda levels, *inputs: _carried(*inputs, levels, *ctx.args)  # noqa: E731
         grads = recompute_grads(run, ctx.saved_tensors, needs, (dread, dlevels))
-        return (grads[0], None, None, None, *grads[1:])
+        return (grads[0], None, None, None, None, *grads[1:])
 
 
 class _Product(torch.autograd.Function):
@@ -198,11 +243,11 @@ def _matmul_precision(tf32):
         torch.set_float32_matmul_precision(before)
 
 
-def _carried(q, k, v, g, lam, beta, levels, start, end, carry):
-    """For the segment of tokens [start, end) of dense rows (``start`` a multiple of the segment's
-    power-of-two length), with ``levels`` [N, H, L, K, V] the level states seen from ``start``:
-    (the readout of the levels by the segment's queries [N, T, H, V] or None at start 0, the
-    level states seen from ``end`` or None without ``carry``), in the dtype of ``levels``.
+def _carried(q, k, v, g, lam, beta, levels, start, end, readout, carry):
+    """For the piece of tokens [start, end) of dense rows (``start`` a multiple of a power of two
+    at least its length), with ``levels`` [N, H, L, K, V] the level states seen from ``start``:
+    (the readout of the levels by the piece's queries [N, T, H, V] or None without ``readout``,
+    the level states seen from ``end`` or None without ``carry``), in the dtype of ``levels``.
 
     The chunk transitions M = d I - Kd^T W are taken in two tiers: one chunk after another
     within blocks of ``BLOCK`` chunks (all blocks at once), applied to the running product (for
@@ -236,11 +281,11 @@ def _carried(q, k, v, g, lam, beta, levels, start, end, carry):
             pushed = mm(t.R[j], vb[j])
             own = pushed if own is None else decay * own - mm(kd_t, mm(w, own)) + pushed
     read = None
-    if start > 0:
+    if readout:
         y = mm(torch.stack(queries), _exclusive(_products(product, mm), eye))  # the queries moved to the segment's start
         lam_b = blocks(lam)
-        # Levels below the one the last merge filled are empty (``relevel``).
-        low = min((start ^ (start - 1)).bit_length(), num_levels - 1)
+        # Levels below the one the last merge filled are empty (``relevel``); at 0 nothing merged.
+        low = min((start ^ (start - 1)).bit_length(), num_levels - 1) if start > 0 else 0
         read = sum(lam_b[..., lvl, None] * mm(y, levels[:, :, lvl, None]) for lvl in range(low, num_levels))
         read = read.permute(1, 3, 0, 4, 2, 5).flatten(1, 3)[:, :length]
     if not carry:

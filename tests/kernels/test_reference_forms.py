@@ -157,13 +157,17 @@ def test_unit_level_weights_give_the_linear_model(inputs, delta):
     assert rel_err(chunk_loglinear_attention(**x)[0], expected * c) < 1e-10
 
 
+@pytest.mark.parametrize("num_levels, positions", [(5, [0, 77]), (10, [90, 100])])
 @pytest.mark.parametrize("delta", [False, True], ids=["mamba2", "gdn"])
-def test_gradients_match_reference(inputs, state_from_prefix, delta):
+def test_gradients_match_reference(inputs, state_from_prefix, delta, num_levels, positions):
     """Gradients of every input (and of the initial state) through the chunked form equal those
-    through the quadratic form and through the token recurrence."""
+    through the quadratic form and through the token recurrence. At L = 10 from positions 90 and
+    100 the top level is empty and no prefix could fill it: the recurrence still reads it, so its
+    entries' gradients are not zero, and the chunked form must read it too after the first chunk
+    (it skips empty levels only without a differentiable state)."""
     length = 150
-    x = inputs(2, length, 2, HEADS, 8, 4, 5, delta=delta, seed=19)
-    state = state_from_prefix(2, HEADS, 5, 8, 4, [0, 77])
+    x = inputs(2, length, 2, HEADS, 8, 4, num_levels, delta=delta, seed=19)
+    state = state_from_prefix(2, HEADS, num_levels, 8, 4, positions)
     grads = {}
     for name, fn in [("chunk", chunk_loglinear_attention), ("naive", naive_loglinear_attention),
                      ("recurrent", recurrent_loglinear_attention)]:
