@@ -415,10 +415,12 @@ def run_checks(quick, smoke=False, variants=("mamba2", "gdn"), gdn_cases=GDN_CAS
 
 
 def check_segments(shape, length, num_levels):
-    """The dense check with ``segments.DELTA_STATE_BUDGET`` forced down to one byte, so that the
-    input runs in training segments of one chunk (``kernels/segments.py``: each fresh through the
-    Triton kernels, the carried level states read and handed on in torch), at a length the float64
-    reference fits."""
+    """The dense check and the one from an initial state with the final state, with
+    ``segments.DELTA_STATE_BUDGET`` forced down to one byte, so that the input runs in training
+    segments of one chunk (``kernels/segments.py``: each fresh through the Triton kernels, the
+    carried level states read and handed on in torch; from the state at 200, pieces of 8, 16,
+    32 tokens up to the next multiple of 64; the last chunk through torch), at a length the
+    float64 reference fits."""
     from hf_loglinear.kernels import segments
 
     segments.DELTA_STATE_BUDGET = 1
@@ -426,6 +428,7 @@ def check_segments(shape, length, num_levels):
         x = inputs(1, length, **shape, num_levels=num_levels, delta=True, dtype=torch.bfloat16)
         seg = segments.segment_length(x[0], x[2], num_levels, x[5], None, None, True, False, 64)
         check_dense(f"gdn segments of {seg}", shape, length, num_levels, delta=True)
+        check(f"gdn segments of {seg}", shape, length, True, num_levels)
     finally:
         segments.DELTA_STATE_BUDGET = None
 

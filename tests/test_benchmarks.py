@@ -23,8 +23,8 @@ def _run(*args, cwd, interpret=True):
 
 def test_kernel_bench_checks_pass_on_tiny_shapes(tmp_path):
     out = _run(str(BENCHMARKS / "bench_kernels.py"), "--smoke", cwd=tmp_path)
-    assert "smoke: 20 checks passed" in out  # the GDN training segments' check is the last two
-    assert "check gdn segments of 64 dense T=200" in out
+    assert "smoke: 22 checks passed" in out  # the GDN training segments' checks are the last four
+    assert "check gdn segments of 64 dense T=200" in out and "check gdn segments of 64 T=200" in out
     assert "FAILED" not in out
 
 
