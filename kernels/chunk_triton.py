@@ -709,7 +709,7 @@ def chunk_loglinear_attention_triton(
         run = _differentiable if grad else _forward
         return run(q, k, v, g, level_weights, beta, cu_seqlens, initial_state, output_final_state)
     inputs = (q, k, v, g, level_weights, beta)
-    return in_segments(inputs, initial_state, output_final_state, seg, grad, _forward, _differentiable)
+    return in_segments(inputs, initial_state, output_final_state, seg, grad, _forward, _differentiable, CHUNK)
 
 
 def _differentiable(q, k, v, g, lam, beta, cu_seqlens, initial_state, output_final_state):

@@ -113,17 +113,17 @@ def _carried_bytes(q, v, num_chunks, chunk, acc):
     return num_chunks * batch * heads * acc * per_chunk
 
 
-def in_segments(inputs, initial_state, output_final_state, seg, grad, forward, differentiable):
+def in_segments(inputs, initial_state, output_final_state, seg, grad, forward, differentiable, chunk):
     """The delta rule over dense rows in segments of at most ``seg`` tokens (module docstring):
     ``forward`` and ``differentiable`` are the Triton forward without and with autograd, called as
-    (q, k, v, g, lam, beta, cu_seqlens, initial_state, output_final_state)."""
+    (q, k, v, g, lam, beta, cu_seqlens, initial_state, output_final_state), on chunks of ``chunk``."""
     length = inputs[0].shape[1]
     start = _shared_start(initial_state)
     if start is None:  # rows from different positions: plain cuts, each from the last one's state
         cuts = [(s0, min(s0 + seg, length)) for s0 in range(0, length, seg)]
         return _chain(inputs, initial_state, output_final_state, cuts, differentiable if grad else forward)
     if grad:
-        return _carried_segments(inputs, initial_state, start, output_final_state, seg, differentiable)
+        return _carried_segments(inputs, initial_state, start, output_final_state, seg, differentiable, chunk)
     return _chain(inputs, initial_state, output_final_state, _pieces(start, length, seg, exact=False), forward)
 
 
@@ -163,7 +163,7 @@ def _chain(inputs, initial_state, output_final_state, cuts, run):
     return o, (state if output_final_state else None)
 
 
-def _carried_segments(inputs, initial_state, start, output_final_state, seg, differentiable):
+def _carried_segments(inputs, initial_state, start, output_final_state, seg, differentiable, chunk):
     """With gradients, every row from position ``start``: each piece fresh through the Triton
     kernels, plus the carried states' readout and hand-on of ``_carried`` (module docstring). With
     the final state asked for, the last chunk runs through ``differentiable`` from the level state
@@ -177,13 +177,13 @@ def _carried_segments(inputs, initial_state, start, output_final_state, seg, dif
         levels = v.new_zeros(batch, v.shape[2], lam.shape[-1], q.shape[3], v.shape[3], dtype=acc)
     else:  # seen from ``start`` (``_carried``'s form)
         levels = relevel(initial_state.levels.to(acc), initial_state.position - 1, initial_state.position)
-    body = length - min(length, 64) if output_final_state else length
+    body = length - min(length, chunk) if output_final_state else length
     o = torch.empty_like(v)
     for s0, s1 in _pieces(start, body, seg, exact=output_final_state):
         part = [x[:, s0:s1] for x in inputs]
         fresh = differentiable(*part, None, None, False)[0]
         readout = start + s0 > 0 or initial_state is not None
-        read, levels = _Carried.apply(levels, start + s0, start + s1, readout, s1 < length, *part)
+        read, levels = _Carried.apply(levels, (start + s0, start + s1, readout, s1 < length, chunk), *part)
         o[:, s0:s1] = fresh if read is None else (fresh.to(acc) + read).to(v.dtype)
     if not output_final_state:
         return o, None
@@ -197,17 +197,17 @@ class _Carried(torch.autograd.Function):
     under autograd."""
 
     @staticmethod
-    def forward(ctx, levels, start, end, readout, carry, *inputs):
+    def forward(ctx, levels, args, *inputs):
         ctx.save_for_backward(levels, *inputs)
-        ctx.args = (start, end, readout, carry)
-        return _carried(*inputs, levels, start, end, readout, carry)
+        ctx.args = args  # (start, end, readout, carry, chunk) of ``_carried``
+        return _carried(*inputs, levels, *args)
 
     @staticmethod
     def backward(ctx, dread, dlevels):
-        needs = ctx.needs_input_grad[:1] + ctx.needs_input_grad[5:]
+        needs = ctx.needs_input_grad[:1] + ctx.needs_input_grad[2:]
         run = lambda levels, *inputs: _carried(*inputs, levels, *ctx.args)  # noqa: E731
         grads = recompute_grads(run, ctx.saved_tensors, needs, (dread, dlevels))
-        return (grads[0], None, None, None, None, *grads[1:])
+        return (grads[0], None, *grads[1:])
 
 
 class _Product(torch.autograd.Function):
@@ -243,17 +243,18 @@ def _matmul_precision(tf32):
         torch.set_float32_matmul_precision(before)
 
 
-def _carried(q, k, v, g, lam, beta, levels, start, end, readout, carry):
+def _carried(q, k, v, g, lam, beta, levels, start, end, readout, carry, chunk):
     """For the piece of tokens [start, end) of dense rows (``start`` a multiple of a power of two
     at least its length), with ``levels`` [N, H, L, K, V] the level states seen from ``start``:
     (the readout of the levels by the piece's queries [N, T, H, V] or None without ``readout``,
-    the level states seen from ``end`` or None without ``carry``), in the dtype of ``levels``.
+    the level states seen from ``end`` or None without ``carry``), in the dtype of ``levels``,
+    for chunks of ``chunk`` tokens.
 
     The chunk transitions M = d I - Kd^T W are taken in two tiers: one chunk after another
     within blocks of ``BLOCK`` chunks (all blocks at once), applied to the running product (for
     the readout) and to the block's own state (what its tokens leave at its end, for the
     hand-on), never formed as K x K matrices; then log-depth products of the blocks' totals."""
-    dtype, chunk = levels.dtype, 64
+    dtype = levels.dtype
     num_heads, num_levels = v.shape[2], lam.shape[-1]
     length = q.shape[1]
     num_blocks = -(-length // (chunk * BLOCK))

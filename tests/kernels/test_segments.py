@@ -150,7 +150,7 @@ def test_training_segments(num_levels, groups, budget_chunks, block, cut, inputs
     monkeypatch.setattr(segments, "_carried_bytes", lambda q, v, n, chunk, acc: 0)
     monkeypatch.setattr(segments, "BLOCK", block)
     carried, calls = segments._carried, []
-    monkeypatch.setattr(segments, "_carried", lambda *a: calls.append(a[-4]) or carried(*a))
+    monkeypatch.setattr(segments, "_carried", lambda *a: calls.append(a[-5]) or carried(*a))
     seen = _count_segments(monkeypatch, segments.state_bytes(x[0], x[2], num_levels, None, True, budget_chunks, 64))
     got = _grads(chunk_loglinear_attention_triton, x, None, False)
     assert seen == cut
