@@ -333,10 +333,10 @@ def _scan(rows, dtype, consts, num_levels, initial_state, chunk, prefix=False):
     dot = _dot_dtype(dtype)
     args = (g_cum, states, h0, p0, low_sum, base_chunk, slots, nc, num_js, num_slots, top_exp)
     if delta:
-        buckets = scan_slot_sizes(nc, num_js, top_exp)[:-1]
         if prefix:
-            _prefix_delta_scan(factors, args, consts, dot, n * num_heads, buckets)
+            _prefix_delta_scan(factors, args, consts, dot, n * num_heads)
         else:
+            buckets = scan_slot_sizes(nc, num_js, top_exp)[:-1]
             _delta_scan(rows, factors, args, consts, dot, has_init, n * num_heads, buckets)
         return g_cum, factors, recorded, low
     bv_scan, scan_launch = _scan_tiles(value_dim)
@@ -392,23 +392,46 @@ def _delta_scan(rows, factors, args, consts, dot, has_init, num_row_heads, bucke
     _side_by_side(lambda: scan(1, True), (lambda: scan(tasks, False)) if tasks else None, rows.k.device)
 
 
-def _prefix_delta_scan(factors, args, consts, dot, num_row_heads, buckets):
+def _prefix_delta_scan(factors, args, consts, dot, num_row_heads):
     """The delta rule's prefix states (``scan_triton.prefix_scan_delta_kernel``) for rows that
-    start at chunk 0 with nothing before them: the plain recurrence, then one program per
-    boundary with readers after it (the top's windows after the first, the middles of the buckets
-    of levels 1 and up), on the bucket scan's k and W, with launch options of its own
-    (``_prefix_scan_tiles``)."""
+    start at chunk 0 with nothing before them: the plain recurrence and one task per even chunk
+    with readers after it (the middles of the buckets of levels 1 and up, the top's windows after
+    the first), on the bucket scan's k and W, with launch options of its own
+    (``_prefix_scan_tiles``); in one launch where the recurrence leaves SMs idle
+    (``_overlap_prefix``), else the boundaries in a second."""
     g_cum, states, slots, nc, num_js, num_slots, top_exp = args[:2] + args[6:]
-    k, w = factors.k, factors.w
+    bv, launch = _prefix_scan_tiles(dot, factors.w.shape[-1])
+    nvt = triton.cdiv(consts["V"], bv)
+    recurrences = num_row_heads * nvt
     # windows of one chunk (top_exp 0) and level 0's buckets have no reader past their boundary
-    boundaries = (((nc - 1) >> min(top_exp, 62)) if top_exp else 0) + sum(buckets[1:])
-    for programs, walk_boundaries in ((1, False), (boundaries, True)):
-        if programs:
-            bv, launch = _prefix_scan_tiles(dot, w.shape[-1])
-            nvt = triton.cdiv(consts["V"], bv)
-            prefix_scan_delta_kernel[(programs * num_row_heads * nvt,)](
-                k, factors.u, w, g_cum, states, slots, nc, num_js, num_slots, top_exp, num_row_heads,
-                **{**_key_tiles(consts), **launch}, BOUNDARIES=walk_boundaries, DOT=dot, BV=bv, NVT=nvt)
+    boundaries = (nc - 2) // 2 if top_exp and nc > 2 else 0
+    sync = torch.zeros(recurrences + 1, dtype=torch.int32, device=g_cum.device)  # progress, task counter
+    if boundaries and _overlap_prefix(recurrences, g_cum.device):
+        launches = [(1 + boundaries, True, True)]
+    else:
+        launches = [(1, True, False), (boundaries, False, True)]
+    for tasks, recurrence, walk_boundaries in launches:
+        if tasks:
+            prefix_scan_delta_kernel[(tasks * recurrences,)](
+                factors.k, factors.u, factors.w, g_cum, states, sync, slots, nc, num_js, num_slots, num_row_heads,
+                **{**_key_tiles(consts), **launch}, RECURRENCE=recurrence, BOUNDARIES=walk_boundaries, DOT=dot,
+                BV=bv, NVT=nvt)
+
+
+# Run the prefix scan's recurrence and boundaries in one launch: None decides by the GPU's
+# occupancy (``_overlap_prefix``); True / False force it (tests, A/B timings).
+PREFIX_OVERLAP = None
+
+
+def _overlap_prefix(recurrences, device):
+    """Whether the prefix scan runs in one launch: when its recurrence programs (one per row, head
+    and value tile, one per SM at its shared memory) leave SMs idle, the boundaries that are
+    ready can run there instead of after the last recurrence."""
+    if PREFIX_OVERLAP is not None:
+        return PREFIX_OVERLAP
+    if device.type != "cuda":
+        return False
+    return recurrences < torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def _key_tiles(consts):

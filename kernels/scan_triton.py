@@ -209,8 +209,10 @@ def _visit(states, hs, cb, c, js, js64, NJ, NC, NSLOT, top_exp, row64, h, H: tl.
 
 @triton.jit
 def _state_in(base, hv, hvm, ACC: tl.constexpr):
-    """This program's [BK, BV] tile of the [K, V] state starting at ``base``, in ACC."""
-    return tl.load(base + hv, mask=hvm, other=0.0).to(ACC)
+    """This program's [BK, BV] tile of the [K, V] state starting at ``base``, in ACC. Read past
+    L1 (``.cg``): a boundary of the prefix scan in one launch reads a state another program of
+    that launch has just written, and L1 is not coherent; every other state read is a one-off."""
+    return tl.load(base + hv, mask=hvm, other=0.0, cache_modifier=".cg").to(ACC)
 
 
 @triton.jit
@@ -555,34 +557,49 @@ def _top_walk(ins, h0, p0, low, cb, NC, js, top_exp, H: tl.constexpr, G: tl.cons
 
 @triton.jit
 def prefix_scan_delta_kernel(
-    k, u, w, g_cum, states, S, NC, NJ, NSLOT, top_exp, NH,
+    k, u, w, g_cum, states, sync, S, NC, NJ, NSLOT, NH,
     H: tl.constexpr, G: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     C: tl.constexpr, KA: tl.constexpr, KB: tl.constexpr, BV: tl.constexpr, NVT: tl.constexpr,
-    BOUNDARIES: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr, DOT: tl.constexpr,
+    RECURRENCE: tl.constexpr, BOUNDARIES: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
+    DOT: tl.constexpr,
 ):
     """The delta rule's level states by prefixes, for rows without an initial state (absolute
     chunk = row-local chunk). A reader's levels partition every chunk before it, and each
     transition is linear, so level js of chunk c is X(b_js, c) - X(b_js+1, c), where b_j = c with
     its j lowest bits cleared and X(b, c) the plain recurrent state at chunk b (all sources before
     it) pushed on to c. This records X(b_js, c) in the level's slot (``chunk_output_kernel``
-    weights it by lambda_js minus the level read below it) in two launches:
-    - the plain recurrence (BOUNDARIES false, one program per row, head and value tile), which
-      records X(c, c) at every chunk c > 0 in the slot of its lowest set bit (the top's above
-      top_exp);
-    - the boundaries (BOUNDARIES true, one program per boundary b with readers after it, longest
-      first), each pushing X(b, b) on through the chunks that read it: 2^tz(b) - 1 of them,
-      2^top_exp - 1 for the top's windows.
+    weights it by lambda_js minus the level read below it) with two kinds of task:
+    - the plain recurrence (RECURRENCE, one per row, head and value tile), which records X(c, c)
+      at every chunk c > 0 in the slot of its lowest set bit (the top's above NJ - 2);
+    - the boundaries (BOUNDARIES, one per even chunk b with readers after it, in order of b), each
+      pushing X(b, b) on through the chunks that read it: 2^tz(b) - 1 of them, 2^top_exp - 1 for
+      the top's windows.
+    Either a launch of each, the boundaries after the recurrence, or both in one launch (both
+    flags), where a boundary waits only for its own recurrence to reach b (``_wait_for``) and so
+    runs on the SMs the recurrence leaves idle (72 recurrences on 132 SMs at 16K x 2, 192 / 384).
+    There tasks are numbered in the order programs start (a counter in ``sync``, whose first
+    NH * NVT entries are the recurrences' progress), so every task a program waits for has
+    started before it and runs to its end: no deadlock, whatever order the GPU starts programs in.
     Every source enters one push with its contribution, and a boundary's state is pushed only
     to its readers: at 2K (32 chunks of 64, top windows of 16) 80 pushes a row where the bucket
     scans (``level_scan_delta_kernel``) take 130. The top before its first window holds nothing
     and is neither recorded nor read. Same tiles and k and W as the bucket scan."""
-    pid = tl.program_id(0)
-    row, h, grp, dv, vm, tile = delta_tile((pid // NVT) % NH, pid % NVT, H, G, K, V, KA, KB, BV)
-    ins = (k, u, w, g_cum, states, row.to(tl.int64), S, NJ, NSLOT, h, grp, tl.arange(0, C), dv, vm, tile)
-    if BOUNDARIES:
-        _boundary_walk(ins, pid // (NH * NVT), NC, NJ, top_exp, K, V, C, KB, G, H, ACC, PREC, DOT)
+    if RECURRENCE and BOUNDARIES:
+        task = tl.atomic_add(sync + NH * NVT, 1)  # in the order programs start
     else:
-        _prefix_walk(ins, NC, NJ, K, V, C, KA, KB, BV, G, H, ACC, PREC, DOT)
+        task = tl.program_id(0)
+    rhv = task % (NH * NVT)
+    row, h, grp, dv, vm, tile = delta_tile(rhv // NVT, rhv % NVT, H, G, K, V, KA, KB, BV)
+    ins = (k, u, w, g_cum, states, row.to(tl.int64), S, NJ, NSLOT, h, grp, tl.arange(0, C), dv, vm, tile)
+    if RECURRENCE and BOUNDARIES:
+        if task < NH * NVT:
+            _prefix_walk(ins, sync + rhv, NC, NJ, True, K, V, C, KA, KB, BV, G, H, ACC, PREC, DOT)
+        else:
+            _boundary_walk(ins, sync + rhv, task // (NH * NVT) - 1, NC, NJ, True, K, V, C, KB, G, H, ACC, PREC, DOT)
+    elif BOUNDARIES:
+        _boundary_walk(ins, sync, task // (NH * NVT), NC, NJ, False, K, V, C, KB, G, H, ACC, PREC, DOT)
+    else:
+        _prefix_walk(ins, sync, NC, NJ, False, K, V, C, KA, KB, BV, G, H, ACC, PREC, DOT)
 
 
 @triton.jit
@@ -592,46 +609,73 @@ def _prefix_slot(c, NJ):
     return tl.minimum(tl_bit_length(c64 & -c64) - 1, NJ - 1)
 
 
+# chunks the recurrence walks between two publications of its progress (``_publish``)
+PUBLISH_EVERY = tl.constexpr(8) if tl is not None else 8
+
+
 @triton.jit
-def _prefix_walk(ins, NC, NJ, K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, KA: tl.constexpr,
-                 KB: tl.constexpr, BV: tl.constexpr, G: tl.constexpr, H: tl.constexpr, ACC: tl.constexpr,
-                 PREC: tl.constexpr, DOT: tl.constexpr):
+def _prefix_walk(ins, flag, NC, NJ, PUBLISH: tl.constexpr, K: tl.constexpr, V: tl.constexpr, C: tl.constexpr,
+                 KA: tl.constexpr, KB: tl.constexpr, BV: tl.constexpr, G: tl.constexpr, H: tl.constexpr,
+                 ACC: tl.constexpr, PREC: tl.constexpr, DOT: tl.constexpr):
     """The plain recurrence through chunks 0 .. NC - 2, recording the state each next chunk
-    starts from (``_prefix_slot``)."""
+    starts from (``_prefix_slot``); PUBLISH: every PUBLISH_EVERY chunks it tells ``flag`` the
+    last chunk recorded (a barrier in the inner loop would stop its loads being prefetched)."""
     states, row64, NSLOT, h, tile = ins[4], ins[5], ins[8], ins[9], ins[14]
     none = tl.zeros((), dtype=ACC)
     ps = _pair_zeros(KA, KB, BV, ACC)
     if NC > 1:
         ps = _delta_step(ins, none, ps, 0, 0, False, False, True, True, G, H, K, V, C, KB, ACC, PREC, DOT)[1]
         _pair_record(states, ps, NJ, row64, NSLOT, h, H, K, V, tile, KB)  # chunk 1: its lowest bit, scan 0
-    for c in range(2, NC):
-        ps = _delta_step(ins, none, ps, c - 1, 0, False, False, True, False, G, H, K, V, C, KB, ACC, PREC, DOT)[1]
-        _pair_record(states, ps, c * NJ + _prefix_slot(c, NJ), row64, NSLOT, h, H, K, V, tile, KB)
+    every = PUBLISH_EVERY if PUBLISH else tl.maximum(NC, 1)
+    for c0 in range(2, NC, every):
+        c1 = tl.minimum(c0 + every, NC)
+        for c in range(c0, c1):
+            ps = _delta_step(ins, none, ps, c - 1, 0, False, False, True, False, G, H, K, V, C, KB, ACC, PREC, DOT)[1]
+            _pair_record(states, ps, c * NJ + _prefix_slot(c, NJ), row64, NSLOT, h, H, K, V, tile, KB)
+        if PUBLISH:
+            _publish(flag, c1 - 1)
 
 
 @triton.jit
-def _boundary_walk(ins, task, NC, NJ, top_exp, K: tl.constexpr, V: tl.constexpr, C: tl.constexpr,
-                   KB: tl.constexpr, G: tl.constexpr, H: tl.constexpr, ACC: tl.constexpr,
+def _publish(flag, c):
+    """The recurrence has recorded X(c, c): every thread's stores done (barrier), then released
+    to the GPU with c, as a grid-wide barrier releases its arrival."""
+    tl.debug_barrier()
+    tl.atomic_xchg(flag, c, sem="release", scope="gpu")
+
+
+@triton.jit
+def _wait_for(flag, c):
+    """Spin until the recurrence behind ``flag`` has published chunk c (acquire), then let every
+    thread on. Bounded: a bug then shows as a wrong output, not as a GPU that hangs."""
+    seen = tl.atomic_add(flag, 0, sem="acquire", scope="gpu")
+    spins = 0
+    while (seen < c) & (spins < 1 << 24):  # ~10 s; a recurrence over 1M tokens takes ~50 ms
+        seen = tl.atomic_add(flag, 0, sem="acquire", scope="gpu")
+        spins += 1
+    tl.debug_barrier()
+
+
+@triton.jit
+def _boundary_walk(ins, flag, task, NC, NJ, WAIT: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+                   C: tl.constexpr, KB: tl.constexpr, G: tl.constexpr, H: tl.constexpr, ACC: tl.constexpr,
                    PREC: tl.constexpr, DOT: tl.constexpr):
-    """Boundary ``task``: the top's windows after the first, then the buckets' middles from level
-    NJ - 2 down to 1 (``_bucket_of``; level 0's readers are their own boundaries). X(b, b),
-    recorded by the recurrence, pushed through chunks b .. e - 2 and recorded at each next."""
+    """Boundary ``task``: chunk b = 2 (task + 1), whose lowest set bit js (the top's NJ - 1 at or
+    above it: its windows are 2^(NJ - 1) chunks when capped) gives its 2^js - 1 readers; level 0
+    has none. X(b, b), recorded by the recurrence (WAIT: once ``flag`` says so), pushed through
+    chunks b .. e - 2 and recorded at each next."""
     states, row64, NSLOT, h, tile = ins[4], ins[5], ins[8], ins[9], ins[14]
-    te = tl.minimum(top_exp, 62).to(tl.int64)
-    t = task.to(tl.int64)
-    windows = (NC - 1) >> te
-    js, b = _bucket_of(t - windows, tl.zeros((), tl.int64), NC, NJ)
-    top = t < windows
-    js = tl.where(top, NJ - 1, js)
-    span_exp = tl.where(top, te, js)
-    first = tl.where(top, (t + 1) << te, (b << (js + 1)) + (tl.full((), 1, tl.int64) << js))
-    e = tl.minimum(first + (tl.full((), 1, tl.int64) << span_exp), NC)
-    if (js >= 0) & (first + 1 < e):
+    b = 2 * (task.to(tl.int64) + 1)
+    js = _prefix_slot(b, NJ)
+    e = tl.minimum(b + (tl.full((), 1, tl.int64) << js), NC)
+    if b + 1 < e:
+        if WAIT:
+            _wait_for(flag, b)
         none = tl.zeros((), dtype=ACC)
-        hs = _pair_in(slot_tile(states, row64, first * NJ + js, NSLOT, h, H, K, V), tile, KB, ACC)
-        hs = _walk_chunks(ins, hs, none, first, first + 1, js, False, True, False, False,
+        hs = _pair_in(slot_tile(states, row64, b * NJ + js, NSLOT, h, H, K, V), tile, KB, ACC)
+        hs = _walk_chunks(ins, hs, none, b, b + 1, js, False, True, False, False,
                           G, H, K, V, C, KB, ACC, PREC, DOT)[0]
-        hs = _walk_chunks(ins, hs, none, first + 1, e - 1, js, True, True, False, False,
+        hs = _walk_chunks(ins, hs, none, b + 1, e - 1, js, True, True, False, False,
                           G, H, K, V, C, KB, ACC, PREC, DOT)[0]
         _pair_record(states, hs, (e - 1) * NJ + js, row64, NSLOT, h, H, K, V, tile, KB)
 
