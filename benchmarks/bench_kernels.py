@@ -458,9 +458,6 @@ def main():
     parser.add_argument("--delta-state-budget", type=float, default=None,
                         help="GiB for segments.DELTA_STATE_BUDGET in the timings (default: half the free memory), "
                              "e.g. 1000 to time a long delta-rule input in one pass rather than in segments")
-    parser.add_argument("--prefix-overlap", choices=("auto", "on", "off"), default="auto",
-                        help="chunk_triton.PREFIX_OVERLAP: the delta rule's prefix scan in one launch (on), in two "
-                             "(off), or as the GPU's occupancy decides (auto)")
     parser.add_argument("--skip-decode", action="store_true", help="no decode-step table")
     parser.add_argument("--forward-only", action="store_true", help="time forwards only (ours, fla's, SDPA's)")
     parser.add_argument("--variants", default="mamba2,gdn", help="which of mamba2,gdn to check and time")
@@ -491,11 +488,6 @@ def main():
 
         segments.DELTA_STATE_BUDGET = int(args.delta_state_budget * 2**30)
         log(f"DELTA_STATE_BUDGET {args.delta_state_budget} GiB")
-    if args.prefix_overlap != "auto":
-        from hf_loglinear.kernels import chunk_triton
-
-        chunk_triton.PREFIX_OVERLAP = args.prefix_overlap == "on"
-        log(f"PREFIX_OVERLAP {chunk_triton.PREFIX_OVERLAP}")
     if args.profile:
         return profile_ops([int(t) for t in args.profile.split(",")], args.variants.split(","))
     t0 = time.time()

@@ -14,8 +14,8 @@ its own), and its value tile and warps if given (e.g. 2x64x8; ``chunk_triton._de
 ``time``: after the check, the forward's median time at the ANCHORS.md shape (6 heads x 192 /
 384, B = 32768 / T) at T = 2K and 8K, with num_levels = 1 and fla's chunk_gated_delta_rule
 forward beside it (same run). ``split``: after the check, the median time of each Triton launch
-of that forward, keyed by kernel and by its TOP / RECURRENCE / BOUNDARIES flags (torch.profiler groups by
-kernel name alone, so the prefix scan's two launches would share a row), then fla's forward per
+of that forward, keyed by kernel and by its TOP flag (torch.profiler groups by
+kernel name alone, so the bucket scan's two launches would share a row), then fla's forward per
 kernel (torch.profiler). Events are recorded on the current stream: right for this dense
 forward, not for the bucket scan's top, which runs on a side stream (rows from an initial
 state); the decay kernel (decay_triton) is not split out.
@@ -27,12 +27,10 @@ free memory (the default budget).
 ``sweep``: launch options tried in one process, each checked as above and then split at 2K and
 8K. A CONFIG is ``default`` or ``kernel:option=value,...`` joined by ``+`` (e.g.
 ``ut_factors_kernel:num_warps=8+chunk_output_kernel:num_stages=2``); ``kernel/FLAG=0|1:...``
-applies to the launches with that flag only (TOP, RECURRENCE or BOUNDARIES; e.g.
-``prefix_scan_delta_kernel/BOUNDARIES=1:num_warps=4``). ``BV`` is taken only where
+applies to the launches with that flag only (e.g.
+``level_scan_delta_kernel/TOP=0:num_warps=4``). ``BV`` is taken only where
 the grid follows from it: the output kernel's value-tile axis is re-sized, the UT kernel's is an
 inner loop; elsewhere it is refused (an unresized grid computes a wrong output, not a timing).
-``PREFIX_OVERLAP=1`` (or 0) in the environment runs the prefix scan in one launch (or two)
-whatever ``chunk_triton._overlap_prefix`` would pick.
 """
 import os
 import statistics
@@ -58,22 +56,20 @@ if args and args[0][0].isdigit():
 
     chunk_triton._delta_scan_tiles = tiles
 MODE = args[0] if args else "check"
-if "PREFIX_OVERLAP" in os.environ:  # 1: the prefix scan in one launch, 0: in two (default: chunk_triton decides)
-    chunk_triton.PREFIX_OVERLAP = os.environ["PREFIX_OVERLAP"] == "1"
 KERNELS = {n: f for n, f in vars(chunk_triton).items() if n.endswith("_kernel")}
 VALUE_TILE_AXIS = {"chunk_output_kernel": 2, "ut_factors_kernel": None}  # grid axis BV sizes, if any
 
 
 class Timed:
     """A kernel whose launches take launch-option overrides and record CUDA events under
-    (name, TOP / RECURRENCE / BOUNDARIES flags)."""
+    (name, TOP flag)."""
 
     def __init__(self, kernel, log, over):
         self.kernel, self.log, self.over = kernel, log, over  # over: [(flag condition or None, options)]
 
     def __getitem__(self, grid):
         def launch(*a, **kwargs):
-            flags = {f: int(kwargs[f]) for f in ("TOP", "RECURRENCE", "BOUNDARIES") if f in kwargs}
+            flags = {"TOP": int(kwargs["TOP"])} if "TOP" in kwargs else {}
             key = self.kernel.__name__ + "".join(f" {f}={bool(x)}" for f, x in flags.items())
             over = {}
             for cond, opts in self.over:

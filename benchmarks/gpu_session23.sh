@@ -1,5 +1,5 @@
 # Session 23 (2026-12-01): the delta rule's prefix scan in one launch where its recurrence leaves
-# SMs idle (chunk_triton._overlap_prefix; the boundaries, in order of their chunk, wait for the
+# SMs idle (chunk_triton._prefix_delta_scan; the boundaries, in order of their chunk, wait for the
 # recurrence's published progress), against main at the session's start (3936a3e) and the same
 # code in two launches. The GDN forward at 16K x 2 was 2.57x fla's (target 2.5x): 72 recurrence
 # programs (2 rows x 6 heads x 6 value tiles) held 72 of the 132 SMs for 0.53 ms while the
@@ -8,7 +8,12 @@ source benchmarks/gpu_lib.sh
 case "$1" in
 a)  # carrying [".whl", ".ab_main"] (git archive of 3936a3e): the forward checked with launches
     # blocking (T = 1000, 2 heads: one launch), the bf16 dense check (forward and every gradient) in
-    # one launch, then per-launch times at 2K .. 32K: main, two launches, one launch.
+    # one launch, then per-launch times at 2K .. 32K: main, two launches, one launch (commit
+    # 9c17579, which had both modes). Measured: checks pass (o 3.9e-3 .. 6.5e-3, gradients <= 4.3e-3);
+    # forward 2K / 8K / 16K / 32K: main 2.09 / 2.69 / 2.89 / 3.61 ms, two launches (boundaries in
+    # order of their chunk) 2.09 / 2.69 / 2.89 / 3.64, one launch 2.10 / 2.50 / 2.72 / 2.87 (the
+    # prefix launch 1.076 / 1.329 / 1.471 / 1.592 against 0.352 + 0.716, 0.565 + 0.957, 0.562 +
+    # 1.083, 1.154 + 1.205). One launch is never slower, so the two-launch mode was removed.
     fault_check one_launch
     t=$(cap 90)
     ours timeout $t python $B --variants gdn --skip-decode --lengths '' --check-dtypes bfloat16 --gdn-checks dense \
@@ -20,5 +25,19 @@ a)  # carrying [".whl", ".ab_main"] (git archive of 3936a3e): the forward checke
     sweep main /tmp/pkgmain 120 default
     export PREFIX_OVERLAP=0; sweep two /tmp/pkg 100 default
     export PREFIX_OVERLAP=1; sweep one /tmp/pkg 100 default ;;
-*)  echo "usage: bash benchmarks/gpu_session23.sh a" >&2; exit 2 ;;
+b)  # carrying [".whl"], after a: the code with one launch only. bf16 dense check, the recurrence's
+    # publishing interval (PUBLISH, chunks) 8 / 4 / 16 per launch at 2K .. 32K, then the GDN
+    # forward table at 2K .. 64K (ours, num_levels=1, fla) in one run.
+    t=$(cap 90)
+    ours timeout $t python $B --variants gdn --skip-decode --lengths '' --check-dtypes bfloat16 --gdn-checks dense \
+      > $OUT/checks.log 2>&1
+    note "checks: rc $? (${SECONDS} s)"; grep "^check\|FAIL" $OUT/checks.log | tee -a $OUT/summary.log
+    grep -q "FAIL" $OUT/checks.log && exit 1
+    export SPLIT_LENGTHS=2048,8192,16384,32768
+    sweep publish /tmp/pkg 150 default prefix_scan_delta_kernel:PUBLISH=4 prefix_scan_delta_kernel:PUBLISH=16
+    t=$(cap 200); mkdir -p $OUT/tables
+    ours timeout $t python $B --variants gdn --skip-checks --skip-decode --forward-only --lengths 2048,8192,16384,32768,65536 \
+      --out $OUT/tables > $OUT/fwd.log 2>&1
+    note "forward table: rc $? (${SECONDS} s)"; grep "^  (" $OUT/fwd.log | tee -a $OUT/summary.log ;;
+*)  echo "usage: bash benchmarks/gpu_session23.sh a|b" >&2; exit 2 ;;
 esac

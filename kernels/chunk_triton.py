@@ -394,11 +394,12 @@ def _delta_scan(rows, factors, args, consts, dot, has_init, num_row_heads, bucke
 
 def _prefix_delta_scan(factors, args, consts, dot, num_row_heads):
     """The delta rule's prefix states (``scan_triton.prefix_scan_delta_kernel``) for rows that
-    start at chunk 0 with nothing before them: the plain recurrence and one task per even chunk
-    with readers after it (the middles of the buckets of levels 1 and up, the top's windows after
-    the first), on the bucket scan's k and W, with launch options of its own
-    (``_prefix_scan_tiles``); in one launch where the recurrence leaves SMs idle
-    (``_overlap_prefix``), else the boundaries in a second."""
+    start at chunk 0 with nothing before them, in one launch: the plain recurrence and one task
+    per even chunk with readers after it (the middles of the buckets of levels 1 and up, the
+    top's windows after the first), on the bucket scan's k and W, with launch options of its own
+    (``_prefix_scan_tiles``). One launch against two (the boundaries after the recurrence), on
+    the H200 at 192 / 384 in bf16 (``gpu_session23.sh a``): forward 2.10 / 2.50 / 2.72 / 2.87 ms
+    at 2K x 16 / 8K x 4 / 16K x 2 / 32K x 1 against 2.09 / 2.69 / 2.89 / 3.64."""
     g_cum, states, slots, nc, num_js, num_slots, top_exp = args[:2] + args[6:]
     bv, launch = _prefix_scan_tiles(dot, factors.w.shape[-1])
     nvt = triton.cdiv(consts["V"], bv)
@@ -406,32 +407,9 @@ def _prefix_delta_scan(factors, args, consts, dot, num_row_heads):
     # windows of one chunk (top_exp 0) and level 0's buckets have no reader past their boundary
     boundaries = (nc - 2) // 2 if top_exp and nc > 2 else 0
     sync = torch.zeros(recurrences + 1, dtype=torch.int32, device=g_cum.device)  # progress, task counter
-    if boundaries and _overlap_prefix(recurrences, g_cum.device):
-        launches = [(1 + boundaries, True, True)]
-    else:
-        launches = [(1, True, False), (boundaries, False, True)]
-    for tasks, recurrence, walk_boundaries in launches:
-        if tasks:
-            prefix_scan_delta_kernel[(tasks * recurrences,)](
-                factors.k, factors.u, factors.w, g_cum, states, sync, slots, nc, num_js, num_slots, num_row_heads,
-                **{**_key_tiles(consts), **launch}, RECURRENCE=recurrence, BOUNDARIES=walk_boundaries, DOT=dot,
-                BV=bv, NVT=nvt)
-
-
-# Run the prefix scan's recurrence and boundaries in one launch: None decides by the GPU's
-# occupancy (``_overlap_prefix``); True / False force it (tests, A/B timings).
-PREFIX_OVERLAP = None
-
-
-def _overlap_prefix(recurrences, device):
-    """Whether the prefix scan runs in one launch: when its recurrence programs (one per row, head
-    and value tile, one per SM at its shared memory) leave SMs idle, the boundaries that are
-    ready can run there instead of after the last recurrence."""
-    if PREFIX_OVERLAP is not None:
-        return PREFIX_OVERLAP
-    if device.type != "cuda":
-        return False
-    return recurrences < torch.cuda.get_device_properties(device).multi_processor_count
+    prefix_scan_delta_kernel[((1 + boundaries) * recurrences,)](
+        factors.k, factors.u, factors.w, g_cum, states, sync, slots, nc, num_js, num_slots, num_row_heads,
+        **{**_key_tiles(consts), **launch}, PUBLISH=8, DOT=dot, BV=bv, NVT=nvt)
 
 
 def _key_tiles(consts):
@@ -467,10 +445,11 @@ def _delta_scan_tiles(dot, top):
 
 
 def _prefix_scan_tiles(dot, key_width):
-    """(value tile, launch options) of the prefix scan's two launches, for W and k ``key_width``
-    wide. Half operands up to 192 wide: value tiles of 64 at 4 warps,
-    loads triple-buffered (4 stages would take 238 KB of shared memory). On the H200 at 192 / 384
-    in bf16 (``gpu_session21.sh b``, forward at 2K x 16 / 8K x 4): recurrence 0.34 / 0.54 ms and
+    """(value tile, launch options) of the prefix scan, for W and k ``key_width`` wide. Half
+    operands up to 192 wide: value tiles of 64 at 4 warps, loads triple-buffered (4 stages would
+    take 238 KB of shared memory). Measured while the recurrence and the boundaries were two
+    launches, on the H200 at 192 / 384 in bf16 (``gpu_session21.sh b``, forward at 2K x 16 /
+    8K x 4): recurrence 0.34 / 0.54 ms and
     boundaries 0.72 / 1.02, against 0.60 / 0.92 and 0.82 / 1.17 at 8 warps and 2 stages (the
     bucket scan's tiles, which they used before); 8 warps with 3 stages 0.44 + 0.81 at 2K; both at
     4 warps and 3 stages 0.34 + 0.73. The boundaries at 3 stages against 2 (``gpu_session22.sh

@@ -210,8 +210,8 @@ def _visit(states, hs, cb, c, js, js64, NJ, NC, NSLOT, top_exp, row64, h, H: tl.
 @triton.jit
 def _state_in(base, hv, hvm, ACC: tl.constexpr):
     """This program's [BK, BV] tile of the [K, V] state starting at ``base``, in ACC. Read past
-    L1 (``.cg``): a boundary of the prefix scan in one launch reads a state another program of
-    that launch has just written, and L1 is not coherent; every other state read is a one-off."""
+    L1 (``.cg``): a boundary of the prefix scan reads a state another program of its launch has
+    just written, and L1 is not coherent; every other state read is a one-off."""
     return tl.load(base + hv, mask=hvm, other=0.0, cache_modifier=".cg").to(ACC)
 
 
@@ -560,46 +560,37 @@ def prefix_scan_delta_kernel(
     k, u, w, g_cum, states, sync, S, NC, NJ, NSLOT, NH,
     H: tl.constexpr, G: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     C: tl.constexpr, KA: tl.constexpr, KB: tl.constexpr, BV: tl.constexpr, NVT: tl.constexpr,
-    RECURRENCE: tl.constexpr, BOUNDARIES: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
-    DOT: tl.constexpr,
+    PUBLISH: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr, DOT: tl.constexpr,
 ):
     """The delta rule's level states by prefixes, for rows without an initial state (absolute
     chunk = row-local chunk). A reader's levels partition every chunk before it, and each
     transition is linear, so level js of chunk c is X(b_js, c) - X(b_js+1, c), where b_j = c with
     its j lowest bits cleared and X(b, c) the plain recurrent state at chunk b (all sources before
     it) pushed on to c. This records X(b_js, c) in the level's slot (``chunk_output_kernel``
-    weights it by lambda_js minus the level read below it) with two kinds of task:
-    - the plain recurrence (RECURRENCE, one per row, head and value tile), which records X(c, c)
-      at every chunk c > 0 in the slot of its lowest set bit (the top's above NJ - 2);
-    - the boundaries (BOUNDARIES, one per even chunk b with readers after it, in order of b), each
-      pushing X(b, b) on through the chunks that read it: 2^tz(b) - 1 of them, 2^top_exp - 1 for
-      the top's windows.
-    Either a launch of each, the boundaries after the recurrence, or both in one launch (both
-    flags), where a boundary waits only for its own recurrence to reach b (``_wait_for``) and so
-    runs on the SMs the recurrence leaves idle (72 recurrences on 132 SMs at 16K x 2, 192 / 384).
-    There tasks are numbered in the order programs start (a counter in ``sync``, whose first
-    NH * NVT entries are the recurrences' progress), so every task a program waits for has
-    started before it and runs to its end: no deadlock, whatever order the GPU starts programs in.
-    Every source enters one push with its contribution, and a boundary's state is pushed only
-    to its readers: at 2K (32 chunks of 64, top windows of 16) 80 pushes a row where the bucket
-    scans (``level_scan_delta_kernel``) take 130. The top before its first window holds nothing
-    and is neither recorded nor read. Same tiles and k and W as the bucket scan."""
-    if RECURRENCE and BOUNDARIES:
-        task = tl.atomic_add(sync + NH * NVT, 1)  # in the order programs start
-    else:
-        task = tl.program_id(0)
+    weights it by lambda_js minus the level read below it) with two kinds of task in one launch:
+    - the plain recurrence (the first NH * NVT tasks, one per row, head and value tile), which
+      records X(c, c) at every chunk c > 0 in the slot of its lowest set bit (the top's above
+      NJ - 2), and publishes how far it got every PUBLISH chunks;
+    - the boundaries (one task per even chunk b with readers after it, in order of b), each
+      waiting for its recurrence to reach b (``_wait_for``), then pushing X(b, b) on through the
+      chunks that read it: 2^tz(b) - 1 of them, 2^top_exp - 1 for the top's windows.
+    So boundaries run on the SMs the recurrence leaves idle (72 recurrences on 132 SMs at 16K x 2,
+    192 / 384) instead of after it. Tasks are numbered in the order programs start (a counter in
+    ``sync``, whose first NH * NVT entries are the recurrences' progress), so every task a program
+    waits for has started before it and runs to its end: no deadlock, whatever order the GPU
+    starts programs in. Every source enters one push with its contribution, and a boundary's
+    state is pushed only to its readers: at 2K (32 chunks of 64, top windows of 16) 80 pushes a
+    row where the bucket scans (``level_scan_delta_kernel``) take 130. The top before its first
+    window holds nothing and is neither recorded nor read. Same tiles and k and W as the bucket
+    scan."""
+    task = tl.atomic_add(sync + NH * NVT, 1)  # in the order programs start
     rhv = task % (NH * NVT)
     row, h, grp, dv, vm, tile = delta_tile(rhv // NVT, rhv % NVT, H, G, K, V, KA, KB, BV)
     ins = (k, u, w, g_cum, states, row.to(tl.int64), S, NJ, NSLOT, h, grp, tl.arange(0, C), dv, vm, tile)
-    if RECURRENCE and BOUNDARIES:
-        if task < NH * NVT:
-            _prefix_walk(ins, sync + rhv, NC, NJ, True, K, V, C, KA, KB, BV, G, H, ACC, PREC, DOT)
-        else:
-            _boundary_walk(ins, sync + rhv, task // (NH * NVT) - 1, NC, NJ, True, K, V, C, KB, G, H, ACC, PREC, DOT)
-    elif BOUNDARIES:
-        _boundary_walk(ins, sync, task // (NH * NVT), NC, NJ, False, K, V, C, KB, G, H, ACC, PREC, DOT)
+    if task < NH * NVT:
+        _prefix_walk(ins, sync + rhv, NC, NJ, PUBLISH, K, V, C, KA, KB, BV, G, H, ACC, PREC, DOT)
     else:
-        _prefix_walk(ins, sync, NC, NJ, False, K, V, C, KA, KB, BV, G, H, ACC, PREC, DOT)
+        _boundary_walk(ins, sync + rhv, task // (NH * NVT) - 1, NC, NJ, K, V, C, KB, G, H, ACC, PREC, DOT)
 
 
 @triton.jit
@@ -609,31 +600,25 @@ def _prefix_slot(c, NJ):
     return tl.minimum(tl_bit_length(c64 & -c64) - 1, NJ - 1)
 
 
-# chunks the recurrence walks between two publications of its progress (``_publish``)
-PUBLISH_EVERY = tl.constexpr(8) if tl is not None else 8
-
-
 @triton.jit
 def _prefix_walk(ins, flag, NC, NJ, PUBLISH: tl.constexpr, K: tl.constexpr, V: tl.constexpr, C: tl.constexpr,
                  KA: tl.constexpr, KB: tl.constexpr, BV: tl.constexpr, G: tl.constexpr, H: tl.constexpr,
                  ACC: tl.constexpr, PREC: tl.constexpr, DOT: tl.constexpr):
     """The plain recurrence through chunks 0 .. NC - 2, recording the state each next chunk
-    starts from (``_prefix_slot``); PUBLISH: every PUBLISH_EVERY chunks it tells ``flag`` the
-    last chunk recorded (a barrier in the inner loop would stop its loads being prefetched)."""
+    starts from (``_prefix_slot``); every PUBLISH chunks it tells ``flag`` the last chunk
+    recorded (a barrier in the inner loop would stop its loads being prefetched)."""
     states, row64, NSLOT, h, tile = ins[4], ins[5], ins[8], ins[9], ins[14]
     none = tl.zeros((), dtype=ACC)
     ps = _pair_zeros(KA, KB, BV, ACC)
     if NC > 1:
         ps = _delta_step(ins, none, ps, 0, 0, False, False, True, True, G, H, K, V, C, KB, ACC, PREC, DOT)[1]
         _pair_record(states, ps, NJ, row64, NSLOT, h, H, K, V, tile, KB)  # chunk 1: its lowest bit, scan 0
-    every = PUBLISH_EVERY if PUBLISH else tl.maximum(NC, 1)
-    for c0 in range(2, NC, every):
-        c1 = tl.minimum(c0 + every, NC)
+    for c0 in range(2, NC, PUBLISH):
+        c1 = tl.minimum(c0 + PUBLISH, NC)
         for c in range(c0, c1):
             ps = _delta_step(ins, none, ps, c - 1, 0, False, False, True, False, G, H, K, V, C, KB, ACC, PREC, DOT)[1]
             _pair_record(states, ps, c * NJ + _prefix_slot(c, NJ), row64, NSLOT, h, H, K, V, tile, KB)
-        if PUBLISH:
-            _publish(flag, c1 - 1)
+        _publish(flag, c1 - 1)
 
 
 @triton.jit
@@ -657,20 +642,18 @@ def _wait_for(flag, c):
 
 
 @triton.jit
-def _boundary_walk(ins, flag, task, NC, NJ, WAIT: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-                   C: tl.constexpr, KB: tl.constexpr, G: tl.constexpr, H: tl.constexpr, ACC: tl.constexpr,
-                   PREC: tl.constexpr, DOT: tl.constexpr):
+def _boundary_walk(ins, flag, task, NC, NJ, K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, KB: tl.constexpr,
+                   G: tl.constexpr, H: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr, DOT: tl.constexpr):
     """Boundary ``task``: chunk b = 2 (task + 1), whose lowest set bit js (the top's NJ - 1 at or
     above it: its windows are 2^(NJ - 1) chunks when capped) gives its 2^js - 1 readers; level 0
-    has none. X(b, b), recorded by the recurrence (WAIT: once ``flag`` says so), pushed through
-    chunks b .. e - 2 and recorded at each next."""
+    has none. X(b, b), recorded by the recurrence (once ``flag`` says so), pushed through chunks
+    b .. e - 2 and recorded at each next."""
     states, row64, NSLOT, h, tile = ins[4], ins[5], ins[8], ins[9], ins[14]
     b = 2 * (task.to(tl.int64) + 1)
     js = _prefix_slot(b, NJ)
     e = tl.minimum(b + (tl.full((), 1, tl.int64) << js), NC)
     if b + 1 < e:
-        if WAIT:
-            _wait_for(flag, b)
+        _wait_for(flag, b)
         none = tl.zeros((), dtype=ACC)
         hs = _pair_in(slot_tile(states, row64, b * NJ + js, NSLOT, h, H, K, V), tile, KB, ACC)
         hs = _walk_chunks(ins, hs, none, b, b + 1, js, False, True, False, False,

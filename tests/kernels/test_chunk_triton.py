@@ -247,18 +247,14 @@ def _spy_prefix(monkeypatch):
     "length, num_levels, groups",
     [(1, 4, 1), (65, 12, 2), (128, 1, 1), (64 * 7 + 5, 9, 1), (64 * 7 + 5, 10, 1), (64 * 13 + 7, 14, 1), (64 * 37 + 5, 9, 1)],
 )
-@pytest.mark.parametrize("overlap", [False, True])
-def test_delta_prefix_states(length, num_levels, groups, overlap, monkeypatch):
+def test_delta_prefix_states(length, num_levels, groups, monkeypatch):
     """The delta rule's forward without an initial state records prefix states (plain
     recurrence, then each boundary pushed to its readers), weights them by level differences
     and takes the final level states as their differences: one chunk, a non-multiple length,
     L = 1 (the plain recurrence alone), the top capped at windows of 2 and 4 chunks over 8
     chunks, 14 chunks uncapped, 38 chunks capped (windows closing mid-row), G = 2; float64
-    against the torch chunked form, with and without the final state; in two launches and in
-    one (``overlap``: the interpreter runs programs in order, so no boundary ever waits)."""
-    from hf_loglinear.kernels import chunk_triton
-
-    monkeypatch.setattr(chunk_triton, "PREFIX_OVERLAP", overlap)
+    against the torch chunked form, with and without the final state (the interpreter runs
+    programs in order, so no boundary ever waits for its recurrence)."""
     calls = _spy_prefix(monkeypatch)
     x = _inputs(2, length, groups, 4, 16, 24, num_levels, True, torch.float64, seed=length + num_levels)
     o_ref, state_ref = chunk_loglinear_attention(*x, output_final_state=True)
