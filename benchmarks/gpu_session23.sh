@@ -27,7 +27,11 @@ a)  # carrying [".whl", ".ab_main"] (git archive of 3936a3e): the forward checke
     export PREFIX_OVERLAP=1; sweep one /tmp/pkg 100 default ;;
 b)  # carrying [".whl"], after a: the code with one launch only. bf16 dense check, the recurrence's
     # publishing interval (PUBLISH, chunks) 8 / 4 / 16 per launch at 2K .. 32K, then the GDN
-    # forward table at 2K .. 64K (ours, num_levels=1, fla) in one run.
+    # forward table at 2K .. 64K (ours, num_levels=1, fla) in one run. Measured: check o 3.9e-3,
+    # gradients <= 4.3e-3; PUBLISH 8 / 4 / 16: 2.09 / 2.13 / 2.08 ms at 2K, 2.50 / 2.52 / 2.48 at 8K,
+    # 2.70 / 2.74 / 2.71 at 16K, 2.87 / 2.90 / 2.87 at 32K (8 kept); table: ours 2.083 / 2.499 /
+    # 2.703 / 2.861 / 6.246 ms at 2K / 8K / 16K / 32K / 64K against fla's 0.878 / 1.102 / 1.114 /
+    # 1.684 / 3.344: 2.37x / 2.27x / 2.43x / 1.70x / 1.87x.
     t=$(cap 90)
     ours timeout $t python $B --variants gdn --skip-decode --lengths '' --check-dtypes bfloat16 --gdn-checks dense \
       > $OUT/checks.log 2>&1
@@ -39,5 +43,20 @@ b)  # carrying [".whl"], after a: the code with one launch only. bf16 dense chec
     ours timeout $t python $B --variants gdn --skip-checks --skip-decode --forward-only --lengths 2048,8192,16384,32768,65536 \
       --out $OUT/tables > $OUT/fwd.log 2>&1
     note "forward table: rc $? (${SECONDS} s)"; grep "^  (" $OUT/fwd.log | tee -a $OUT/summary.log ;;
-*)  echo "usage: bash benchmarks/gpu_session23.sh a|b" >&2; exit 2 ;;
+c)  # carrying [".whl"], after b: the segments' check in bf16 (one-chunk pieces from position 0,
+    # and from a state at 200 with the final state: the carried path from a state, never run on a
+    # GPU), the GDN table with fwd+bwd at 2K .. 64K (ours, num_levels=1, fla, SDPA) in one run, and
+    # the 1M-token fwd+bwd at B = 1.
+    t=$(cap 100)
+    ours timeout $t python $B --variants gdn --skip-decode --lengths '' --check-dtypes bfloat16 --gdn-checks segments \
+      > $OUT/segments_check.log 2>&1
+    note "segments check: rc $? (${SECONDS} s)"; grep "^check\|FAIL" $OUT/segments_check.log | tee -a $OUT/summary.log
+    t=$(cap 260); mkdir -p $OUT/tables
+    ours timeout $t python $B --variants gdn --skip-checks --skip-decode --lengths 2048,8192,16384,32768,65536 \
+      --out $OUT/tables > $OUT/gdn_timing.log 2>&1
+    note "timing: rc $? (${SECONDS} s)"; grep "^  (" $OUT/gdn_timing.log | tee -a $OUT/summary.log
+    t=$(cap 120)
+    ours timeout $t python $B --variants gdn --skip-checks --skip-decode --lengths '' --long 1048576 > $OUT/long_1m.log 2>&1
+    note "long 1m: rc $? (${SECONDS} s)"; grep "long\|memory" $OUT/long_1m.log | cut -c1-300 | tee -a $OUT/summary.log ;;
+*)  echo "usage: bash benchmarks/gpu_session23.sh a|b|c" >&2; exit 2 ;;
 esac
