@@ -24,6 +24,8 @@ state); the decay kernel (decay_triton) is not split out.
 level state), then the forward alone without gradients at B = 1 for T = 128K and 1M
 (``levels_for_length``): median time and peak memory, the recorded states bounded by half the
 free memory (the default budget).
+``from_state``: after the check, 256K tokens at B = 1 without gradients from a level state at
+an aligned and an unaligned position, each call timed (``time_from_state``).
 ``sweep``: launch options tried in one process, each checked as above and then split at 2K and
 8K. A CONFIG is ``default`` or ``kernel:option=value,...`` joined by ``+`` (e.g.
 ``ut_factors_kernel:num_warps=8+chunk_output_kernel:num_stages=2``); ``kernel/FLAG=0|1:...``
@@ -187,6 +189,46 @@ def time_long():
         torch.cuda.empty_cache()
 
 
+def time_from_state():
+    """The forward without gradients of 256K tokens at B = 1 continuing from a level state at
+    position 262144 (aligned to the segment length) and at 367616 (not), then from 0 without a
+    state: each call timed on its own (the first compiles), then torch.profiler's top kernels
+    of one more call. (gpu22a: a 1M forward in three unaligned segments took 4.82 s, four
+    aligned ones 0.29 s.)"""
+    import time
+
+    from bench_kernels import GDN, inputs, profiled
+    from hf_loglinear.levels import levels_for_length
+    from hf_loglinear.ops import LevelState
+
+    length = 1 << 18
+    for start in (1 << 18, 367616, 0):
+        num_levels = levels_for_length(start + length)
+        x = inputs(1, length, **GDN, num_levels=num_levels, delta=True, dtype=dtype)
+        heads, key_dim, value_dim = x[2].shape[2], x[0].shape[-1], x[2].shape[-1]
+        init = None
+        if start:
+            levels = torch.randn(1, heads, num_levels, key_dim, value_dim, device="cuda") * 1e-2
+            init = LevelState(levels, torch.tensor([start], device="cuda"))
+        run = lambda: loglinear_attention(*x[:5], beta=x[5], backend="triton", initial_state=init,  # noqa: E731
+                                          output_final_state=True)
+        times = []
+        with torch.no_grad():
+            for _ in range(4):
+                torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                run()
+                torch.cuda.synchronize()
+                times.append(1e3 * (time.perf_counter() - t0))
+            prof = profiled(run, 1)
+        rows = sorted(prof.key_averages(), key=lambda e: -e.self_device_time_total)[:8]
+        print(f"gdn fwd from state at {start} T={length} B=1 L={num_levels}: calls " + " / ".join(f"{t:.0f}" for t in times)
+              + " ms; top kernels: " + "; ".join(f"{e.key[:40]} {e.self_device_time_total / 1e3:.1f} ms x{e.count}"
+                                                  for e in rows), flush=True)
+        del x, init
+        torch.cuda.empty_cache()
+
+
 def time_anchor():
     import triton
 
@@ -225,6 +267,8 @@ if MODE == "long":
     time_long()
 if MODE == "time":
     time_anchor()
+if MODE == "from_state":
+    time_from_state()
 if MODE == "split":
     split("")
     fla_split()

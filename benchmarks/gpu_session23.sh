@@ -46,7 +46,12 @@ b)  # carrying [".whl"], after a: the code with one launch only. bf16 dense chec
 c)  # carrying [".whl"], after b: the segments' check in bf16 (one-chunk pieces from position 0,
     # and from a state at 200 with the final state: the carried path from a state, never run on a
     # GPU), the GDN table with fwd+bwd at 2K .. 64K (ours, num_levels=1, fla, SDPA) in one run, and
-    # the 1M-token fwd+bwd at B = 1.
+    # the 1M-token fwd+bwd at B = 1. Measured: segments check o 5.7e-3 / 4.9e-3, every gradient
+    # <= 4.8e-3 (dinit 2.0e-3); fwd 2.080 / 2.498 / 2.706 / 2.865 / 6.257 ms at 2K .. 64K against
+    # fla's 0.879 / 1.104 / 1.111 / 1.686 / 3.344 (2.37x / 2.26x / 2.44x / 1.70x / 1.87x); fwd+bwd
+    # 32.32 / 41.88 / 46.35 / 52.84 / 116.43 ms against num_levels=1's 15.94 / 16.85 / 17.62 / 21.03
+    # / 41.63 (2.03x / 2.49x / 2.63x / 2.51x / 2.80x); 1M fwd 261.4 ms / 59.8 GiB, fwd+bwd 4244.5 ms
+    # / 59.0 GiB.
     t=$(cap 100)
     ours timeout $t python $B --variants gdn --skip-decode --lengths '' --check-dtypes bfloat16 --gdn-checks segments \
       > $OUT/segments_check.log 2>&1
@@ -58,5 +63,10 @@ c)  # carrying [".whl"], after b: the segments' check in bf16 (one-chunk pieces 
     t=$(cap 120)
     ours timeout $t python $B --variants gdn --skip-checks --skip-decode --lengths '' --long 1048576 > $OUT/long_1m.log 2>&1
     note "long 1m: rc $? (${SECONDS} s)"; grep "long\|memory" $OUT/long_1m.log | cut -c1-300 | tee -a $OUT/summary.log ;;
-*)  echo "usage: bash benchmarks/gpu_session23.sh a|b|c" >&2; exit 2 ;;
+d)  # carrying [".whl"]: why a 1M forward in unaligned segments took 4.82 s (gpu22a): 256K tokens
+    # from a state at 262144 and at 367616, and from 0 (debug_gdn_forward.py from_state).
+    t=$(cap 300)
+    ours timeout $t python benchmarks/debug_gdn_forward.py 192 384 bfloat16 from_state > $OUT/from_state.log 2>&1
+    note "from_state: rc $? (${SECONDS} s)"; grep "^ok\|^FAIL\|from state\|Error" $OUT/from_state.log | cut -c1-900 | tee -a $OUT/summary.log ;;
+*)  echo "usage: bash benchmarks/gpu_session23.sh a|b|c|d" >&2; exit 2 ;;
 esac
