@@ -64,9 +64,21 @@ c)  # carrying [".whl"], after b: the segments' check in bf16 (one-chunk pieces 
     ours timeout $t python $B --variants gdn --skip-checks --skip-decode --lengths '' --long 1048576 > $OUT/long_1m.log 2>&1
     note "long 1m: rc $? (${SECONDS} s)"; grep "long\|memory" $OUT/long_1m.log | cut -c1-300 | tee -a $OUT/summary.log ;;
 d)  # carrying [".whl"]: why a 1M forward in unaligned segments took 4.82 s (gpu22a): 256K tokens
-    # from a state at 262144 and at 367616, and from 0 (debug_gdn_forward.py from_state).
+    # from a state at 262144 and at 367616, and from 0 (debug_gdn_forward.py from_state). Measured:
+    # calls 122 / 81 / 70 / 82 ms (aligned), 78 / 90 / 73 / 73 (unaligned), 34 / 31 / 31 / 30 (from 0,
+    # the prefix scan): no unaligned slowdown at 256K; from a state the bucket scan's two launches
+    # take 55 - 59 ms of it against the prefix scan's 15.7.
     t=$(cap 300)
     ours timeout $t python benchmarks/debug_gdn_forward.py 192 384 bfloat16 from_state > $OUT/from_state.log 2>&1
     note "from_state: rc $? (${SECONDS} s)"; grep "^ok\|^FAIL\|from state\|Error" $OUT/from_state.log | cut -c1-900 | tee -a $OUT/summary.log ;;
-*)  echo "usage: bash benchmarks/gpu_session23.sh a|b|c|d" >&2; exit 2 ;;
+e)  # carrying [".whl"], after d: the bucket scan (rows from a state, the backward's recomputation)
+    # at 4 warps, never timed since its state became two key tiles: from_state with the scan's
+    # stages x value tile x warps forced (2x64x8 is the default), one process each.
+    for tiles in 2x64x8 2x64x4 3x64x4 1x64x4; do
+      t=$(cap 60); [ "$t" = 0 ] && break
+      ours timeout $t python benchmarks/debug_gdn_forward.py 192 384 bfloat16 $tiles from_state > $OUT/from_state_$tiles.log 2>&1
+      note "from_state $tiles: rc $? (${SECONDS} s)"
+      grep "^ok\|^FAIL\|from state\|Error" $OUT/from_state_$tiles.log | grep -v "state at 0 " | cut -c1-330 | tee -a $OUT/summary.log
+    done ;;
+*)  echo "usage: bash benchmarks/gpu_session23.sh a|b|c|d|e" >&2; exit 2 ;;
 esac
