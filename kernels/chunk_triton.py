@@ -9,8 +9,9 @@ Stages (one launch each, all chunk- or level-parallel; SPEC §4):
    x heads x levels x value tiles; the delta rule: one program per bucket of each level; both
    with the capped top in a second launch beside it). The delta rule's forward without an
    initial state records prefix states instead
-   (``prefix_scan_delta_kernel``: the plain recurrence, then each boundary pushed to its
-   readers; 80 pushes a row at 2K where the bucket scan takes 130);
+   (``prefix_scan_delta_kernel``: the plain recurrence, and in the same launch each boundary
+   pushed to its readers once the recurrence has passed it; 80 pushes a row at 2K where the
+   bucket scan takes 130);
 4. ``output_triton.chunk_output_kernel``: intra-chunk (P * Lambda) V plus the level readout.
 The final LevelState is assembled in torch from the recorded states of each sequence's last
 chunk (``_Recorded``: under scalar decay one state per run of chunks reading it, so the buffer is

@@ -20,9 +20,10 @@ between its sources and its readers (decay and the WY correction). A level resta
 bucket, so its buckets are independent programs; the top walks its row window by window.
 
 ``prefix_scan_delta_kernel``, the delta rule for rows with nothing before them: prefix states
-instead of level states (the plain recurrence, then each bucket's middle or top window's start
-pushed on to the chunks that read it); a level is the difference of two prefixes, which the
-readout and the final state take. About 2.5 pushes a chunk at 2K instead of 4.
+instead of level states (the plain recurrence, and each bucket's middle or top window's start
+pushed on to the chunks that read it as soon as the recurrence has passed it, in the same
+launch); a level is the difference of two prefixes, which the readout and the final state take.
+About 2.5 pushes a chunk at 2K instead of 4.
 
 With an initial state the scans start from ``h0`` / ``p0`` (built by the caller from the
 re-levelled initial levels) and fold ``low`` (initial levels inside the first chunk) into
