@@ -73,7 +73,10 @@ d)  # carrying [".whl"]: why a 1M forward in unaligned segments took 4.82 s (gpu
     note "from_state: rc $? (${SECONDS} s)"; grep "^ok\|^FAIL\|from state\|Error" $OUT/from_state.log | cut -c1-900 | tee -a $OUT/summary.log ;;
 e)  # carrying [".whl"], after d: the bucket scan (rows from a state, the backward's recomputation)
     # at 4 warps, never timed since its state became two key tiles: from_state with the scan's
-    # stages x value tile x warps forced (2x64x8 is the default), one process each.
+    # stages x value tile x warps forced (2x64x8 is the default), one process each. Measured (the
+    # bucket scan's two launches per call, profiler, from 262144 / 367616): 2x64x8 54.7 / 52.4 ms,
+    # 2x64x4 61.0 / 62.0, 3x64x4 56.9 / 75.0, 1x64x4 49.2 / 80.1; calls 62 - 130 ms after the first,
+    # which compiles (2 - 5.5 s). Nothing taken.
     for tiles in 2x64x8 2x64x4 3x64x4 1x64x4; do
       t=$(cap 60); [ "$t" = 0 ] && break
       ours timeout $t python benchmarks/debug_gdn_forward.py 192 384 bfloat16 $tiles from_state > $OUT/from_state_$tiles.log 2>&1
