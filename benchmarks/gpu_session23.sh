@@ -83,5 +83,10 @@ e)  # carrying [".whl"], after d: the bucket scan (rows from a state, the backwa
       note "from_state $tiles: rc $? (${SECONDS} s)"
       grep "^ok\|^FAIL\|from state\|Error" $OUT/from_state_$tiles.log | grep -v "state at 0 " | cut -c1-330 | tee -a $OUT/summary.log
     done ;;
-*)  echo "usage: bash benchmarks/gpu_session23.sh a|b|c|d|e" >&2; exit 2 ;;
+f)  # carrying [".whl"]: the first profile of the GDN backward (gpu_notes: "No GDN backward
+    # profile has been taken yet"), per kernel, fwd then fwd+bwd at 2K x 16 and 16K x 2.
+    t=$(cap 240)
+    ours timeout $t python $B --variants gdn --profile 2048,16384 > $OUT/profile.log 2>&1
+    note "profile: rc $? (${SECONDS} s)"; grep -A22 "profile gdn" $OUT/profile.log | cut -c1-200 | tee -a $OUT/summary.log ;;
+*)  echo "usage: bash benchmarks/gpu_session23.sh a|b|c|d|e|f" >&2; exit 2 ;;
 esac
