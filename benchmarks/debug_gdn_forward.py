@@ -27,12 +27,8 @@ free memory (the default budget).
 ``from_state``: after the check, 256K tokens at B = 1 without gradients from a level state at
 an aligned and an unaligned position, each call timed (``time_from_state``).
 ``sweep``: launch options tried in one process, each checked as above and then split at 2K and
-8K. A CONFIG is ``default`` or ``kernel:option=value,...`` joined by ``+`` (e.g.
-``ut_factors_kernel:num_warps=8+chunk_output_kernel:num_stages=2``); ``kernel/FLAG=0|1:...``
-applies to the launches with that flag only (e.g.
-``level_scan_delta_kernel/TOP=0:num_warps=4``). ``BV`` is taken only where
-the grid follows from it: the output kernel's value-tile axis is re-sized, the UT kernel's is an
-inner loop; elsewhere it is refused (an unresized grid computes a wrong output, not a timing).
+8K: a CONFIG as ``launches.py`` takes it (``default``, ``kernel:option=value,...`` joined by
+``+``, ``kernel/TOP=0|1:...``; e.g. ``ut_factors_kernel:num_warps=8+chunk_output_kernel:num_stages=2``).
 """
 import os
 import statistics
@@ -45,6 +41,7 @@ sys.path.insert(0, __file__.rsplit("/", 1)[0])
 
 from hf_loglinear.kernels import chunk_triton
 from hf_loglinear.ops import loglinear_attention
+from launches import install
 
 K, V, dtype = int(sys.argv[1]), int(sys.argv[2]), getattr(torch, sys.argv[3])
 args = sys.argv[4:]
@@ -58,51 +55,6 @@ if args and args[0][0].isdigit():
 
     chunk_triton._delta_scan_tiles = tiles
 MODE = args[0] if args else "check"
-KERNELS = {n: f for n, f in vars(chunk_triton).items() if n.endswith("_kernel")}
-VALUE_TILE_AXIS = {"chunk_output_kernel": 2, "ut_factors_kernel": None}  # grid axis BV sizes, if any
-
-
-class Timed:
-    """A kernel whose launches take launch-option overrides and record CUDA events under
-    (name, TOP flag)."""
-
-    def __init__(self, kernel, log, over):
-        self.kernel, self.log, self.over = kernel, log, over  # over: [(flag condition or None, options)]
-
-    def __getitem__(self, grid):
-        def launch(*a, **kwargs):
-            flags = {"TOP": int(kwargs["TOP"])} if "TOP" in kwargs else {}
-            key = self.kernel.__name__ + "".join(f" {f}={bool(x)}" for f, x in flags.items())
-            over = {}
-            for cond, opts in self.over:
-                if cond is None or flags.get(cond[0]) == cond[1]:
-                    over.update(opts)
-            g = grid
-            if VALUE_TILE_AXIS.get(self.kernel.__name__) is not None and "BV" in over:
-                g = (*grid[:2], -(-kwargs["V"] // over["BV"]))
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            self.kernel[g](*a, **{**kwargs, **over})
-            end.record()
-            self.log.setdefault(key, []).append((start, end))
-        return launch
-
-
-def install(config, log):
-    """Wrap every chunk_triton kernel; ``config``: 'default' or 'kernel[/FLAG=x]:opt=v,...+...'."""
-    over = {}
-    for part in config.split("+") if config != "default" else []:
-        target, opts = part.split(":")
-        name, _, flag = target.partition("/")
-        if name not in KERNELS:
-            raise SystemExit(f"unknown kernel {name!r}: one of {sorted(KERNELS)}")
-        options = {o.split("=")[0]: int(o.split("=")[1]) for o in opts.split(",")}
-        if "BV" in options and name not in VALUE_TILE_AXIS:
-            raise SystemExit(f"BV of {name} sizes its grid, which this script does not re-size: one of {sorted(VALUE_TILE_AXIS)}")
-        cond = (flag.split("=")[0], int(flag.split("=")[1])) if flag else None
-        over.setdefault(name, []).append((cond, options))
-    for n, f in KERNELS.items():
-        setattr(chunk_triton, n, Timed(f, log, over.get(n, [])))
 
 
 def check(label):

@@ -84,9 +84,22 @@ e)  # carrying [".whl"], after d: the bucket scan (rows from a state, the backwa
       grep "^ok\|^FAIL\|from state\|Error" $OUT/from_state_$tiles.log | grep -v "state at 0 " | cut -c1-330 | tee -a $OUT/summary.log
     done ;;
 f)  # carrying [".whl"]: the first profile of the GDN backward (gpu_notes: "No GDN backward
-    # profile has been taken yet"), per kernel, fwd then fwd+bwd at 2K x 16 and 16K x 2.
+    # profile has been taken yet"), per kernel, fwd then fwd+bwd at 2K x 16 and 16K x 2. Measured
+    # per fwd+bwd at 2K / 16K: level_scan_bwd_delta 11.86 / 20.40 ms, chunk_grad_delta 9.27 / 10.32,
+    # state_pairs 6.03 / 8.77, level_scan_delta (the backward's recomputation, two launches) 2.19 /
+    # 3.74, prefix scan 1.07 / 1.47, UT 0.41 x 2, output 0.57 / 0.80.
     t=$(cap 240)
     ours timeout $t python $B --variants gdn --profile 2048,16384 > $OUT/profile.log 2>&1
     note "profile: rc $? (${SECONDS} s)"; grep -A22 "profile gdn" $OUT/profile.log | cut -c1-200 | tee -a $OUT/summary.log ;;
-*)  echo "usage: bash benchmarks/gpu_session23.sh a|b|c|d|e|f" >&2; exit 2 ;;
+g)  # carrying [".whl"], after f (per fwd+bwd at 2K x 16: reverse scan 11.9 ms, gradient kernel 9.3,
+    # state pairs 6.0, recomputed bucket scan 2.2, of 32.3; at 16K x 2: 20.4, 10.3, 8.8, 3.7 of 46):
+    # the backward kernels' launch options per launch (debug_gdn_backward.py sweep, each checked
+    # against float64 first), at 2K x 16 and 16K x 2.
+    export SPLIT_LENGTHS=2048,16384
+    t=$(cap 420)
+    ours timeout $t python benchmarks/debug_gdn_backward.py 192 384 bfloat16 sweep default \
+      state_pairs_kernel:num_warps=8 state_pairs_kernel:BV=32 state_pairs_kernel:BV=128 \
+      level_scan_bwd_delta_kernel:num_warps=4 chunk_grad_delta_kernel:num_warps=4 > $OUT/bwd_sweep.log 2>&1
+    note "bwd sweep: rc $? (${SECONDS} s)"; grep "^check\|split\|FAIL" $OUT/bwd_sweep.log | cut -c1-500 | tee -a $OUT/summary.log ;;
+*)  echo "usage: bash benchmarks/gpu_session23.sh a|b|c|d|e|f|g" >&2; exit 2 ;;
 esac
