@@ -94,12 +94,23 @@ f)  # carrying [".whl"]: the first profile of the GDN backward (gpu_notes: "No G
 g)  # carrying [".whl"], after f (per fwd+bwd at 2K x 16: reverse scan 11.9 ms, gradient kernel 9.3,
     # state pairs 6.0, recomputed bucket scan 2.2, of 32.3; at 16K x 2: 20.4, 10.3, 8.8, 3.7 of 46):
     # the backward kernels' launch options per launch (debug_gdn_backward.py sweep, each checked
-    # against float64 first), at 2K x 16 and 16K x 2.
+    # against float64 first), at 2K x 16 and 16K x 2. Measured (fwd+bwd total, 2K / 16K): default
+    # 32.28 / 46.20 ms; state_pairs at 8 warps 34.98 / 50.17, value tiles of 32 32.50 / 46.75, of 128
+    # 31.62 / 45.30 (that launch 5.99 -> 5.35, 8.68 -> 7.76: taken); reverse scan at 4 warps 33.86 /
+    # 47.55; gradient kernel at 4 warps 34.74 / 49.53. Every check passed (bf16 <= 4.3e-3).
     export SPLIT_LENGTHS=2048,16384
     t=$(cap 420)
     ours timeout $t python benchmarks/debug_gdn_backward.py 192 384 bfloat16 sweep default \
       state_pairs_kernel:num_warps=8 state_pairs_kernel:BV=32 state_pairs_kernel:BV=128 \
       level_scan_bwd_delta_kernel:num_warps=4 chunk_grad_delta_kernel:num_warps=4 > $OUT/bwd_sweep.log 2>&1
     note "bwd sweep: rc $? (${SECONDS} s)"; grep "^check\|split\|FAIL" $OUT/bwd_sweep.log | cut -c1-500 | tee -a $OUT/summary.log ;;
-*)  echo "usage: bash benchmarks/gpu_session23.sh a|b|c|d|e|f|g" >&2; exit 2 ;;
+h)  # carrying [".whl"], after g: state_pairs at value tiles of 128 by default now; around it: 1 and
+    # 2 stages, value tiles of 256, 8 warps at 128.
+    export SPLIT_LENGTHS=2048,16384
+    t=$(cap 300)
+    ours timeout $t python benchmarks/debug_gdn_backward.py 192 384 bfloat16 sweep default \
+      state_pairs_kernel:num_stages=1 state_pairs_kernel:num_stages=2 state_pairs_kernel:BV=256 \
+      state_pairs_kernel:num_warps=8 > $OUT/bwd_sweep.log 2>&1
+    note "bwd sweep: rc $? (${SECONDS} s)"; grep "^check\|split\|FAIL" $OUT/bwd_sweep.log | cut -c1-500 | tee -a $OUT/summary.log ;;
+*)  echo "usage: bash benchmarks/gpu_session23.sh a|b|c|d|e|f|g|h" >&2; exit 2 ;;
 esac

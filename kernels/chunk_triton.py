@@ -643,7 +643,10 @@ def _backward_delta(q, k, v, g, lam, beta, do, cu_seqlens, chunk=CHUNK):
     tiled.update(V=nv, BV=b.bv)
     tiles = triton.cdiv(nk, tiled["BKT"])
     pairs = b.new(b.nc, nh, nk, nk)
-    state_pairs_kernel[(b.n * b.nc, nh, tiles * tiles)](b.states, dstates, pairs, b.nc, b.num_js, **tiled, num_warps=4)
+    # value tiles of 128: 5.99 -> 5.35 ms at 2K x 16 and 8.68 -> 7.76 at 16K x 2 against 64 (192 / 384
+    # in bf16 on the H200, gpu_session23.sh g; 32: 6.16 / 8.91; 8 warps at 64: 8.67 / 12.65)
+    state_pairs_kernel[(b.n * b.nc, nh, tiles * tiles)](
+        b.states, dstates, pairs, b.nc, b.num_js, **{**tiled, "BV": min(block_size(nv), 128)}, num_warps=4)
     dq, dk, dv = b.new(b.slots, nh, nk), b.new(b.slots, nh, nk), b.new(b.slots, nh, nv)
     dlam, dbeta, dgc = b.new(b.slots, nh, b.num_levels), b.new(b.slots, nh), b.new(b.slots, nh)
     chunk_grad_delta_kernel[(b.n * b.nc, nh)](
