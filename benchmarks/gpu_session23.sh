@@ -105,12 +105,21 @@ g)  # carrying [".whl"], after f (per fwd+bwd at 2K x 16: reverse scan 11.9 ms, 
       level_scan_bwd_delta_kernel:num_warps=4 chunk_grad_delta_kernel:num_warps=4 > $OUT/bwd_sweep.log 2>&1
     note "bwd sweep: rc $? (${SECONDS} s)"; grep "^check\|split\|FAIL" $OUT/bwd_sweep.log | cut -c1-500 | tee -a $OUT/summary.log ;;
 h)  # carrying [".whl"], after g: state_pairs at value tiles of 128 by default now; around it: 1 and
-    # 2 stages, value tiles of 256, 8 warps at 128.
+    # 2 stages, value tiles of 256, 8 warps at 128. Measured (2K / 16K): default 31.64 / 45.61 ms (that
+    # launch 5.354 / 7.763); 1 or 2 stages the same; 256 44.24 / 63.67; 8 warps 32.71 / 46.90.
     export SPLIT_LENGTHS=2048,16384
     t=$(cap 300)
     ours timeout $t python benchmarks/debug_gdn_backward.py 192 384 bfloat16 sweep default \
       state_pairs_kernel:num_stages=1 state_pairs_kernel:num_stages=2 state_pairs_kernel:BV=256 \
       state_pairs_kernel:num_warps=8 > $OUT/bwd_sweep.log 2>&1
     note "bwd sweep: rc $? (${SECONDS} s)"; grep "^check\|split\|FAIL" $OUT/bwd_sweep.log | cut -c1-500 | tee -a $OUT/summary.log ;;
-*)  echo "usage: bash benchmarks/gpu_session23.sh a|b|c|d|e|f|g|h" >&2; exit 2 ;;
+i)  # carrying [".whl"], after h: the reverse scan at value tiles of 32 (8 and 4 warps; 16 so far, for
+    # shared memory at one stage) and the gradient kernel at one stage.
+    export SPLIT_LENGTHS=2048,16384
+    t=$(cap 300)
+    ours timeout $t python benchmarks/debug_gdn_backward.py 192 384 bfloat16 sweep default \
+      level_scan_bwd_delta_kernel:BV=32 level_scan_bwd_delta_kernel:BV=32,num_warps=4 \
+      chunk_grad_delta_kernel:num_stages=1 > $OUT/bwd_sweep.log 2>&1
+    note "bwd sweep: rc $? (${SECONDS} s)"; grep "^check\|split\|FAIL" $OUT/bwd_sweep.log | cut -c1-500 | tee -a $OUT/summary.log ;;
+*)  echo "usage: bash benchmarks/gpu_session23.sh a|b|c|d|e|f|g|h|i" >&2; exit 2 ;;
 esac

@@ -16,7 +16,8 @@ from hf_loglinear.kernels import chunk_bwd_delta_triton, chunk_triton
 MODULES = (chunk_triton, chunk_bwd_delta_triton)
 KERNELS = {n: (m, f) for m in MODULES for n, f in vars(m).items() if n.endswith("_kernel") and hasattr(f, "run")}
 # the grid axis a BV override re-sizes (None: BV is an inner loop, the grid stays)
-VALUE_TILE_AXIS = {"chunk_output_kernel": 2, "ut_factors_kernel": None, "state_pairs_kernel": None}
+VALUE_TILE_AXIS = {"chunk_output_kernel": 2, "level_scan_bwd_delta_kernel": 2, "ut_factors_kernel": None,
+                   "state_pairs_kernel": None}
 
 
 class Timed:
