@@ -114,12 +114,32 @@ h)  # carrying [".whl"], after g: state_pairs at value tiles of 128 by default n
       state_pairs_kernel:num_warps=8 > $OUT/bwd_sweep.log 2>&1
     note "bwd sweep: rc $? (${SECONDS} s)"; grep "^check\|split\|FAIL" $OUT/bwd_sweep.log | cut -c1-500 | tee -a $OUT/summary.log ;;
 i)  # carrying [".whl"], after h: the reverse scan at value tiles of 32 (8 and 4 warps; 16 so far, for
-    # shared memory at one stage) and the gradient kernel at one stage.
+    # shared memory at one stage) and the gradient kernel at one stage. Measured (fwd+bwd 2K / 16K):
+    # default 31.65 / 45.55 ms; reverse scan at 32 28.14 / 39.63 (that launch 12.00 -> 8.49, 20.65 ->
+    # 14.94), at 32 with 4 warps 34.89 / 49.16; gradient kernel at one stage 30.59 / 44.26 (9.41 ->
+    # 8.38, 10.46 -> 9.43). Both taken (32 for half operands only: fp32 untimed).
     export SPLIT_LENGTHS=2048,16384
     t=$(cap 300)
     ours timeout $t python benchmarks/debug_gdn_backward.py 192 384 bfloat16 sweep default \
       level_scan_bwd_delta_kernel:BV=32 level_scan_bwd_delta_kernel:BV=32,num_warps=4 \
       chunk_grad_delta_kernel:num_stages=1 > $OUT/bwd_sweep.log 2>&1
     note "bwd sweep: rc $? (${SECONDS} s)"; grep "^check\|split\|FAIL" $OUT/bwd_sweep.log | cut -c1-500 | tee -a $OUT/summary.log ;;
-*)  echo "usage: bash benchmarks/gpu_session23.sh a|b|c|d|e|f|g|h|i" >&2; exit 2 ;;
+j)  # carrying [".whl"], after i (reverse scan at value tiles of 32, gradient kernel at one stage, by
+    # default now): the bf16 GDN checks of the Triton backward (dense, packed, segments), the reverse
+    # scan at 64 beside the default, then the GDN table with fwd+bwd at 2K .. 64K in one run.
+    t=$(cap 120)
+    ours timeout $t python $B --variants gdn --skip-decode --lengths '' --check-dtypes bfloat16 \
+      --gdn-checks dense,packed,segments > $OUT/checks.log 2>&1
+    note "checks: rc $? (${SECONDS} s)"; grep "^check\|FAIL" $OUT/checks.log | tee -a $OUT/summary.log
+    grep -q "FAIL" $OUT/checks.log && exit 1
+    export SPLIT_LENGTHS=2048,16384
+    t=$(cap 120)
+    ours timeout $t python benchmarks/debug_gdn_backward.py 192 384 bfloat16 sweep default \
+      level_scan_bwd_delta_kernel:BV=64 > $OUT/bwd_sweep.log 2>&1
+    note "bwd sweep: rc $? (${SECONDS} s)"; grep "^check\|split\|FAIL" $OUT/bwd_sweep.log | cut -c1-500 | tee -a $OUT/summary.log
+    t=$(cap 260); mkdir -p $OUT/tables
+    ours timeout $t python $B --variants gdn --skip-checks --skip-decode --lengths 2048,8192,16384,32768,65536 \
+      --out $OUT/tables > $OUT/gdn_timing.log 2>&1
+    note "timing: rc $? (${SECONDS} s)"; grep "^  (" $OUT/gdn_timing.log | tee -a $OUT/summary.log ;;
+*)  echo "usage: bash benchmarks/gpu_session23.sh a|b|c|d|e|f|g|h|i|j" >&2; exit 2 ;;
 esac

@@ -633,12 +633,16 @@ def _backward_delta(q, k, v, g, lam, beta, do, cu_seqlens, chunk=CHUNK):
     # The chunk-parallel stages walk the keys in tiles of 64: no [C, K] tile of a wide head.
     tiled = dict(H=nh, K=nk, BKT=min(b.consts["BK"], 64), ACC=b.consts["ACC"], PREC=b.consts["PREC"])
     # The reverse scan keeps W, Kd, lambda Qt [C, K] and two state tiles; unpipelined (one
-    # stage) and with BV = 16 above K = 128 they fit the shared memory (K <= 256).
-    bv_scan = 16 if b.consts["BK"] > 128 else b.bv
+    # stage) and with BV = 32 above K = 128 for half operands (16 for fp32) they fit the shared
+    # memory (K <= 256). At 192 / 384 in bf16 on the H200 (gpu_session23.sh i), 32 against 16:
+    # that launch 12.00 -> 8.49 ms at 2K x 16 and 20.65 -> 14.94 at 16K x 2 (32 at 4 warps: 15.19
+    # / 24.61).
+    dot = _dot_dtype(q.dtype)
+    bv_scan = (32 if dot in (tl.bfloat16, tl.float16) else 16) if b.consts["BK"] > 128 else b.bv
     dstates = b.new(b.nc, b.num_js + 2, nh, nk, nv)  # slots: dh' per scan, the top's pending sum, dX
     level_scan_bwd_delta_kernel[(b.n * nh, b.num_js, triton.cdiv(nv, bv_scan))](
         rows.k, f.w, f.qt, b.g_cum, rows.lam, b.do, dstates, b.slots, b.nc, b.num_js, b.num_levels, b.top_exp,
-        LOG_C=b.log_c, BV=bv_scan, WK=f.w.shape[-1], DOT=_dot_dtype(q.dtype), **{**b.consts, "num_stages": 1},
+        LOG_C=b.log_c, BV=bv_scan, WK=f.w.shape[-1], DOT=dot, **{**b.consts, "num_stages": 1},
     )
     tiled.update(V=nv, BV=b.bv)
     tiles = triton.cdiv(nk, tiled["BKT"])
@@ -653,7 +657,9 @@ def _backward_delta(q, k, v, g, lam, beta, do, cu_seqlens, chunk=CHUNK):
         rows.q, rows.k, rows.v, b.g_cum, rows.beta, rows.lam, f.a_inv, f.w, f.qt, b.do, b.states, dstates, pairs,
         dq, dk, dv, dlam, dbeta, dgc, b.slots, b.nc, b.num_js, b.num_levels,
         G=b.consts["G"], WK=f.w.shape[-1], C=chunk, LOG_C=b.log_c, LP=block_size(b.num_levels), **tiled,
-        num_warps=8, num_stages=2,  # double- rather than triple-buffered loads: 168 KB in bf16
+        # loads not prefetched: 9.41 -> 8.38 ms at 2K x 16 and 10.46 -> 9.43 at 16K x 2 against
+        # two stages (192 / 384 in bf16, gpu_session23.sh i; three would not fit)
+        num_warps=8, num_stages=1,
     )
     dg = chunk_reverse_cumsum(dgc, chunk)
     return b.tokens((dq, dk, dv, dg, dlam, dbeta))
