@@ -127,6 +127,10 @@ i)  # carrying [".whl"], after h: the reverse scan at value tiles of 32 (8 and 4
 j)  # carrying [".whl"], after i (reverse scan at value tiles of 32, gradient kernel at one stage, by
     # default now): the bf16 GDN checks of the Triton backward (dense, packed, segments), the reverse
     # scan at 64 beside the default, then the GDN table with fwd+bwd at 2K .. 64K in one run.
+    # Measured: checks as before (dense o 3.9e-3, packed 5.7e-3, segments 5.7e-3 / 4.9e-3, every
+    # gradient <= 5.2e-3); fwd+bwd 26.84 / 38.31 ms at 2K / 16K (reverse scan at 64: 32.12 / 46.80);
+    # table: fwd 2.065 / 2.478 / 2.695 / 2.847 / 6.213 ms, fla 0.881 / 1.100 / 1.112 / 1.687 / 3.332;
+    # fwd+bwd 26.91 / 34.76 / 38.57 / 43.85 / 97.35, num_levels=1 15.10 / 16.41 / 17.42 / 18.93 / 37.92.
     t=$(cap 120)
     ours timeout $t python $B --variants gdn --skip-decode --lengths '' --check-dtypes bfloat16 \
       --gdn-checks dense,packed,segments > $OUT/checks.log 2>&1
