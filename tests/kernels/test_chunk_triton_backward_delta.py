@@ -80,13 +80,16 @@ def test_packed_documents(triton_only, inputs, dtype):
     _compare(x, do, F64_TOL if dtype == torch.float64 else F32_TOL, cu_seqlens=cu)
 
 
-def test_bf16_inputs(triton_only, inputs):
+@pytest.mark.parametrize("key_dim, value_dim", [(48, 32), (160, 40)])
+def test_bf16_inputs(triton_only, inputs, key_dim, value_dim):
     """q, k, v in bf16 (decay, level weights, beta fp32), as the models run on GPUs: the chunk
     factors W, U, Qt, Pw and the recorded states are bf16 and the scans' and the output's products
     take bf16 operands (the GPU's rounding emulated under the interpreter), the UT inverse stays
     fp32. Tolerance 2e-2 relative to the largest reference value (as for Mamba-2, about five
-    roundings of 2^-9). 200 tokens, G = 2 over 4 heads, K = 48 (a masked key tile)."""
-    x, do = _case(inputs, 200, 2, 4, 10, torch.float64, seed=3, key_dim=48, value_dim=32, batch=1)
+    roundings of 2^-9). 200 tokens, G = 2 over 4 heads, K = 48 (a masked key tile), and K = 160
+    with V = 40 (the reverse scan's value tiles of 32 for half operands above K = 128, the last
+    one masked)."""
+    x, do = _case(inputs, 200, 2, 4, 10, torch.float64, seed=3, key_dim=key_dim, value_dim=value_dim, batch=1)
     x = [a.to(torch.bfloat16) if i < 3 else a.float() for i, a in enumerate(x)]
     o_ref = chunk_loglinear_attention(*[a.double() for a in x])[0]
     o = chunk_loglinear_attention_triton(*x)[0]
