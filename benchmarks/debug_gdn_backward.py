@@ -11,7 +11,6 @@ L = 12), then the median time of each launch of a fwd+bwd at the ANCHORS.md shap
 B = 32768 / T) at 2K and 16K (or the lengths in $SPLIT_LENGTHS) and the fwd+bwd's total.
 """
 import os
-import statistics
 import sys
 import traceback
 
@@ -42,11 +41,9 @@ def fault_check():
 
 
 def sweep(configs):
-    import triton
-
     import bench_kernels as bench
     from hf_loglinear.levels import levels_for_length
-    from launches import install
+    from launches import cells_line, install, per_launch
 
     bench.CHECK_DTYPES = (dtype,)
     shape = {**bench.GDN, "key_dim": K, "value_dim": V}
@@ -64,17 +61,8 @@ def sweep(configs):
             x = bench.inputs(32768 // length, length, **shape, num_levels=levels_for_length(length), delta=True, dtype=dtype)
             leaves = [a.detach().clone().requires_grad_() for a in x[:5]]
             run = bench.fwd_bwd(lambda: loglinear_attention(*leaves, beta=x[5], backend="triton")[0], leaves)
-            log = {}
-            install(config, log)
-            run()
-            log.clear()
-            for _ in range(5):
-                run()
-            torch.cuda.synchronize()
-            total = triton.testing.do_bench(run, return_mode="median")
-            cells = {key: statistics.median(s.elapsed_time(e) for s, e in evs) for key, evs in log.items()}
-            print(f"gdn fwd+bwd split {config} T={length}: total {total:.2f} ms; "
-                  + "; ".join(f"{k} {t:.3f}" for k, t in cells.items()), flush=True)
+            total, cells = per_launch(run, config, repeats=5)
+            print(f"gdn fwd+bwd split {config} T={length}: {cells_line(total, cells)}", flush=True)
 
 
 if len(sys.argv) > 4 and sys.argv[4] == "sweep":

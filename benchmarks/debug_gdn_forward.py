@@ -31,7 +31,6 @@ an aligned and an unaligned position, each call timed (``time_from_state``).
 ``+``, ``kernel/TOP=0|1:...``; e.g. ``ut_factors_kernel:num_warps=8+chunk_output_kernel:num_stages=2``).
 """
 import os
-import statistics
 import sys
 import traceback
 
@@ -41,7 +40,7 @@ sys.path.insert(0, __file__.rsplit("/", 1)[0])
 
 from hf_loglinear.kernels import chunk_triton
 from hf_loglinear.ops import loglinear_attention
-from launches import install
+from launches import cells_line, install, per_launch
 
 K, V, dtype = int(sys.argv[1]), int(sys.argv[2]), getattr(torch, sys.argv[3])
 args = sys.argv[4:]
@@ -91,22 +90,10 @@ def anchor_inputs(length):
 def split(label, config="default"):
     """Median time of each launch of the anchor-shape forward at 2K and 8K (or the lengths in
     $SPLIT_LENGTHS, comma-separated), and the total."""
-    import triton
-
     for length in [int(t) for t in os.environ.get("SPLIT_LENGTHS", "2048,8192").split(",")]:
         x = anchor_inputs(length)
-        run = lambda: loglinear_attention(*x[:5], beta=x[5], backend="triton")  # noqa: E731
-        log = {}
-        install(config, log)
-        run()
-        log.clear()
-        for _ in range(10):
-            run()
-        torch.cuda.synchronize()
-        total = triton.testing.do_bench(run, return_mode="median")
-        cells = {key: statistics.median(s.elapsed_time(e) for s, e in evs) for key, evs in log.items()}
-        print(f"gdn fwd split {label} T={length}: total {total:.2f} ms; " + "; ".join(f"{k} {t:.3f}" for k, t in cells.items()), flush=True)
-
+        total, cells = per_launch(lambda: loglinear_attention(*x[:5], beta=x[5], backend="triton"), config)
+        print(f"gdn fwd split {label} T={length}: {cells_line(total, cells)}", flush=True)
 
 def fla_split():
     """fla's chunk_gated_delta_rule forward per kernel at 2K and 8K (torch.profiler, 10 calls)."""

@@ -145,5 +145,12 @@ j)  # carrying [".whl"], after i (reverse scan at value tiles of 32, gradient ke
     ours timeout $t python $B --variants gdn --skip-checks --skip-decode --lengths 2048,8192,16384,32768,65536 \
       --out $OUT/tables > $OUT/gdn_timing.log 2>&1
     note "timing: rc $? (${SECONDS} s)"; grep "^  (" $OUT/gdn_timing.log | tee -a $OUT/summary.log ;;
-*)  echo "usage: bash benchmarks/gpu_session23.sh a|b|c|d|e|f|g|h|i|j" >&2; exit 2 ;;
+k)  # carrying [".whl"]: both debug scripts after their per-launch timing moved into launches.py
+    # (per_launch): a forward and a fwd+bwd split at 2K, checked first.
+    export SPLIT_LENGTHS=2048
+    sweep fwd /tmp/pkg 120 default
+    t=$(cap 120)
+    ours timeout $t python benchmarks/debug_gdn_backward.py 192 384 bfloat16 sweep default > $OUT/bwd_sweep.log 2>&1
+    note "bwd sweep: rc $? (${SECONDS} s)"; grep "^check\|split\|FAIL" $OUT/bwd_sweep.log | cut -c1-500 | tee -a $OUT/summary.log ;;
+*)  echo "usage: bash benchmarks/gpu_session23.sh a|b|c|d|e|f|g|h|i|j|k" >&2; exit 2 ;;
 esac

@@ -9,6 +9,8 @@ joined by ``+`` (e.g. ``ut_factors_kernel:num_warps=8+chunk_output_kernel:num_st
 the grid follows from it (``VALUE_TILE_AXIS``): elsewhere it is refused, since an unresized grid
 computes a wrong output, not a timing.
 """
+import statistics
+
 import torch
 
 from hf_loglinear.kernels import chunk_bwd_delta_triton, chunk_triton
@@ -61,3 +63,23 @@ def install(config, log):
         over.setdefault(name, []).append((cond, options))
     for name, (module, kernel) in KERNELS.items():
         setattr(module, name, Timed(kernel, log, over.get(name, [])))
+
+
+def per_launch(run, config, repeats=10):
+    """(median time of ``run`` in ms, {launch key: median ms}) with ``config``'s options: one
+    warm-up call (it compiles), then ``repeats`` recorded calls and triton's do_bench of the total."""
+    import triton
+
+    log = {}
+    install(config, log)
+    run()
+    log.clear()
+    for _ in range(repeats):
+        run()
+    torch.cuda.synchronize()
+    total = triton.testing.do_bench(run, return_mode="median")
+    return total, {key: statistics.median(s.elapsed_time(e) for s, e in evs) for key, evs in log.items()}
+
+
+def cells_line(total, cells):
+    return f"total {total:.2f} ms; " + "; ".join(f"{k} {t:.3f}" for k, t in cells.items())
