@@ -146,7 +146,8 @@ j)  # carrying [".whl"], after i (reverse scan at value tiles of 32, gradient ke
       --out $OUT/tables > $OUT/gdn_timing.log 2>&1
     note "timing: rc $? (${SECONDS} s)"; grep "^  (" $OUT/gdn_timing.log | tee -a $OUT/summary.log ;;
 k)  # carrying [".whl"]: both debug scripts after their per-launch timing moved into launches.py
-    # (per_launch): a forward and a fwd+bwd split at 2K, checked first.
+    # (per_launch): a forward and a fwd+bwd split at 2K, checked first. Measured: both ran (checks
+    # pass; fwd 2.10 ms, fwd+bwd 27.05 ms at 2K x 16).
     export SPLIT_LENGTHS=2048
     sweep fwd /tmp/pkg 120 default
     t=$(cap 120)
